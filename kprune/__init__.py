@@ -1,0 +1,37 @@
+"""kprune: make trained Keras 3 models genuinely smaller and ship them as TFLite.
+
+Modules:
+    regularizers: group sparsity and HyperSparse penalties.
+    constraints: proximal operators and keep-mask constraints.
+    callbacks: training-time pruning (proximal steps, magnitude pruning, logging).
+    criteria: per-unit importance scores.
+    surgery: the rebuilder that physically removes units/filters.
+    export: TFLite (LiteRT) export and verification.
+    report: parameter / MAC / width summaries.
+"""
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from kprune import callbacks  # noqa: E402
+from kprune import constraints  # noqa: E402
+from kprune import criteria  # noqa: E402
+from kprune import export  # noqa: E402
+from kprune import ops  # noqa: E402
+from kprune import regularizers  # noqa: E402
+from kprune import report  # noqa: E402
+from kprune import surgery  # noqa: E402
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "callbacks",
+    "constraints",
+    "criteria",
+    "export",
+    "ops",
+    "regularizers",
+    "report",
+    "surgery",
+]
