@@ -1,9 +1,47 @@
 """The rebuilder: physically remove units/filters from Keras models.
 
-Public API (a contract; see DESIGN.md):
-
 - `dead_units(model)`: units whose removal cannot change the outputs.
-- `remove_units(model, plan)`: a new, smaller model.
+- `remove_units(model, plan)`: a new, smaller model (coupled channels follow).
 - `slim(model)`: `remove_units(model, dead_units(model))`, exact.
-- `replace_blocks(model, blocks, data)`: fitted Dense in place of blocks.
+- `PruningPlan`: a plan `{layer: indices}` plus coupled groups, as JSON.
+- `register_handler(layer_class, handler)`: teach kprune a custom layer.
 """
+
+from kprune.surgery import layers as _builtin_layers  # noqa: F401  (registers)
+from kprune.surgery.analysis import ChannelAnalysis
+from kprune.surgery.dead import dead_units
+from kprune.surgery.errors import CouplingError
+from kprune.surgery.errors import SurgeryError
+from kprune.surgery.errors import UnsupportedLayerError
+from kprune.surgery.errors import UnsupportedModelError
+from kprune.surgery.handlers import LayerChange
+from kprune.surgery.handlers import LayerHandler
+from kprune.surgery.handlers import get_handler
+from kprune.surgery.handlers import register_handler
+from kprune.surgery.layers import ChannelwiseHandler
+from kprune.surgery.layers import MixingHandler
+from kprune.surgery.layers import ProducerHandler
+from kprune.surgery.plan import PruningPlan
+from kprune.surgery.rebuild import plan_removal
+from kprune.surgery.rebuild import remove_units
+from kprune.surgery.rebuild import slim
+
+__all__ = [
+    "ChannelAnalysis",
+    "ChannelwiseHandler",
+    "CouplingError",
+    "LayerChange",
+    "LayerHandler",
+    "MixingHandler",
+    "ProducerHandler",
+    "PruningPlan",
+    "SurgeryError",
+    "UnsupportedLayerError",
+    "UnsupportedModelError",
+    "dead_units",
+    "get_handler",
+    "plan_removal",
+    "register_handler",
+    "remove_units",
+    "slim",
+]

@@ -1,0 +1,185 @@
+"""Channel analysis: coupled channel groups, fixed channels and constants.
+
+Every channel of every tensor in the graph is one *element*. Handlers tie
+elements that must be removed together (a BatchNorm's input and output
+channel, the inputs of a residual Add, a Flatten position and its channel);
+the connected components of those ties are the *coupled groups*, the atoms
+of removal. Elements that can never be removed are *pinned* (model inputs
+and outputs, layers without a handler); elements whose removal cannot be
+exact are *exact-pinned* (channels mixed by LayerNormalization).
+
+A forward pass computes which elements carry a constant value on every input
+(a unit with zero incoming weights outputs `activation(bias)`, a BatchNorm
+turns that into another constant, ...) and what that constant is: removing
+such a unit and folding its constant into the consumers' biases is exact.
+"""
+
+import keras
+import numpy as np
+from scipy import sparse
+from scipy.sparse import csgraph
+
+from kprune.surgery.graph import Graph
+from kprune.surgery.handlers import get_handler
+
+_SPATIAL_STANDIN = 8  # size used for unknown spatial dimensions
+
+
+class ChannelAnalysis:
+    """Coupled groups, pins and constants of a Functional/Sequential model.
+
+    Args:
+        model: a built Functional or Sequential `keras.Model` (not modified).
+
+    Attributes:
+        graph: the traced `Graph`.
+        component: element -> coupled-group id.
+        pinned: per group, True when it can never be removed.
+        exact_pinned: per group, True when removing it cannot be exact.
+        const_valid / const_value: per element, whether it is constant on
+            every input, and the constant.
+    """
+
+    def __init__(self, model):
+        self.graph = Graph(model)
+        self._weights = {}
+        self._tie_a = []
+        self._tie_b = []
+        self._pins = []
+        self._exact_pins = []
+        for node in self.graph.nodes:
+            get_handler(node.layer).connect(node, self)
+        self._tie_shared_layers()
+        for tensor in self.graph.inputs:
+            self.pin(tensor, "it is a model input")
+        for tensor in self.graph.outputs:
+            self.pin(tensor, "it is a model output (outputs never change shape)")
+        self._components()
+        self._constants()
+
+    # ----------------------------------------------------------- handler API
+    def tie(self, a, b):
+        """Tie channel `c` of tensor `a` to channel `c` of tensor `b`."""
+        if a.channels != b.channels:
+            raise ValueError(
+                f"cannot tie tensors with {a.channels} and {b.channels} channels"
+            )
+        self.tie_indices(a, np.arange(a.channels), b, np.arange(b.channels))
+
+    def tie_indices(self, a, index_a, b, index_b):
+        """Tie channels `index_a` of `a` to channels `index_b` of `b`."""
+        self._tie_a.append(a.offset + np.asarray(index_a, dtype=np.int64))
+        self._tie_b.append(b.offset + np.asarray(index_b, dtype=np.int64))
+
+    def pin(self, tensor, reason):
+        """Channels of `tensor` can never be removed, because `reason`."""
+        if tensor.channels:
+            self._pins.append((self.graph.elements(tensor), reason))
+
+    def pin_exact(self, tensor, reason):
+        """Removing channels of `tensor` can never be exact, because `reason`."""
+        if tensor.channels:
+            self._exact_pins.append((self.graph.elements(tensor), reason))
+
+    def pin_node(self, node, reason):
+        """Pin every input and output of a call, naming the layer."""
+        message = f"layer '{node.path}' ({node.layer.__class__.__name__}): {reason}"
+        for tensor in node.inputs + node.outputs:
+            self.pin(tensor, message)
+
+    def weights(self, layer):
+        """The layer's weights as a dict name -> NumPy array (cached)."""
+        key = id(layer)
+        if key not in self._weights:
+            self._weights[key] = {
+                w.name: keras.ops.convert_to_numpy(w.value)
+                for w in getattr(layer, "weights", [])
+            }
+        return self._weights[key]
+
+    # -------------------------------------------------------------- internals
+    def _tie_shared_layers(self):
+        for nodes in self.graph.layer_nodes.values():
+            first = nodes[0]
+            for other in nodes[1:]:
+                for a, b in zip(first.inputs + first.outputs,
+                                other.inputs + other.outputs):
+                    if a.channels == b.channels:
+                        self.tie(a, b)
+                    else:
+                        self.pin_node(
+                            first, "it is shared between calls of different widths"
+                        )
+
+    def _components(self):
+        size = self.graph.size
+        if self._tie_a:
+            rows = np.concatenate(self._tie_a)
+            cols = np.concatenate(self._tie_b)
+        else:
+            rows = cols = np.zeros(0, dtype=np.int64)
+        adjacency = sparse.coo_matrix(
+            (np.ones(len(rows), dtype=np.int8), (rows, cols)), shape=(size, size)
+        )
+        self.num_groups, self.component = csgraph.connected_components(
+            adjacency, directed=False
+        )
+        self.pinned = np.zeros(self.num_groups, dtype=bool)
+        for elements, _ in self._pins:
+            self.pinned[self.component[elements]] = True
+        self.exact_pinned = self.pinned.copy()
+        for elements, _ in self._exact_pins:
+            self.exact_pinned[self.component[elements]] = True
+
+    def pin_reason(self, group, exact=False):
+        """Why coupled group `group` is pinned (the first reason found)."""
+        records = self._pins + (self._exact_pins if exact else [])
+        for elements, reason in records:
+            if np.any(self.component[elements] == group):
+                return reason
+        return None
+
+    def values(self, array, tensor):
+        """Slice a per-element array for one tensor."""
+        return array[tensor.offset : tensor.offset + tensor.channels]
+
+    def _constants(self):
+        size = self.graph.size
+        self.const_valid = np.zeros(size, dtype=bool)
+        self.const_value = np.zeros(size, dtype=np.float64)
+        for node in self.graph.nodes:
+            handler = get_handler(node.layer)
+            if not all(t.channels for t in node.outputs):
+                continue
+            in_valid = [self.values(self.const_valid, t) for t in node.inputs]
+            try:
+                masks = handler.constant_mask(node, in_valid, self.weights(node.layer))
+            except (KeyError, ValueError, IndexError):
+                continue
+            if not any(m.any() for m in masks):
+                continue
+            try:
+                outputs = handler.evaluate(node, self._constant_inputs(node))
+            except Exception:  # noqa: BLE001 - a layer we cannot probe: no constants
+                continue
+            for tensor, mask, out in zip(node.outputs, masks, outputs):
+                flat = out.reshape(-1, tensor.channels).astype(np.float64)
+                first = flat[0]
+                spread = flat.max(axis=0) - flat.min(axis=0)
+                constant = spread <= 1e-6 * (1.0 + np.abs(first))
+                valid = mask & constant & np.isfinite(first)
+                self.values(self.const_valid, tensor)[:] = valid
+                self.values(self.const_value, tensor)[:] = np.where(valid, first, 0.0)
+
+    def _constant_inputs(self, node):
+        arrays = []
+        for tensor in node.inputs:
+            shape = [1] + [
+                _SPATIAL_STANDIN if d is None else int(d) for d in tensor.shape[1:]
+            ]
+            if not tensor.channels:
+                arrays.append(np.zeros(shape, dtype=tensor.dtype))
+                continue
+            values = self.values(self.const_value, tensor)
+            arrays.append(np.broadcast_to(values, shape).astype(tensor.dtype))
+        return arrays

@@ -1,0 +1,164 @@
+"""Per-layer handlers: how each layer class moves, uses and loses channels.
+
+A handler answers four questions about a layer call (a node):
+
+1. `connect`: which input channels are the *same* channels as which output
+   channels (they must be removed together: `ctx.tie`), and which channels
+   can never be removed (`ctx.pin`, e.g. a layer kprune does not understand)
+   or can only be removed at the cost of exactness (`ctx.pin_exact`, e.g.
+   LayerNormalization mixes all channels into its statistics).
+2. `uses`: for layers with weights that *consume* input channels (Dense,
+   Conv, ...), which input channel feeds which output unit.
+3. `constant_mask`: which output channels are constant when the given input
+   channels are constant (the values themselves are computed by running the
+   layer).
+4. `rebuild`: the config and weights of the smaller layer.
+
+Users teach kprune their own layers with `register_handler`:
+
+```python
+class MyScaleHandler(kprune.surgery.ChannelwiseHandler):
+    pass  # per-channel weights on the last axis are sliced automatically
+
+kprune.surgery.register_handler(MyScale, MyScaleHandler())
+```
+"""
+
+import numpy as np
+
+_REGISTRY = {}
+
+
+def register_handler(layer_class, handler):
+    """Register the handler used for `layer_class` (and its subclasses).
+
+    Args:
+        layer_class: a `keras.layers.Layer` subclass.
+        handler: a `LayerHandler` instance.
+
+    Example:
+
+    >>> import keras, kprune
+    >>> class Scale(keras.layers.Layer):
+    ...     def call(self, x):
+    ...         return 2.0 * x
+    >>> kprune.surgery.register_handler(Scale, kprune.surgery.ChannelwiseHandler())
+    """
+    if not isinstance(layer_class, type):
+        raise TypeError(
+            "`layer_class` must be a layer class. "
+            f"Received: layer_class={layer_class!r}"
+        )
+    if not isinstance(handler, LayerHandler):
+        raise TypeError(
+            "`handler` must be a kprune.surgery.LayerHandler instance. "
+            f"Received: handler={handler!r}"
+        )
+    _REGISTRY[layer_class] = handler
+
+
+def get_handler(layer):
+    """The handler for `layer`: the most specific registered class wins."""
+    for cls in type(layer).__mro__:
+        handler = _REGISTRY.get(cls)
+        if handler is not None:
+            return handler
+    return OPAQUE
+
+
+class LayerChange:
+    """What happens to one layer: the input to `LayerHandler.rebuild`.
+
+    Attributes:
+        layer: the original layer (read only).
+        node: its first call (all calls lose the same channels).
+        config: a fresh copy of `layer.get_config()` to edit and return.
+        weights: dict of weight name -> NumPy array (original values).
+        in_removed: per input, sorted indices of removed channels.
+        out_removed: per output, sorted indices of removed channels.
+        in_fill: per input, the value each removed channel carried (a
+            constant to fold into the consumer's bias; 0 where unknown).
+    """
+
+    def __init__(self, layer, node, weights, in_removed, out_removed, in_fill):
+        self.layer = layer
+        self.node = node
+        self.config = layer.get_config()
+        self.weights = weights
+        self.in_removed = in_removed
+        self.out_removed = out_removed
+        self.in_fill = in_fill
+
+    @property
+    def changed(self):
+        return any(len(r) for r in self.in_removed) or any(
+            len(r) for r in self.out_removed
+        )
+
+    def kept(self, size, removed):
+        """Indices in `range(size)` not in `removed`."""
+        mask = np.ones(size, dtype=bool)
+        mask[np.asarray(removed, dtype=int)] = False
+        return np.flatnonzero(mask)
+
+
+class LayerHandler:
+    """Base class of handlers. The default treats a layer as opaque.
+
+    An opaque layer keeps every channel it reads or writes: removals that
+    would reach it raise an error naming it.
+    """
+
+    #: True for layers whose output units are their own (Dense, Conv, ...):
+    #: the keys of a removal plan.
+    produces_units = False
+
+    def connect(self, node, ctx):
+        """Declare ties and pins for one call. Default: pin everything."""
+        reason = (
+            f"layer '{node.path}' ({node.layer.__class__.__name__}) has no "
+            "kprune handler; register one with kprune.surgery.register_handler "
+            "or leave the channels that reach it alone"
+        )
+        for tensor in node.inputs + node.outputs:
+            ctx.pin(tensor, reason)
+
+    def uses(self, node, weights):
+        """Input channel -> output unit dependencies of a weighted consumer.
+
+        Returns:
+            A list of `(input_position, matrix)` with `matrix[c_in, c_out]`
+            True where the weights connecting them are not all zero, plus
+            `fold_exact` (bool array per input channel): whether a constant
+            arriving on that channel can be folded into the bias exactly.
+            Layers that only tie or pin channels return `[]`.
+        """
+        return []
+
+    def constant_mask(self, node, in_valid, weights):
+        """Which output channels are constant given constant input channels."""
+        return [np.zeros(t.channels, dtype=bool) for t in node.outputs]
+
+    def evaluate(self, node, inputs):
+        """Run the layer on NumPy inputs (batch of one) in inference mode."""
+        return [np.asarray(o) for o in _flatten(node.call(inputs, training=False))]
+
+    def rebuild(self, change):
+        """Return `(config, weights)` of the smaller layer."""
+        raise NotImplementedError(
+            f"{type(self).__name__} cannot rebuild layer '{change.node.path}'."
+        )
+
+
+def _flatten(outputs):
+    if isinstance(outputs, (list, tuple)):
+        out = []
+        for item in outputs:
+            out.extend(_flatten(item))
+        return out
+    if isinstance(outputs, dict):
+        return _flatten([outputs[k] for k in sorted(outputs)])
+    return [outputs]
+
+
+OPAQUE = LayerHandler()

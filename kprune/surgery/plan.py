@@ -1,0 +1,197 @@
+"""Pruning plans: which units go, expanded over coupled channels, as JSON."""
+
+import dataclasses
+import json
+
+import numpy as np
+
+from kprune.surgery.errors import CouplingError
+from kprune.surgery.errors import SurgeryError
+from kprune.surgery.handlers import get_handler
+
+_FORMAT = "kprune.pruning_plan"
+
+
+@dataclasses.dataclass
+class PruningPlan:
+    """Units to remove, per layer, with the coupled groups they form.
+
+    A plan names output units of unit-producing layers (Dense, Conv*,
+    SeparableConv*, Embedding, ...) by layer path (`"block/conv"` for a layer
+    inside a nested model). `groups` lists the coupled groups: units of
+    different layers that are the same channel (joined by a residual `Add`,
+    say) and leave together. Plans serialize to JSON and replay on a fresh
+    copy of the model with `kprune.surgery.remove_units(model, plan)`.
+
+    Args:
+        units: dict layer path -> sorted list of unit indices to remove.
+        groups: list of dicts layer path -> unit indices, one per set of
+            coupled layers.
+        model_name: name of the model the plan was made for (informative).
+
+    Example:
+
+    >>> plan = PruningPlan({"dense": [0, 3]})
+    >>> PruningPlan.from_json(plan.to_json()).units
+    {'dense': [0, 3]}
+    """
+
+    units: dict
+    groups: list = dataclasses.field(default_factory=list)
+    model_name: str = None
+
+    def __post_init__(self):
+        if not isinstance(self.units, dict):
+            raise TypeError(
+                "`units` must be a dict of layer name -> unit indices. "
+                f"Received: units={self.units!r}"
+            )
+        self.units = {
+            str(k): sorted(int(i) for i in np.asarray(v).reshape(-1))
+            for k, v in self.units.items()
+        }
+
+    @property
+    def num_units(self):
+        """Total number of units removed over all layers."""
+        return sum(len(v) for v in self.units.values())
+
+    def to_dict(self):
+        return {
+            "format": _FORMAT,
+            "version": 1,
+            "model": self.model_name,
+            "units": self.units,
+            "groups": self.groups,
+        }
+
+    def to_json(self, indent=None):
+        """The plan as a JSON string."""
+        return json.dumps(self.to_dict(), indent=indent)
+
+    @classmethod
+    def from_dict(cls, data):
+        if not isinstance(data, dict) or "units" not in data:
+            raise ValueError(
+                "A pruning plan is a dict with a 'units' entry. "
+                f"Received: {str(data)[:200]}"
+            )
+        if data.get("format", _FORMAT) != _FORMAT:
+            raise ValueError(
+                f"Not a kprune pruning plan. Received: format={data.get('format')!r}"
+            )
+        return cls(
+            units=data["units"],
+            groups=data.get("groups", []),
+            model_name=data.get("model"),
+        )
+
+    @classmethod
+    def from_json(cls, text):
+        """Read a plan written by `to_json`."""
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"The pruning plan is not valid JSON: {error}") from None
+        return cls.from_dict(data)
+
+    def save(self, path):
+        with open(path, "w") as f:
+            f.write(self.to_json(indent=2))
+
+    @classmethod
+    def load(cls, path):
+        with open(path) as f:
+            return cls.from_json(f.read())
+
+
+def producer_nodes(analysis):
+    """Layer path -> first call, for every unit-producing layer."""
+    found = {}
+    for node in analysis.graph.nodes:
+        if get_handler(node.layer).produces_units and node.outputs[0].channels:
+            found.setdefault(node.path, node)
+    return found
+
+
+def removed_groups(analysis, units):
+    """Validate a `{layer: indices}` request; return the coupled group ids."""
+    producers = producer_nodes(analysis)
+    groups = set()
+    for path, indices in units.items():
+        if path not in producers:
+            layer = analysis.graph.layers_by_path.get(path)
+            if layer is None:
+                raise SurgeryError(
+                    f"Layer '{path}' is not in model '{analysis.graph.model.name}' "
+                    "(use 'outer/inner' for layers of nested models). "
+                    f"Received: units[{path!r}]"
+                )
+            raise SurgeryError(
+                f"Layer '{path}' ({layer.__class__.__name__}) has no units of its "
+                "own: it passes channels through. Remove units of the layer that "
+                f"produces them. Received: units[{path!r}]"
+            )
+        tensor = producers[path].outputs[0]
+        indices = np.asarray(indices, dtype=np.int64).reshape(-1)
+        bad = indices[(indices < 0) | (indices >= tensor.channels)]
+        if len(bad):
+            raise SurgeryError(
+                f"Layer '{path}' has {tensor.channels} units; cannot remove "
+                f"{bad.tolist()}. Received: units[{path!r}]"
+            )
+        for index in indices:
+            group = analysis.component[tensor.offset + index]
+            if analysis.pinned[group]:
+                raise CouplingError(
+                    f"Cannot remove unit {int(index)} of layer '{path}': it is "
+                    f"coupled to channels that must stay, since "
+                    f"{analysis.pin_reason(group)}."
+                )
+            groups.add(int(group))
+    return groups
+
+
+def build_plan(analysis, groups, allow_empty=False):
+    """Expand coupled groups into a `PruningPlan` (and check no layer empties)."""
+    is_removed = np.zeros(analysis.num_groups, dtype=bool)
+    is_removed[list(groups)] = True
+    producers = producer_nodes(analysis)
+
+    def comps_of(node):
+        tensor = node.outputs[0]
+        return analysis.component[tensor.offset : tensor.offset + tensor.channels]
+
+    while True:
+        emptied = [
+            (path, comps_of(node)[0])
+            for path, node in producers.items()
+            if is_removed[comps_of(node)].all()
+        ]
+        if not emptied:
+            break
+        if not allow_empty:
+            raise SurgeryError(
+                f"Removing these units would leave layer '{emptied[0][0]}' with "
+                "no units at all. Keep at least one, or pass allow_empty=True "
+                "(Keras layers cannot be zero-width, so one unit is then kept)."
+            )
+        for _, group in emptied:
+            is_removed[group] = False
+    units = {}
+    members = {}
+    for path, node in producers.items():
+        comps = comps_of(node)
+        removed = np.flatnonzero(is_removed[comps])
+        if len(removed):
+            units[path] = removed.tolist()
+            for index in removed:
+                members.setdefault(int(comps[index]), []).append((path, int(index)))
+    merged = {}
+    for group_members in members.values():
+        key = tuple(sorted({p for p, _ in group_members}))
+        entry = merged.setdefault(key, {p: [] for p in key})
+        for path, index in group_members:
+            entry[path].append(index)
+    coupled = [g for key, g in merged.items() if len(key) > 1]
+    return PruningPlan(units, coupled, analysis.graph.model.name)
