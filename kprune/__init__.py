@@ -14,14 +14,17 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from kprune import callbacks  # noqa: E402
-from kprune import constraints  # noqa: E402
-from kprune import criteria  # noqa: E402
-from kprune import export  # noqa: E402
-from kprune import ops  # noqa: E402
-from kprune import regularizers  # noqa: E402
-from kprune import report  # noqa: E402
-from kprune import surgery  # noqa: E402
+from kprune import (
+    callbacks,  # noqa: E402
+    constraints,  # noqa: E402
+    criteria,  # noqa: E402
+    export,  # noqa: E402
+    ops,  # noqa: E402
+    regularizers,  # noqa: E402
+    report,  # noqa: E402
+    surgery,  # noqa: E402
+    testing,  # noqa: E402
+)
 
 __version__ = "0.1.0"
 
@@ -34,4 +37,5 @@ __all__ = [
     "regularizers",
     "report",
     "surgery",
+    "testing",
 ]

@@ -10,21 +10,21 @@
 from kprune.surgery import layers as _builtin_layers  # noqa: F401  (registers)
 from kprune.surgery.analysis import ChannelAnalysis
 from kprune.surgery.dead import dead_units
-from kprune.surgery.errors import CouplingError
-from kprune.surgery.errors import SurgeryError
-from kprune.surgery.errors import UnsupportedLayerError
-from kprune.surgery.errors import UnsupportedModelError
-from kprune.surgery.handlers import LayerChange
-from kprune.surgery.handlers import LayerHandler
-from kprune.surgery.handlers import get_handler
-from kprune.surgery.handlers import register_handler
-from kprune.surgery.layers import ChannelwiseHandler
-from kprune.surgery.layers import MixingHandler
-from kprune.surgery.layers import ProducerHandler
+from kprune.surgery.errors import (
+    CouplingError,
+    SurgeryError,
+    UnsupportedLayerError,
+    UnsupportedModelError,
+)
+from kprune.surgery.handlers import (
+    LayerChange,
+    LayerHandler,
+    get_handler,
+    register_handler,
+)
+from kprune.surgery.layers import ChannelwiseHandler, MixingHandler, ProducerHandler
 from kprune.surgery.plan import PruningPlan
-from kprune.surgery.rebuild import plan_removal
-from kprune.surgery.rebuild import remove_units
-from kprune.surgery.rebuild import slim
+from kprune.surgery.rebuild import plan_removal, remove_units, slim
 
 __all__ = [
     "ChannelAnalysis",

@@ -102,8 +102,9 @@ class ChannelAnalysis:
         for nodes in self.graph.layer_nodes.values():
             first = nodes[0]
             for other in nodes[1:]:
-                for a, b in zip(first.inputs + first.outputs,
-                                other.inputs + other.outputs):
+                for a, b in zip(
+                    first.inputs + first.outputs, other.inputs + other.outputs
+                ):
                     if a.channels == b.channels:
                         self.tie(a, b)
                     else:

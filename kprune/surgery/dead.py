@@ -4,8 +4,7 @@ import numpy as np
 
 from kprune.surgery.analysis import ChannelAnalysis
 from kprune.surgery.handlers import get_handler
-from kprune.surgery.plan import build_plan
-from kprune.surgery.plan import producer_nodes
+from kprune.surgery.plan import build_plan, producer_nodes
 
 
 def dead_groups(analysis):
@@ -46,8 +45,12 @@ def dead_groups(analysis):
             value = analysis.values(analysis.const_value, source)
             foldable = valid & (fold_exact | (value == 0))
             consumers.append(
-                (analysis.values(comp, source), matrix, foldable,
-                 analysis.values(comp, node.outputs[0]))
+                (
+                    analysis.values(comp, source),
+                    matrix,
+                    foldable,
+                    analysis.values(comp, node.outputs[0]),
+                )
             )
 
     removed = np.zeros(analysis.num_groups, dtype=bool)

@@ -106,8 +106,10 @@ class Graph:
         self.model_calls = []
         self.tensors = []
         self._size = 0
-        inputs = [self._new_tensor(x.shape, x.dtype, f"input:{x.name}")
-                  for x in _model_inputs(model)]
+        inputs = [
+            self._new_tensor(x.shape, x.dtype, f"input:{x.name}")
+            for x in _model_inputs(model)
+        ]
         self.inputs = inputs
         self.outputs = self._trace(model, "", inputs)
         # Each node and each model gets its position for fast look-ups.
@@ -213,7 +215,10 @@ class Graph:
                 ]
                 node_config = config["layers"][layer_index[name]]["inbound_nodes"]
                 outs = self._call(
-                    layer, prefix + name, args, out_shapes,
+                    layer,
+                    prefix + name,
+                    args,
+                    out_shapes,
                     _slotted(node_config[node_index]),
                 )
                 for t_index, out in enumerate(outs):
@@ -233,8 +238,10 @@ class Graph:
 
 def _is_graph_model(model):
     return isinstance(model, keras.Sequential) or (
-        hasattr(model, "_nodes_by_depth") and hasattr(model, "inputs")
-        and isinstance(model, keras.Model) and _has_functional_config(model)
+        hasattr(model, "_nodes_by_depth")
+        and hasattr(model, "inputs")
+        and isinstance(model, keras.Model)
+        and _has_functional_config(model)
     )
 
 

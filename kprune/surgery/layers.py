@@ -4,8 +4,7 @@ import keras
 import numpy as np
 
 from kprune.surgery.graph import constant_arguments
-from kprune.surgery.handlers import LayerHandler
-from kprune.surgery.handlers import register_handler
+from kprune.surgery.handlers import LayerHandler, register_handler
 
 
 def _last_axis(axis, rank):
@@ -582,16 +581,42 @@ def _register_builtins():
     layers = keras.layers
     channelwise = ChannelwiseHandler()
     for name in (
-        "Activation", "ReLU", "LeakyReLU", "ELU", "PReLU",
-        "Dropout", "SpatialDropout1D", "SpatialDropout2D", "SpatialDropout3D",
-        "GaussianNoise", "GaussianDropout", "AlphaDropout", "ActivityRegularization",
-        "Identity", "MaxPooling1D", "MaxPooling2D", "MaxPooling3D",
-        "AveragePooling1D", "AveragePooling2D", "AveragePooling3D",
-        "GlobalMaxPooling1D", "GlobalMaxPooling2D", "GlobalMaxPooling3D",
-        "GlobalAveragePooling1D", "GlobalAveragePooling2D", "GlobalAveragePooling3D",
-        "ZeroPadding1D", "ZeroPadding2D", "ZeroPadding3D",
-        "Cropping1D", "Cropping2D", "Cropping3D",
-        "UpSampling1D", "UpSampling2D", "UpSampling3D", "RepeatVector",
+        "Activation",
+        "ReLU",
+        "LeakyReLU",
+        "ELU",
+        "PReLU",
+        "Dropout",
+        "SpatialDropout1D",
+        "SpatialDropout2D",
+        "SpatialDropout3D",
+        "GaussianNoise",
+        "GaussianDropout",
+        "AlphaDropout",
+        "ActivityRegularization",
+        "Identity",
+        "MaxPooling1D",
+        "MaxPooling2D",
+        "MaxPooling3D",
+        "AveragePooling1D",
+        "AveragePooling2D",
+        "AveragePooling3D",
+        "GlobalMaxPooling1D",
+        "GlobalMaxPooling2D",
+        "GlobalMaxPooling3D",
+        "GlobalAveragePooling1D",
+        "GlobalAveragePooling2D",
+        "GlobalAveragePooling3D",
+        "ZeroPadding1D",
+        "ZeroPadding2D",
+        "ZeroPadding3D",
+        "Cropping1D",
+        "Cropping2D",
+        "Cropping3D",
+        "UpSampling1D",
+        "UpSampling2D",
+        "UpSampling3D",
+        "RepeatVector",
     ):
         if hasattr(layers, name):
             register_handler(getattr(layers, name), channelwise)
@@ -630,15 +655,49 @@ def _register_ops():
 
     elementwise = ElementwiseOpHandler()
     for module, names in (
-        (numpy_ops, (
-            "Add", "Subtract", "Multiply", "Divide", "TrueDivide", "Maximum",
-            "Minimum", "Power", "Abs", "Absolute", "Negative", "Exp", "Log",
-            "Sqrt", "Square", "Tanh", "Sin", "Cos", "Clip", "Sign",
-        )),
-        (nn_ops, (
-            "Relu", "Relu6", "Sigmoid", "HardSigmoid", "HardSilu", "Silu",
-            "Gelu", "Softplus", "Softsign", "Elu", "Selu", "LeakyRelu", "Mish",
-        )),
+        (
+            numpy_ops,
+            (
+                "Add",
+                "Subtract",
+                "Multiply",
+                "Divide",
+                "TrueDivide",
+                "Maximum",
+                "Minimum",
+                "Power",
+                "Abs",
+                "Absolute",
+                "Negative",
+                "Exp",
+                "Log",
+                "Sqrt",
+                "Square",
+                "Tanh",
+                "Sin",
+                "Cos",
+                "Clip",
+                "Sign",
+            ),
+        ),
+        (
+            nn_ops,
+            (
+                "Relu",
+                "Relu6",
+                "Sigmoid",
+                "HardSigmoid",
+                "HardSilu",
+                "Silu",
+                "Gelu",
+                "Softplus",
+                "Softsign",
+                "Elu",
+                "Selu",
+                "LeakyRelu",
+                "Mish",
+            ),
+        ),
     ):
         for name in names:
             op_class = getattr(module, name, None)

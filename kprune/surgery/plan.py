@@ -5,8 +5,7 @@ import json
 
 import numpy as np
 
-from kprune.surgery.errors import CouplingError
-from kprune.surgery.errors import SurgeryError
+from kprune.surgery.errors import CouplingError, SurgeryError
 from kprune.surgery.handlers import get_handler
 
 _FORMAT = "kprune.pruning_plan"

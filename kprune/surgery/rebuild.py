@@ -5,11 +5,8 @@ import numpy as np
 
 from kprune.surgery.analysis import ChannelAnalysis
 from kprune.surgery.dead import dead_plan
-from kprune.surgery.handlers import LayerChange
-from kprune.surgery.handlers import get_handler
-from kprune.surgery.plan import PruningPlan
-from kprune.surgery.plan import build_plan
-from kprune.surgery.plan import removed_groups
+from kprune.surgery.handlers import LayerChange, get_handler
+from kprune.surgery.plan import PruningPlan, build_plan, removed_groups
 
 
 def plan_removal(model, units, allow_empty=False):
@@ -126,8 +123,12 @@ def _rebuild(analysis, plan):
         ]
         in_fill = [analysis.values(fill, t) for t in node.inputs]
         change = LayerChange(
-            node.layer, node, analysis.weights(node.layer),
-            in_removed, out_removed, in_fill,
+            node.layer,
+            node,
+            analysis.weights(node.layer),
+            in_removed,
+            out_removed,
+            in_fill,
         )
         if change.changed:
             changes[id(node.layer)] = get_handler(node.layer).rebuild(change)
@@ -137,8 +138,10 @@ def _rebuild(analysis, plan):
         new_shapes.setdefault(
             id(call.model),
             [
-                t.shape[:-1] + (t.channels - len(np.flatnonzero(
-                    analysis.values(removed, t))),) if t.channels else t.shape
+                t.shape[:-1]
+                + (t.channels - len(np.flatnonzero(analysis.values(removed, t))),)
+                if t.channels
+                else t.shape
                 for t in call.inputs
             ],
         )
@@ -192,6 +195,7 @@ class _Cloner:
             return keras.models.clone_model(
                 model, input_tensors=inputs[0], clone_function=self
             )
+        structure = keras.tree.pack_sequence_as(model.input, inputs)
         return keras.models.clone_model(
-            model, input_tensors=inputs, clone_function=self
+            model, input_tensors=structure, clone_function=self
         )
