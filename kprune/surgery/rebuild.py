@@ -148,6 +148,17 @@ def _rebuild(analysis, plan):
     return _Cloner(changes, new_shapes).clone(graph.model)
 
 
+def _copy_layer(layer):
+    """A fresh copy of an unchanged layer (weights are set afterwards)."""
+    if isinstance(layer, keras.layers.Lambda):
+        # The user's own in-memory Lambda: its Python function is trusted, and
+        # Keras refuses to rebuild it from a config in safe mode.
+        return keras.saving.deserialize_keras_object(
+            keras.saving.serialize_keras_object(layer), safe_mode=False
+        )
+    return layer.__class__.from_config(layer.get_config())
+
+
 class _Cloner:
     """Clone a model with `keras.models.clone_model`, swapping changed layers."""
 
@@ -176,7 +187,7 @@ class _Cloner:
             if not isinstance(layer, keras.layers.Layer):  # a keras.ops op
                 new = layer.__class__.from_config(layer.get_config())
             elif change is None:
-                new = layer.__class__.from_config(layer.get_config())
+                new = _copy_layer(layer)
                 self.weights.append((new, layer.get_weights()))
             else:
                 config, weights = change
