@@ -244,3 +244,23 @@ def sample_inputs(model, rng, batch=3):
         else:
             out.append(rng.normal(size=shape).astype("float32"))
     return out if len(out) > 1 else out[0]
+
+
+def more_layers():
+    inputs = keras.Input((8, 8, 3))
+    x = L.Conv2D(6, 3, padding="same", name="c")(inputs)
+    x = L.SpatialDropout2D(0.1)(x)
+    x = L.GaussianNoise(0.1)(x)
+    x = L.Rescaling(scale=[0.5, 1.0, 2.0, 1.5, 1.0, 0.25], offset=0.1)(x)
+    x = L.Normalization(mean=[0.1] * 6, variance=[2.0] * 6)(x)
+    x = L.Conv2DTranspose(5, 3, strides=2, name="up")(x)
+    x = L.Conv2D(4, 1, name="pw")(x)
+    x = L.Reshape((-1, 4))(x)
+    x = L.SeparableConv1D(5, 3, name="sep1d")(x)
+    x = L.DepthwiseConv1D(3, name="dw1d")(x)
+    x = L.Conv1D(4, 1, name="c1d")(x)
+    x = L.GlobalMaxPooling1D()(x)
+    return keras.Model(inputs, L.Dense(3, name="out")(x))
+
+
+BUILDERS["more_layers"] = more_layers
