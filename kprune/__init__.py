@@ -36,6 +36,7 @@ __all__ = [
     "ops",
     "regularizers",
     "report",
+    "sparsity",
     "surgery",
     "testing",
 ]

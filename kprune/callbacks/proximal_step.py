@@ -1,0 +1,344 @@
+"""`ProximalStep`: the exact group-sparsity step of Alvarez & Salzmann (2016)."""
+
+import warnings
+
+import keras
+from keras import ops
+
+from kprune.ops.group_sparsity import sparse_group_prox, zero_group_mask
+from kprune.regularizers.targets import (
+    default_target,
+    find_layer,
+    iter_layers,
+    regularized_targets,
+)
+
+
+class _Entry:
+    """A target kernel with where its `lambda` and `alpha` come from."""
+
+    def __init__(self, target, strength, alpha):
+        self.target = target
+        self._strength = strength  # float, or None: read the regularizer
+        self.alpha = alpha
+
+    def strength(self):
+        if self._strength is not None:
+            return self._strength
+        return self.target.regularizer.effective_strength()
+
+
+def _check_number(value, name, minimum=0.0, maximum=None, allow_zero=True):
+    if value is None:
+        return None
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"`{name}` must be a number. Received: {name}={value!r}"
+        ) from None
+    ok = value >= minimum if allow_zero else value > minimum
+    if maximum is not None:
+        ok = ok and value <= maximum
+    if not ok:
+        bounds = (
+            f"in [{minimum}, {maximum}]"
+            if maximum is not None
+            else (f">= {minimum}" if allow_zero else f"> {minimum}")
+        )
+        raise ValueError(f"`{name}` must be {bounds}. Received: {name}={value}")
+    return value
+
+
+@keras.saving.register_keras_serializable(package="kprune")
+class ProximalStep(keras.callbacks.Callback):
+    """Applies the sparse group Lasso proximal operator during `fit`.
+
+    The paper's method: the optimizer follows the gradient of the data loss
+    only, and every `every_n_steps` steps (default: at the end of each
+    epoch) each targeted layer's groups `theta_n = [kernel group n, bias n]`
+    go through the proximal operator of `t * r` (`kprune.ops.sparse_group_prox`):
+
+    1. `u = sign(theta) * max(|theta| - t * alpha * lambda, 0)`;
+    2. `theta_n <- u_n * max(1 - t * (1 - alpha) * lambda * sqrt(P) / ||u_n||_2, 0)`.
+
+    Groups whose norm drops below the threshold become **exactly zero**
+    (kernel slice and bias), so `kprune.surgery.slim` can remove the units.
+
+    Targets: by default every layer whose kernel carries a kprune
+    `GroupLasso` / `SparseGroupLasso` regularizer, with that regularizer's
+    `lambda = strength * scale`, `alpha` and `axis`. Give those regularizers
+    `mode="proximal"` (what `kprune.sparsity.apply_group_sparsity` does) so
+    the penalty is not also in the loss; a `mode="penalty"` regularizer gets
+    a warning, since its subgradient is then applied on top of the proximal
+    step. Alternatively name the layers: `layers=["dense_1", ...]` with
+    `strength=`, or `layers={"dense_1": 1e-3, ...}`; those need no
+    regularizer. Layers that are not trainable are skipped.
+
+    Step size `t`: the optimizer's current learning rate
+    (`model.optimizer.learning_rate`, a schedule evaluated at
+    `optimizer.iterations`), as in proximal SGD. With adaptive optimizers
+    (Adam, RMSprop, ...) the actual step of each weight is `lr` scaled by
+    its own running statistics, so `t = lr` is only a heuristic: the
+    threshold `t * lambda` is then a tuning knob rather than the exact
+    proximal-gradient step. Pass `step_size=` to fix `t` yourself (then
+    `lambda` and `t` only matter through their product). Note that `t` does
+    not grow with the number of SGD steps between two proximal steps: at
+    epoch end (the paper's schedule), `lambda` acts once per epoch.
+
+    Logs (added to `logs`, so progress bar / CSVLogger / TensorBoard show
+    them): `prox_zero_groups` (units whose kernel group is exactly zero,
+    over all targets) and `prox_step_size` (the last `t`). Put this callback
+    *before* `CSVLogger`, `ModelCheckpoint`, `BackupAndRestore` and
+    `SparsityLogger` in `callbacks`, so they see the weights after the step.
+    Validation metrics of an epoch are computed by Keras before
+    `on_epoch_end`, i.e. before that epoch's proximal step.
+
+    Args:
+        every_n_steps: apply every this many optimizer steps instead of at
+            epoch end; `None` (default) means epoch end.
+        step_size: fixed `t`; `None` uses the current learning rate.
+        layers: `None` (layers with kprune group regularizers), a list of
+            layer names, or a dict `{layer_name: strength}`.
+        strength: `lambda` for every target (overrides the regularizers').
+        alpha: L1 share in `[0, 1]` for every target; `None` takes the
+            regularizer's (`0` without one).
+        include_bias: join each unit's bias to its group (the paper's
+            grouping). If `False`, biases are untouched.
+
+    Example:
+
+    >>> import keras, kprune
+    >>> model = keras.Sequential([
+    ...     keras.Input((4,)),
+    ...     keras.layers.Dense(16, activation="relu", kernel_regularizer=
+    ...         kprune.regularizers.GroupLasso(50.0, mode="proximal")),
+    ...     keras.layers.Dense(1)])
+    >>> model.compile("sgd", "mse")
+    >>> history = model.fit(keras.ops.ones((8, 4)), keras.ops.ones((8, 1)),
+    ...     epochs=2, verbose=0, callbacks=[kprune.callbacks.ProximalStep()])
+    >>> history.history["prox_zero_groups"][-1]  # huge strength: all units zero
+    16
+
+    Reference:
+        Alvarez & Salzmann, "Learning the Number of Neurons in Deep
+        Networks", NeurIPS 2016 (arXiv 1611.06321).
+    """
+
+    def __init__(
+        self,
+        every_n_steps=None,
+        step_size=None,
+        layers=None,
+        strength=None,
+        alpha=None,
+        include_bias=True,
+    ):
+        super().__init__()
+        if every_n_steps is not None:
+            if isinstance(every_n_steps, bool) or not isinstance(every_n_steps, int):
+                raise ValueError(
+                    "`every_n_steps` must be a positive int or None. "
+                    f"Received: every_n_steps={every_n_steps!r}"
+                )
+            if every_n_steps < 1:
+                raise ValueError(
+                    "`every_n_steps` must be a positive int or None. "
+                    f"Received: every_n_steps={every_n_steps!r}"
+                )
+        self.every_n_steps = every_n_steps
+        self.step_size = _check_number(step_size, "step_size", allow_zero=False)
+        self.strength = _check_number(strength, "strength")
+        self.alpha = _check_number(alpha, "alpha", maximum=1.0)
+        if layers is not None:
+            if isinstance(layers, str) or not isinstance(layers, (list, tuple, dict)):
+                raise ValueError(
+                    "`layers` must be None, a list of layer names or a dict "
+                    f"{{layer_name: strength}}. Received: layers={layers!r}"
+                )
+            if isinstance(layers, dict):
+                layers = {
+                    str(k): _check_number(v, f"layers['{k}']")
+                    for k, v in layers.items()
+                }
+            else:
+                layers = [str(name) for name in layers]
+        self.layers = layers
+        self.include_bias = bool(include_bias)
+        # Epoch-end mode does nothing per batch: let Keras dispatch batch
+        # callbacks asynchronously. Step mode must run in step with training.
+        self.async_safe = every_n_steps is None
+        self._entries = None
+        self._last_iteration = None
+        self._last_step_size = None
+
+    # -- targets ---------------------------------------------------------
+
+    def _resolve(self):
+        model = self.model
+        entries = []
+        if self.layers is None:
+            for layer in iter_layers(model):
+                for target in regularized_targets(layer):
+                    entries.append(self._entry(target))
+            if not entries:
+                raise ValueError(
+                    f"ProximalStep found no layer in model '{model.name}' whose "
+                    "kernel carries a kprune GroupLasso/SparseGroupLasso "
+                    "regularizer. Attach them with "
+                    "kprune.sparsity.apply_group_sparsity(model, strength), or "
+                    "name the layers with layers=[...] and strength=... "
+                    "Received: layers=None"
+                )
+        else:
+            for name in self.layers:
+                layer = find_layer(model, name)
+                targets = regularized_targets(layer)
+                if not targets:
+                    target = default_target(layer)
+                    if target is None:
+                        raise ValueError(
+                            f"ProximalStep cannot group the weights of layer "
+                            f"'{name}' ({type(layer).__name__}): supported are "
+                            "Dense, Conv*D, Conv*DTranspose, DepthwiseConv*D and "
+                            f"SeparableConv*D. Received: layers containing {name!r}"
+                        )
+                    targets = [target]
+                for target in targets:
+                    entries.append(self._entry(target))
+        entries = [e for e in entries if e.target.kernel.trainable]
+        for entry in entries:
+            reg = entry.target.regularizer
+            if reg is not None and reg.mode == "penalty":
+                warnings.warn(
+                    f"Layer '{entry.target.name}': its {type(reg).__name__} has "
+                    "mode='penalty', so its subgradient is in the loss *and* "
+                    "ProximalStep applies the proximal operator (the penalty "
+                    "acts twice). For the paper's method use mode='proximal'.",
+                    stacklevel=2,
+                )
+        return entries
+
+    def _entry(self, target):
+        name = target.name
+        strength = self.strength
+        if isinstance(self.layers, dict):
+            strength = self.layers[name]
+        if strength is None and target.regularizer is None:
+            raise ValueError(
+                f"Layer '{name}' has no kprune group regularizer, so ProximalStep "
+                "needs its strength: pass strength=... or layers={name: "
+                f"strength}}. Received: strength=None for layer {name!r}"
+            )
+        alpha = self.alpha
+        if alpha is None:
+            alpha = target.regularizer.alpha if target.regularizer is not None else 0.0
+        return _Entry(target, strength, alpha)
+
+    # -- the step --------------------------------------------------------
+
+    def current_step_size(self):
+        """The step size `t` now: `step_size`, or the optimizer's learning rate."""
+        if self.step_size is not None:
+            return self.step_size
+        optimizer = getattr(self.model, "optimizer", None)
+        if optimizer is None:
+            raise ValueError(
+                "ProximalStep reads the learning rate from model.optimizer, but "
+                f"model '{self.model.name}' is not compiled. Compile it or pass "
+                "step_size=. Received: step_size=None"
+            )
+        return float(ops.convert_to_numpy(optimizer.learning_rate))
+
+    def apply(self):
+        """Apply the proximal operator to every target now.
+
+        Returns:
+            A dict with `prox_zero_groups` and `prox_step_size`.
+        """
+        if self._entries is None:
+            self._entries = self._resolve()
+        t = self.current_step_size()
+        for entry in self._entries:
+            target = entry.target
+            lam = entry.strength()
+            if lam == 0.0:
+                continue
+            bias = target.bias if self.include_bias else None
+            kernel, bias_value = sparse_group_prox(
+                target.kernel, bias, t, lam, alpha=entry.alpha, axis=target.axis
+            )
+            target.kernel.assign(kernel)
+            if bias is not None:
+                bias.assign(bias_value)
+        self._last_step_size = t
+        return self._stats()
+
+    def _stats(self):
+        zero = 0
+        for entry in self._entries:
+            target = entry.target
+            mask = zero_group_mask(target.kernel, axis=target.axis)
+            zero += int(ops.convert_to_numpy(ops.sum(ops.cast(mask, "int32"))))
+        step = self._last_step_size
+        if step is None:
+            step = self.current_step_size()
+        return {"prox_zero_groups": zero, "prox_step_size": step}
+
+    # -- callback hooks --------------------------------------------------
+
+    def _iterations(self):
+        return int(ops.convert_to_numpy(self.model.optimizer.iterations))
+
+    def on_train_begin(self, logs=None):
+        self._entries = self._resolve()
+        self._last_step_size = None
+        self._last_iteration = None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if self.every_n_steps is not None:
+            # Read here, after every on_train_begin (BackupAndRestore may
+            # have restored `iterations` there).
+            self._last_iteration = self._iterations()
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.every_n_steps is None:
+            return
+        iteration = self._iterations()
+        if self._last_iteration is None:
+            self._last_iteration = iteration
+        n = self.every_n_steps
+        if iteration // n > self._last_iteration // n:
+            stats = self.apply()
+            if logs is not None:
+                logs.update(stats)
+        self._last_iteration = iteration
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.every_n_steps is None:
+            stats = self.apply()
+        else:
+            stats = self._stats()
+        if logs is not None:
+            logs.update(stats)
+
+    # -- serialization ---------------------------------------------------
+
+    def get_config(self):
+        layers = self.layers
+        if isinstance(layers, dict):
+            layers = dict(layers)
+        elif layers is not None:
+            layers = list(layers)
+        return {
+            "every_n_steps": self.every_n_steps,
+            "step_size": self.step_size,
+            "layers": layers,
+            "strength": self.strength,
+            "alpha": self.alpha,
+            "include_bias": self.include_bias,
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)

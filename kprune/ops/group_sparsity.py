@@ -1,0 +1,411 @@
+"""Group norms, soft-thresholding and the sparse group Lasso proximal operator.
+
+Pure `keras.ops` functions (no state, no layers), composed by
+`kprune.regularizers` and `kprune.callbacks.ProximalStep`.
+
+A *group* is everything that feeds one output unit. For a kernel, the output
+units are indexed by `axis` (one axis, or several for depthwise kernels) and
+the group of a unit is the slice over all the other axes:
+
+| layer | kernel shape | `axis` | unit |
+| --- | --- | --- | --- |
+| `Dense` | `(in, units)` | `-1` | one neuron |
+| `Conv1D/2D/3D` | `(*k, in, filters)` | `-1` | one filter |
+| `Conv*DTranspose` | `(*k, filters, in)` | `-2` | one filter |
+| `DepthwiseConv1D/2D` | `(*k, in, mult)` | `(-2, -1)` | one (channel, mult) pair |
+| `SeparableConv*D` pointwise | `(*1, in*mult, filters)` | `-1` | one filter |
+
+Units of a multi-axis `axis` are numbered in C order, which is the order of
+the layer's output channels and bias entries (for depthwise kernels, output
+channel `c * mult + m`).
+"""
+
+import math
+
+from keras import ops
+
+
+def unit_axes(ndim, axis=-1):
+    """Normalize `axis` to a sorted tuple of non-negative axes of a rank-`ndim` kernel.
+
+    Args:
+        ndim: rank of the kernel.
+        axis: int or sequence of ints, the axes that index output units.
+
+    Returns:
+        A sorted tuple of non-negative ints.
+
+    Example:
+
+    >>> unit_axes(4, (-2, -1))
+    (2, 3)
+    """
+    axes = (axis,) if isinstance(axis, int) else tuple(axis)
+    if not axes or not all(isinstance(a, int) for a in axes):
+        raise ValueError(
+            "`axis` must be an int or a non-empty sequence of ints. "
+            f"Received: axis={axis!r}"
+        )
+    normalized = []
+    for a in axes:
+        if not -ndim <= a < ndim:
+            raise ValueError(
+                f"`axis` is out of range for a kernel of rank {ndim}. "
+                f"Received: axis={axis!r}"
+            )
+        normalized.append(a % ndim)
+    if len(set(normalized)) != len(normalized):
+        raise ValueError(f"`axis` has repeated axes. Received: axis={axis!r}")
+    return tuple(sorted(normalized))
+
+
+def group_size(shape, axis=-1):
+    """Number of kernel entries in one group: the product of the non-unit dims.
+
+    `P = prod(shape[i] for i not in axis)`.
+
+    Args:
+        shape: the kernel shape.
+        axis: axes that index output units.
+
+    Returns:
+        An int.
+
+    Example:
+
+    >>> group_size((3, 3, 16, 32))
+    144
+    """
+    shape = tuple(int(d) for d in shape)
+    units = unit_axes(len(shape), axis)
+    return math.prod(d for i, d in enumerate(shape) if i not in units)
+
+
+def num_units(shape, axis=-1):
+    """Number of groups (output units) of a kernel: the product of the unit dims.
+
+    Args:
+        shape: the kernel shape.
+        axis: axes that index output units.
+
+    Returns:
+        An int.
+
+    Example:
+
+    >>> num_units((3, 3, 8, 2), axis=(-2, -1))
+    16
+    """
+    shape = tuple(int(d) for d in shape)
+    units = unit_axes(len(shape), axis)
+    return math.prod(shape[i] for i in units)
+
+
+def _reduce_axes(ndim, axis):
+    units = unit_axes(ndim, axis)
+    return tuple(i for i in range(ndim) if i not in units)
+
+
+def _bias_shape(shape, axis):
+    """Shape that broadcasts a bias (one entry per unit, C order) to `shape`."""
+    units = unit_axes(len(shape), axis)
+    return tuple(int(d) if i in units else 1 for i, d in enumerate(shape))
+
+
+def _safe_sqrt(s):
+    # sqrt with a zero (sub)gradient at 0 instead of NaN.
+    positive = s > 0
+    return ops.where(positive, ops.sqrt(ops.where(positive, s, 1.0)), 0.0)
+
+
+def _group_sq_norms(kernel, bias, axis):
+    """Squared group norms, keepdims over the non-unit axes."""
+    reduce = _reduce_axes(len(kernel.shape), axis)
+    sq = ops.square(kernel)
+    if reduce:
+        sq = ops.sum(sq, axis=reduce, keepdims=True)
+    if bias is not None:
+        sq = sq + ops.reshape(ops.square(bias), _bias_shape(kernel.shape, axis))
+    return sq
+
+
+def _check_bias(kernel, bias, axis):
+    if bias is None:
+        return None
+    bias = ops.convert_to_tensor(bias, dtype=kernel.dtype)
+    n = num_units(kernel.shape, axis)
+    if len(bias.shape) != 1 or int(bias.shape[0]) != n:
+        raise ValueError(
+            f"`bias` must have one entry per output unit ({n} for a kernel of "
+            f"shape {tuple(kernel.shape)} and axis={axis!r}). "
+            f"Received: bias.shape={tuple(bias.shape)}"
+        )
+    return bias
+
+
+def group_norms(kernel, axis=-1, bias=None):
+    """L2 norm of each output unit's group.
+
+    `norms[n] = ||theta_n||_2 = sqrt(sum_{i in group n} theta_i^2)`, the sum
+    running over every axis but `axis` (plus the unit's bias entry when
+    `bias` is given). Differentiable everywhere, with gradient 0 at a zero
+    group.
+
+    Args:
+        kernel: the kernel tensor.
+        axis: axis (or axes) indexing output units; see the module table.
+        bias: optional bias, one entry per unit, joined to its unit's group.
+
+    Returns:
+        A 1-D tensor of length `num_units(kernel.shape, axis)`, in output
+        channel order.
+
+    Example:
+
+    >>> import numpy as np
+    >>> w = np.array([[3.0, 0.0], [4.0, 0.0]])
+    >>> ops.convert_to_numpy(group_norms(w)).tolist()
+    [5.0, 0.0]
+    """
+    kernel = ops.convert_to_tensor(kernel)
+    bias = _check_bias(kernel, bias, axis)
+    return ops.reshape(_safe_sqrt(_group_sq_norms(kernel, bias, axis)), (-1,))
+
+
+def soft_threshold(x, t):
+    """Element-wise soft-thresholding, the proximal operator of `t * ||x||_1`.
+
+    `soft_threshold(x, t) = sign(x) * max(|x| - t, 0)`; exactly zero where
+    `|x| <= t`.
+
+    Args:
+        x: a tensor.
+        t: a non-negative threshold (scalar or broadcastable).
+
+    Returns:
+        A tensor like `x`.
+
+    Example:
+
+    >>> ops.convert_to_numpy(soft_threshold([-2.0, 0.5, 3.0], 1.0)).tolist()
+    [-1.0, 0.0, 2.0]
+    """
+    x = ops.convert_to_tensor(x)
+    t = ops.cast(t, x.dtype)
+    return ops.sign(x) * ops.maximum(ops.abs(x) - t, 0.0)
+
+
+def _shrink_factor(sq_norms, t):
+    norms = _safe_sqrt(sq_norms)
+    keep = norms > t
+    return ops.where(keep, 1.0 - t / ops.where(keep, norms, 1.0), 0.0)
+
+
+def group_soft_threshold(x, t, axis=-1, bias=None):
+    """Group soft-thresholding, the proximal operator of `t * sum_n ||x_n||_2`.
+
+    `x_n <- x_n * max(1 - t / ||x_n||_2, 0)` for each group `n`: each group's
+    norm shrinks by `t`, and a group whose norm is `<= t` becomes exactly
+    zero. With `bias`, each unit's bias entry belongs to its group.
+
+    Args:
+        x: the kernel tensor.
+        t: a non-negative threshold (scalar).
+        axis: axis (or axes) indexing output units.
+        bias: optional bias, one entry per unit.
+
+    Returns:
+        The shrunk kernel, or `(kernel, bias)` when `bias` is given.
+
+    Example:
+
+    >>> w = [[3.0, 0.3], [4.0, 0.4]]  # group norms 5 and 0.5
+    >>> out = ops.convert_to_numpy(group_soft_threshold(w, 1.0))
+    >>> out.astype("float64").round(2).tolist()
+    [[2.4, 0.0], [3.2, 0.0]]
+    """
+    x = ops.convert_to_tensor(x)
+    bias = _check_bias(x, bias, axis)
+    t = ops.cast(t, x.dtype)
+    factor = _shrink_factor(_group_sq_norms(x, bias, axis), t)
+    if bias is None:
+        return x * factor
+    return x * factor, bias * ops.reshape(factor, (-1,))
+
+
+def sparse_group_prox(kernel, bias, t, lam, alpha=0.0, axis=-1, group_size=None):
+    """The sparse group Lasso proximal operator on `[kernel group, bias]`.
+
+    The proximal operator of `t * r` with (Alvarez & Salzmann, eq. 3)
+
+    `r(theta) = lam * [(1 - alpha) * sqrt(P) * sum_n ||theta_n||_2
+    + alpha * ||theta||_1]`,
+
+    where `theta_n` is unit `n`'s kernel group joined with its bias entry and
+    `P` the number of parameters in one group. It is computed exactly in two
+    steps:
+
+    1. element-wise soft-threshold by `t * alpha * lam`:
+       `u = sign(theta) * max(|theta| - t * alpha * lam, 0)`;
+    2. group shrink by `tau = t * (1 - alpha) * lam * sqrt(P)`:
+       `theta_n <- u_n * max(1 - tau / ||u_n||_2, 0)`.
+
+    Groups whose norm falls to `<= tau` become exactly zero, bias included.
+    For `alpha = 0` this is group soft-thresholding; for `alpha = 1` plain
+    soft-thresholding.
+
+    Args:
+        kernel: the kernel tensor.
+        bias: the bias (one entry per unit) or `None`.
+        t: the step size (for SGD, the learning rate).
+        lam: the regularization strength `lambda >= 0`.
+        alpha: L1 share in `[0, 1]`; `0` is the group Lasso.
+        axis: axis (or axes) indexing output units.
+        group_size: `P`; defaults to the group's kernel entries plus one when
+            `bias` is given.
+
+    Returns:
+        `(kernel, bias)` after the step (`bias` is `None` if it was).
+
+    Example:
+
+    >>> w, b = sparse_group_prox([[3.0, 0.3], [4.0, 0.4]], [0.0, 0.1],
+    ...                          t=0.5, lam=1.0, axis=-1)
+    >>> # The second unit (kernel column and bias) is exactly zero:
+    >>> ops.convert_to_numpy(w).astype("float64").round(3).tolist()
+    [[2.48, 0.0], [3.307, 0.0]]
+    >>> ops.convert_to_numpy(b).tolist()
+    [0.0, 0.0]
+
+    Reference:
+        Alvarez & Salzmann, "Learning the Number of Neurons in Deep
+        Networks", NeurIPS 2016 (arXiv 1611.06321).
+    """
+    kernel = ops.convert_to_tensor(kernel)
+    bias = _check_bias(kernel, bias, axis)
+    alpha = float(alpha)
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"`alpha` must be in [0, 1]. Received: alpha={alpha}")
+    if group_size is None:
+        group_size = _default_group_size(kernel.shape, axis, bias is not None)
+    t = ops.cast(t, kernel.dtype)
+    lam = ops.cast(lam, kernel.dtype)
+    if alpha > 0.0:
+        kernel = soft_threshold(kernel, t * alpha * lam)
+        if bias is not None:
+            bias = soft_threshold(bias, t * alpha * lam)
+    if alpha < 1.0:
+        tau = t * (1.0 - alpha) * lam * math.sqrt(group_size)
+        factor = _shrink_factor(_group_sq_norms(kernel, bias, axis), tau)
+        kernel = kernel * factor
+        if bias is not None:
+            bias = bias * ops.reshape(factor, (-1,))
+    return kernel, bias
+
+
+def _default_group_size(shape, axis, has_bias):
+    return group_size(shape, axis) + (1 if has_bias else 0)
+
+
+def sparse_group_lasso_penalty(
+    kernel, strength=1.0, alpha=0.5, axis=-1, bias=None, group_size=None
+):
+    """The sparse group Lasso penalty of one layer.
+
+    `r = strength * [(1 - alpha) * sqrt(P) * sum_n ||theta_n||_2
+    + alpha * ||theta||_1]`, with `theta_n` unit `n`'s group (its bias entry
+    included when `bias` is given) and `P` the group size.
+
+    Args:
+        kernel: the kernel tensor.
+        strength: `lambda`, a float or scalar tensor.
+        alpha: L1 share in `[0, 1]`.
+        axis: axis (or axes) indexing output units.
+        bias: optional bias joined to the groups.
+        group_size: `P`; defaults as in `sparse_group_prox`.
+
+    Returns:
+        A scalar tensor.
+
+    Example:
+
+    >>> round(float(sparse_group_lasso_penalty([[3.0], [4.0]], alpha=0.5)), 4)
+    7.0355
+
+    Reference:
+        Alvarez & Salzmann, NeurIPS 2016 (arXiv 1611.06321), eq. 3.
+    """
+    kernel = ops.convert_to_tensor(kernel)
+    bias = _check_bias(kernel, bias, axis)
+    if group_size is None:
+        group_size = _default_group_size(kernel.shape, axis, bias is not None)
+    strength = ops.cast(strength, kernel.dtype)
+    value = ops.zeros((), dtype=kernel.dtype)
+    if alpha < 1.0:
+        norms = _safe_sqrt(_group_sq_norms(kernel, bias, axis))
+        value = value + (1.0 - alpha) * math.sqrt(group_size) * ops.sum(norms)
+    if alpha > 0.0:
+        l1 = ops.sum(ops.abs(kernel))
+        if bias is not None:
+            l1 = l1 + ops.sum(ops.abs(bias))
+        value = value + alpha * l1
+    return strength * value
+
+
+def group_lasso_penalty(kernel, strength=1.0, axis=-1, bias=None, group_size=None):
+    """The group Lasso penalty of one layer.
+
+    `r = strength * sqrt(P) * sum_n ||theta_n||_2` (the sparse group Lasso
+    with `alpha = 0`).
+
+    Args:
+        kernel: the kernel tensor.
+        strength: `lambda`.
+        axis: axis (or axes) indexing output units.
+        bias: optional bias joined to the groups.
+        group_size: `P`; defaults to the group's kernel entries (+1 with bias).
+
+    Returns:
+        A scalar tensor.
+
+    Example:
+
+    >>> round(float(group_lasso_penalty([[3.0], [4.0]])), 4)  # sqrt(2) * 5
+    7.0711
+
+    Reference:
+        Alvarez & Salzmann, NeurIPS 2016 (arXiv 1611.06321), eq. 2.
+    """
+    return sparse_group_lasso_penalty(
+        kernel, strength, alpha=0.0, axis=axis, bias=bias, group_size=group_size
+    )
+
+
+def zero_group_mask(kernel, axis=-1, bias=None, atol=0.0):
+    """Which units have an all-zero group (`max |theta_n| <= atol`).
+
+    Args:
+        kernel: the kernel tensor.
+        axis: axis (or axes) indexing output units.
+        bias: optional bias; when given, the bias entry must be zero too.
+        atol: absolute tolerance; `0.0` means exact zeros.
+
+    Returns:
+        A 1-D boolean tensor, one entry per unit in output channel order.
+
+    Example:
+
+    >>> ops.convert_to_numpy(zero_group_mask([[0.0, 1.0], [0.0, 0.0]])).tolist()
+    [True, False]
+    """
+    kernel = ops.convert_to_tensor(kernel)
+    bias = _check_bias(kernel, bias, axis)
+    reduce = _reduce_axes(len(kernel.shape), axis)
+    big = ops.abs(kernel)
+    if reduce:
+        big = ops.max(big, axis=reduce, keepdims=True)
+    if bias is not None:
+        big = ops.maximum(
+            big, ops.reshape(ops.abs(bias), _bias_shape(kernel.shape, axis))
+        )
+    return ops.reshape(big <= atol, (-1,))

@@ -1,0 +1,206 @@
+"""Group Lasso and sparse group Lasso regularizers (Alvarez & Salzmann 2016)."""
+
+import keras
+import numpy as np
+from keras import ops
+
+from kprune.ops.group_sparsity import sparse_group_lasso_penalty, unit_axes
+
+_MODES = ("penalty", "proximal")
+
+
+def _check_axis(axis):
+    try:
+        unit_axes(8, axis)
+    except ValueError:
+        raise ValueError(
+            "`axis` must be an int or a non-empty sequence of distinct ints "
+            f"(the axes indexing output units). Received: axis={axis!r}"
+        ) from None
+    return axis if isinstance(axis, int) else tuple(int(a) for a in axis)
+
+
+class _GroupRegularizer(keras.regularizers.Regularizer):
+    """Shared state and checks of `GroupLasso` and `SparseGroupLasso`."""
+
+    def __init__(self, strength, alpha, scale, axis, mode):
+        strength = float(strength)
+        if not strength >= 0.0:
+            raise ValueError(
+                f"`strength` must be a float >= 0. Received: strength={strength}"
+            )
+        alpha = float(alpha)
+        if not 0.0 <= alpha <= 1.0:
+            raise ValueError(f"`alpha` must be in [0, 1]. Received: alpha={alpha}")
+        scale = float(scale)
+        if not scale >= 0.0:
+            raise ValueError(f"`scale` must be a float >= 0. Received: scale={scale}")
+        if mode not in _MODES:
+            raise ValueError(f"`mode` must be one of {_MODES}. Received: mode={mode!r}")
+        self.alpha = alpha
+        self.scale = scale
+        self.axis = _check_axis(axis)
+        self.mode = mode
+        self._strength = keras.Variable(
+            strength, dtype="float32", trainable=False, name="group_lasso_strength"
+        )
+
+    @property
+    def strength(self):
+        """The `keras.Variable` holding `lambda` (assign to change it mid-fit)."""
+        return self._strength
+
+    def strength_value(self):
+        """The current strength as a Python float (shortest float32 repr)."""
+        return float(str(np.float32(ops.convert_to_numpy(self._strength))))
+
+    def effective_strength(self):
+        """The layer's `lambda` as a Python float: `strength * scale`."""
+        return self.strength_value() * self.scale
+
+    def __call__(self, x):
+        if self.mode == "proximal":
+            # The proximal step (kprune.callbacks.ProximalStep) handles the
+            # penalty; SGD sees the data loss only.
+            return ops.zeros((), dtype=x.dtype)
+        lam = ops.cast(self._strength, x.dtype) * self.scale
+        return sparse_group_lasso_penalty(x, lam, alpha=self.alpha, axis=self.axis)
+
+    def get_config(self):
+        return {
+            "strength": self.strength_value(),
+            "alpha": self.alpha,
+            "scale": self.scale,
+            "axis": self.axis if isinstance(self.axis, int) else list(self.axis),
+            "mode": self.mode,
+        }
+
+    def __repr__(self):
+        config = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
+        return f"{self.__class__.__name__}({config})"
+
+
+@keras.saving.register_keras_serializable(package="kprune")
+class SparseGroupLasso(_GroupRegularizer):
+    """Sparse group Lasso on a kernel: whole units *and* single weights to zero.
+
+    `r(W) = lambda * [(1 - alpha) * sqrt(P) * sum_n ||W_n||_2
+    + alpha * ||W||_1]` with `lambda = strength * scale`, `W_n` the incoming
+    weights of output unit `n` (all kernel axes but `axis`) and `P` their
+    number.
+
+    Two modes:
+
+    - `mode="penalty"` (default): the Keras way. `r(W)` is added to the loss
+      and the optimizer follows its subgradient. Weights get small but
+      almost never exactly zero.
+    - `mode="proximal"`: the paper's method. `__call__` returns 0 (SGD sees
+      the data loss only) and `kprune.callbacks.ProximalStep` applies the
+      proximal operator of `r` (`kprune.ops.sparse_group_prox`) with the
+      current learning rate as step size, which produces exact zeros. The
+      regularizer then only carries `lambda`, `alpha` and `axis` for the
+      callback.
+
+    A Keras regularizer only sees the kernel. `ProximalStep` groups each
+    unit's kernel slice *with its bias entry*, as in the paper.
+
+    `strength` lives in a non-trainable `keras.Variable`
+    (`regularizer.strength`), so `kprune.callbacks.RegularizationScheduler`
+    (or `regularizer.strength.assign(v)`) changes it during `fit` without
+    retracing. `scale` is a fixed per-layer multiplier that a scheduler does
+    not touch (`kprune.sparsity.apply_group_sparsity` uses it for per-layer
+    strengths). `get_config()` saves the current strength as a float.
+
+    Args:
+        strength: `lambda >= 0`.
+        alpha: L1 share in `[0, 1]` (`0` is the plain group Lasso).
+        scale: fixed multiplier of `strength` for this layer.
+        axis: kernel axis (or axes) indexing output units: `-1` for Dense,
+            Conv and SeparableConv pointwise kernels, `-2` for
+            `Conv*DTranspose`, `(-2, -1)` for `DepthwiseConv*D`.
+        mode: `"penalty"` (subgradient in the loss) or `"proximal"`
+            (handled by `ProximalStep`).
+
+    Example:
+
+    >>> import keras, kprune
+    >>> layer = keras.layers.Dense(
+    ...     8, kernel_regularizer=kprune.regularizers.SparseGroupLasso(1e-3))
+    >>> _ = layer(keras.ops.ones((2, 4)))
+    >>> len(layer.losses)
+    1
+
+    Reference:
+        Alvarez & Salzmann, "Learning the Number of Neurons in Deep
+        Networks", NeurIPS 2016 (arXiv 1611.06321); Simon et al., "A
+        sparse-group lasso", 2013.
+    """
+
+    def __init__(self, strength=1e-3, alpha=0.5, scale=1.0, axis=-1, mode="penalty"):
+        super().__init__(strength, alpha, scale, axis, mode)
+
+
+@keras.saving.register_keras_serializable(package="kprune")
+class GroupLasso(_GroupRegularizer):
+    """Group Lasso on a kernel: drives whole output units to zero.
+
+    `r(W) = lambda * sqrt(P) * sum_n ||W_n||_2` with `lambda = strength *
+    scale`, `W_n` the incoming weights of output unit `n` (all kernel axes
+    but `axis`) and `P` their number. The sparse group Lasso with `alpha=0`.
+
+    `mode="penalty"` (default) adds `r` to the loss (subgradient descent,
+    the Keras way: weights shrink but rarely reach exactly zero);
+    `mode="proximal"` adds nothing to the loss and lets
+    `kprune.callbacks.ProximalStep` apply the exact proximal operator on
+    `[kernel group, bias]` (the paper's method: exact zeros). See
+    `SparseGroupLasso` for the strength variable and `scale`.
+
+    Args:
+        strength: `lambda >= 0`.
+        scale: fixed multiplier of `strength` for this layer.
+        axis: kernel axis (or axes) indexing output units: `-1` for Dense,
+            Conv and SeparableConv pointwise kernels, `-2` for
+            `Conv*DTranspose`, `(-2, -1)` for `DepthwiseConv*D`.
+        mode: `"penalty"` or `"proximal"`.
+
+    Example:
+
+    >>> import keras, kprune
+    >>> reg = kprune.regularizers.GroupLasso(0.1)
+    >>> round(float(reg(keras.ops.ones((4, 2)))), 4)  # 0.1 * sqrt(4) * (2 + 2)
+    0.8
+    >>> _ = reg.strength.assign(0.0)  # e.g. a warm-up schedule
+    >>> float(reg(keras.ops.ones((4, 2))))
+    0.0
+
+    Reference:
+        Alvarez & Salzmann, "Learning the Number of Neurons in Deep
+        Networks", NeurIPS 2016 (arXiv 1611.06321); Yuan & Lin, "Model
+        selection and estimation in regression with grouped variables", 2006.
+    """
+
+    def __init__(self, strength=1e-3, scale=1.0, axis=-1, mode="penalty"):
+        super().__init__(strength, 0.0, scale, axis, mode)
+
+    def get_config(self):
+        config = super().get_config()
+        del config["alpha"]
+        return config
+
+
+def is_group_regularizer(obj):
+    """Whether `obj` is a kprune `GroupLasso` / `SparseGroupLasso`.
+
+    Args:
+        obj: anything.
+
+    Returns:
+        A bool.
+
+    Example:
+
+    >>> import kprune
+    >>> is_group_regularizer(kprune.regularizers.GroupLasso())
+    True
+    """
+    return isinstance(obj, _GroupRegularizer)

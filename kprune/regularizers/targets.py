@@ -1,0 +1,218 @@
+"""Which kernel of which layer carries the groups (one group per output unit).
+
+Shared by `kprune.callbacks.ProximalStep`, `SparsityLogger`,
+`RegularizationScheduler` and `kprune.sparsity.apply_group_sparsity`.
+"""
+
+import dataclasses
+
+import keras
+
+from kprune.ops.group_sparsity import num_units, unit_axes
+from kprune.regularizers.group_lasso import is_group_regularizer
+
+_REGULARIZER_ATTRS = (
+    "kernel_regularizer",
+    "depthwise_regularizer",
+    "pointwise_regularizer",
+    "bias_regularizer",
+)
+
+_TRANSPOSE = (
+    keras.layers.Conv1DTranspose,
+    keras.layers.Conv2DTranspose,
+    keras.layers.Conv3DTranspose,
+)
+_DEPTHWISE = (keras.layers.DepthwiseConv1D, keras.layers.DepthwiseConv2D)
+_SEPARABLE = (keras.layers.SeparableConv1D, keras.layers.SeparableConv2D)
+_CONV = (keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Conv3D)
+
+
+def _slots(layer):
+    """(kernel attribute, regularizer attribute) pairs of `layer`."""
+    if isinstance(layer, _DEPTHWISE):
+        return (("kernel", "depthwise_regularizer"),)
+    if isinstance(layer, _SEPARABLE):
+        return (
+            ("depthwise_kernel", "depthwise_regularizer"),
+            ("pointwise_kernel", "pointwise_regularizer"),
+        )
+    return (("kernel", "kernel_regularizer"),)
+
+
+def default_slot(layer):
+    """The kernel that makes `layer`'s output units, or `None` if unsupported.
+
+    Args:
+        layer: a Keras layer.
+
+    Returns:
+        `(kernel_attr, regularizer_attr, axis)` or `None`.
+    """
+    if isinstance(layer, _TRANSPOSE):
+        return ("kernel", "kernel_regularizer", -2)
+    if isinstance(layer, _DEPTHWISE):
+        return ("kernel", "depthwise_regularizer", (-2, -1))
+    if isinstance(layer, _SEPARABLE):
+        return ("pointwise_kernel", "pointwise_regularizer", -1)
+    if isinstance(layer, (keras.layers.Dense,) + _CONV):
+        return ("kernel", "kernel_regularizer", -1)
+    return None
+
+
+def is_groupable(layer):
+    """Whether kprune knows the output-unit groups of `layer`'s kernel."""
+    return default_slot(layer) is not None
+
+
+@dataclasses.dataclass
+class GroupTarget:
+    """One kernel under group sparsity.
+
+    Attributes:
+        layer: the layer.
+        kernel_attr: attribute name of the kernel variable.
+        axis: kernel axes indexing output units.
+        with_bias: whether the layer's bias joins the groups.
+        regularizer: the kprune group regularizer on that kernel, or `None`.
+    """
+
+    layer: object
+    kernel_attr: str
+    axis: object
+    with_bias: bool
+    regularizer: object = None
+
+    @property
+    def name(self):
+        return self.layer.name
+
+    @property
+    def kernel(self):
+        return getattr(self.layer, self.kernel_attr)
+
+    @property
+    def bias(self):
+        return self.layer.bias if self.with_bias else None
+
+    @property
+    def units(self):
+        return num_units(self.kernel.shape, self.axis)
+
+
+def iter_layers(model):
+    """All layers of `model`, nested models and sublayers included (no duplicates)."""
+    if hasattr(model, "_flatten_layers"):
+        return list(model._flatten_layers(include_self=False, recursive=True))
+    return list(getattr(model, "layers", []))
+
+
+def _built_kernel(layer, kernel_attr):
+    kernel = getattr(layer, kernel_attr, None)
+    if kernel is None:
+        raise ValueError(
+            f"Layer '{layer.name}' is not built, so its kernel has no shape yet. "
+            "Build the model (give it an Input or call it on data) first. "
+            f"Received: layer={layer.name!r}"
+        )
+    return kernel
+
+
+def _is_output_axis(layer, kernel_attr, axis):
+    """Whether `axis` of `kernel_attr` indexes the layer's output units."""
+    slot = default_slot(layer)
+    if slot is None or slot[0] != kernel_attr:
+        return False
+    ndim = len(getattr(layer, kernel_attr).shape)
+    return unit_axes(ndim, axis) == unit_axes(ndim, slot[2])
+
+
+def _bias_fits(layer, kernel_attr, axis):
+    bias = getattr(layer, "bias", None)
+    return bias is not None and _is_output_axis(layer, kernel_attr, axis)
+
+
+def regularized_targets(layer):
+    """`GroupTarget`s for every kernel of `layer` carrying a kprune group regularizer.
+
+    The bias joins the groups when they are the layer's output units. Other
+    groupings (e.g. `axis=0` on a Dense kernel: one group per *input*
+    feature) are kernel-only.
+
+    Raises:
+        ValueError: for a DepthwiseConv whose regularizer `axis` is not
+            `(-2, -1)` (almost surely a mistake: `axis=-1` would make one
+            group per depth multiplier across all channels).
+    """
+    targets = []
+    for kernel_attr, reg_attr in _slots(layer):
+        reg = getattr(layer, reg_attr, None)
+        if not is_group_regularizer(reg):
+            continue
+        kernel = _built_kernel(layer, kernel_attr)
+        output_axis = _is_output_axis(layer, kernel_attr, reg.axis)
+        if isinstance(layer, _DEPTHWISE) and not output_axis:
+            raise ValueError(
+                f"Layer '{layer.name}': the {type(reg).__name__} on "
+                f"`{reg_attr}` groups the kernel of shape {tuple(kernel.shape)} "
+                f"into {num_units(kernel.shape, reg.axis)} groups, not one per "
+                "output channel. Use axis=(-2, -1) for "
+                f"{type(layer).__name__}. Received: axis={reg.axis!r}"
+            )
+        with_bias = _bias_fits(layer, kernel_attr, reg.axis)
+        targets.append(GroupTarget(layer, kernel_attr, reg.axis, with_bias, reg))
+    return targets
+
+
+def default_target(layer):
+    """The `GroupTarget` of `layer`'s output units, or `None` if unsupported.
+
+    Its `regularizer` is the kprune group regularizer grouping those output
+    units, if there is one.
+    """
+    slot = default_slot(layer)
+    if slot is None:
+        return None
+    kernel_attr, reg_attr, axis = slot
+    _built_kernel(layer, kernel_attr)
+    reg = getattr(layer, reg_attr, None)
+    if not (
+        is_group_regularizer(reg) and _is_output_axis(layer, kernel_attr, reg.axis)
+    ):
+        reg = None
+    return GroupTarget(
+        layer, kernel_attr, axis, _bias_fits(layer, kernel_attr, axis), reg
+    )
+
+
+def find_layer(model, name, argument="layers"):
+    """The layer of `model` (nested included) called `name`, or ValueError."""
+    for layer in iter_layers(model):
+        if layer.name == name:
+            return layer
+    raise ValueError(
+        f"No layer named '{name}' in model '{model.name}'. Received: "
+        f"{argument} containing {name!r}"
+    )
+
+
+def group_regularizers(model):
+    """Every distinct regularizer in `model` with a `keras.Variable` `strength`.
+
+    Args:
+        model: a Keras model.
+
+    Returns:
+        A list of `(layer, regularizer)` pairs, each regularizer once.
+    """
+    seen = set()
+    found = []
+    for layer in iter_layers(model):
+        for reg_attr in _REGULARIZER_ATTRS:
+            reg = getattr(layer, reg_attr, None)
+            if reg is None or id(reg) in seen:
+                continue
+            if isinstance(getattr(reg, "strength", None), keras.Variable):
+                seen.add(id(reg))
+                found.append((layer, reg))
+    return found

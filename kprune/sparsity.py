@@ -1,0 +1,311 @@
+"""One call to put a whole model under group sparsity.
+
+`apply_group_sparsity(model, strength)` returns a copy of `model` whose
+hidden Dense / Conv layers carry `GroupLasso` (or `SparseGroupLasso`)
+regularizers, ready for `fit` with `kprune.callbacks.ProximalStep`.
+"""
+
+import warnings
+
+import keras
+
+from kprune.regularizers.group_lasso import (
+    GroupLasso,
+    SparseGroupLasso,
+    is_group_regularizer,
+)
+from kprune.regularizers.targets import default_slot, is_groupable, iter_layers
+
+_MODES = ("proximal", "penalty")
+
+
+def _producer(tensor):
+    history = getattr(tensor, "_keras_history", None)
+    if history is None:
+        return None, None
+    operation, node_index = history[0], history[1]
+    return operation, operation._inbound_nodes[node_index]
+
+
+def _is_input(operation):
+    return isinstance(operation, keras.layers.InputLayer)
+
+
+def _trace_back(model):
+    """Groupable layers that make `model`'s outputs, and whether an output
+    reaches an input through channel-preserving layers only."""
+    names, passthrough = set(), False
+    stack, seen = list(keras.tree.flatten(model.outputs)), set()
+    while stack:
+        tensor = stack.pop()
+        if id(tensor) in seen:
+            continue
+        seen.add(id(tensor))
+        operation, node = _producer(tensor)
+        if operation is None or _is_input(operation):
+            passthrough = True
+            continue
+        if is_groupable(operation):
+            names.add(operation.name)
+            continue
+        if isinstance(operation, keras.Model):
+            inner, inner_passthrough = _trace_back(operation)
+            names |= inner
+            if not inner_passthrough:
+                continue
+        stack.extend(node.input_tensors)
+    return names, passthrough
+
+
+def _output_layers(model):
+    """Names of the layers whose units are the model's outputs."""
+    return _trace_back(model)[0]
+
+
+def _first_layers(model):
+    """Names of the groupable layers that read the model inputs (through
+    channel-preserving layers only)."""
+    memo = {}
+
+    def raw(tensor):
+        key = id(tensor)
+        if key not in memo:
+            memo[key] = False
+            operation, node = _producer(tensor)
+            if operation is None or _is_input(operation):
+                memo[key] = True
+            elif is_groupable(operation):
+                memo[key] = False
+            elif isinstance(operation, keras.Model) and not _trace_back(operation)[1]:
+                memo[key] = False
+            else:
+                memo[key] = any(raw(t) for t in node.input_tensors)
+        return memo[key]
+
+    names = set()
+    for layer in model.layers:
+        fed = any(raw(t) for node in layer._inbound_nodes for t in node.input_tensors)
+        if not fed:
+            continue
+        if is_groupable(layer):
+            names.add(layer.name)
+        elif isinstance(layer, keras.Model):
+            names |= _first_layers(layer)
+    return names
+
+
+def _check_model(model):
+    if not isinstance(model, keras.Model):
+        raise ValueError(f"`model` must be a keras.Model. Received: model={model!r}")
+    from keras.src.models.functional import Functional
+
+    if not isinstance(model, (keras.Sequential, Functional)):
+        raise ValueError(
+            "apply_group_sparsity clones the model, which Keras can do for "
+            "Sequential and Functional models only. For a subclassed model, "
+            "pass kernel_regularizer=kprune.regularizers.GroupLasso(..., "
+            "mode='proximal') to its layers yourself. "
+            f"Received: model of type {type(model).__name__}"
+        )
+    if not model.built or not model.outputs:
+        raise ValueError(
+            f"Model '{model.name}' is not built. Give it an Input (or call "
+            f"`model.build(input_shape)`) first. Received: model={model.name!r}"
+        )
+
+
+def apply_group_sparsity(
+    model,
+    strength,
+    alpha=0.0,
+    layers=None,
+    strength_per_layer=None,
+    first_layer_scale=1.0,
+    mode="proximal",
+):
+    """A copy of `model` with group-sparsity regularizers on its hidden layers.
+
+    Layer `l` gets `GroupLasso(strength, scale=s_l, mode=mode)` (or
+    `SparseGroupLasso(strength, alpha, ...)` when `alpha > 0`) on the kernel
+    that makes its output units, so its penalty is
+
+    `r_l = lambda_l * [(1 - alpha) * sqrt(P_l) * sum_n ||theta_l^n||_2
+    + alpha * ||theta_l||_1]`, `lambda_l = strength * s_l`,
+
+    with `s_l = first_layer_scale` for the layers that read the model inputs,
+    `strength_per_layer[name] / strength` where given, `1` otherwise. A
+    `RegularizationScheduler` changes `strength` and keeps the `s_l`.
+
+    The layers whose units *are* the outputs (the last Dense/Conv on every
+    path to an output, e.g. the classifier) are never regularized. The input
+    model is not modified: the result is a `keras.models.clone_model` copy
+    (nested models included) with the same weights. Compile it, then:
+
+    - `mode="proximal"` (default, the paper's method): fit with
+      `kprune.callbacks.ProximalStep()`; the loss holds the data term only
+      and whole units become exactly zero.
+    - `mode="penalty"`: the regularizers add their penalty to the loss
+      (subgradient descent, no callback needed; no exact zeros).
+
+    Args:
+        model: a built Sequential or Functional model.
+        strength: `lambda >= 0`.
+        alpha: L1 share in `[0, 1]`; `0` gives `GroupLasso`, more gives
+            `SparseGroupLasso`.
+        layers: names of the layers to regularize; `None` means every
+            trainable Dense, Conv*D, Conv*DTranspose, DepthwiseConv*D and
+            SeparableConv*D layer except the output layers.
+        strength_per_layer: optional `{layer_name: lambda}` overriding the
+            strength of some layers (needs `strength > 0`).
+        first_layer_scale: multiplier of `strength` for the layers that read
+            the inputs (the paper uses a smaller `lambda` for the first
+            layers).
+        mode: `"proximal"` or `"penalty"`.
+
+    Returns:
+        A new `keras.Model` (not compiled).
+
+    Example:
+
+    >>> import keras, kprune.sparsity
+    >>> model = keras.Sequential([keras.Input((784,)),
+    ...     keras.layers.Dense(300, activation="relu"),
+    ...     keras.layers.Dense(100, activation="relu"),
+    ...     keras.layers.Dense(10, activation="softmax")])
+    >>> sparse = kprune.sparsity.apply_group_sparsity(model, 1e-4)
+    >>> [type(l.kernel_regularizer).__name__ for l in sparse.layers]
+    ['GroupLasso', 'GroupLasso', 'NoneType']
+    >>> sparse.compile("sgd", "sparse_categorical_crossentropy")
+    >>> # sparse.fit(x, y, callbacks=[kprune.callbacks.ProximalStep()])
+
+    Reference:
+        Alvarez & Salzmann, "Learning the Number of Neurons in Deep
+        Networks", NeurIPS 2016 (arXiv 1611.06321).
+    """
+    _check_model(model)
+    strength = float(strength)
+    if not strength >= 0.0:
+        raise ValueError(f"`strength` must be >= 0. Received: strength={strength}")
+    alpha = float(alpha)
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"`alpha` must be in [0, 1]. Received: alpha={alpha}")
+    first_layer_scale = float(first_layer_scale)
+    if not first_layer_scale >= 0.0:
+        raise ValueError(
+            "`first_layer_scale` must be >= 0. "
+            f"Received: first_layer_scale={first_layer_scale}"
+        )
+    if mode not in _MODES:
+        raise ValueError(f"`mode` must be one of {_MODES}. Received: mode={mode!r}")
+    strength_per_layer = dict(strength_per_layer or {})
+    if strength_per_layer and strength == 0.0:
+        raise ValueError(
+            "`strength_per_layer` is applied relative to `strength`, which must "
+            "then be > 0. Received: strength=0.0"
+        )
+
+    all_layers = {layer.name: layer for layer in iter_layers(model)}
+    outputs = _output_layers(model)
+    if layers is None:
+        chosen = [
+            layer
+            for layer in all_layers.values()
+            if is_groupable(layer) and layer.trainable and layer.name not in outputs
+        ]
+    else:
+        if isinstance(layers, str) or not isinstance(layers, (list, tuple)):
+            raise ValueError(
+                "`layers` must be None or a list of layer names. "
+                f"Received: layers={layers!r}"
+            )
+        chosen = []
+        for name in layers:
+            layer = all_layers.get(name)
+            if layer is None:
+                raise ValueError(
+                    f"No layer named '{name}' in model '{model.name}'. "
+                    f"Received: layers containing {name!r}"
+                )
+            if not is_groupable(layer):
+                raise ValueError(
+                    f"Layer '{name}' ({type(layer).__name__}) has no kernel "
+                    "kprune can group per output unit (supported: Dense, Conv*D, "
+                    "Conv*DTranspose, DepthwiseConv*D, SeparableConv*D). "
+                    f"Received: layers containing {name!r}"
+                )
+            if name in outputs:
+                raise ValueError(
+                    f"Layer '{name}' makes the model's outputs; removing its "
+                    "units would change the output shape, so it is never "
+                    f"regularized. Received: layers containing {name!r}"
+                )
+            if not layer.trainable:
+                raise ValueError(
+                    f"Layer '{name}' is not trainable. "
+                    f"Received: layers containing {name!r}"
+                )
+            chosen.append(layer)
+    if not chosen:
+        raise ValueError(
+            f"Model '{model.name}' has no trainable hidden Dense/Conv layer to "
+            "put under group sparsity (the layers making the outputs are never "
+            f"regularized). Received: layers={layers!r}"
+        )
+    chosen_names = {layer.name for layer in chosen}
+    for name in strength_per_layer:
+        if name not in chosen_names:
+            raise ValueError(
+                f"`strength_per_layer` names layer '{name}', which is not among "
+                f"the regularized layers {sorted(chosen_names)}. "
+                f"Received: strength_per_layer={strength_per_layer!r}"
+            )
+
+    firsts = _first_layers(model)
+    plan = {}
+    for layer in chosen:
+        _, reg_attr, axis = default_slot(layer)
+        if layer.name in strength_per_layer:
+            value = float(strength_per_layer[layer.name])
+            if not value >= 0.0:
+                raise ValueError(
+                    f"`strength_per_layer['{layer.name}']` must be >= 0. "
+                    f"Received: strength_per_layer={strength_per_layer!r}"
+                )
+            scale = value / strength
+        elif layer.name in firsts:
+            scale = first_layer_scale
+        else:
+            scale = 1.0
+        existing = getattr(layer, reg_attr, None)
+        if existing is not None and not is_group_regularizer(existing):
+            warnings.warn(
+                f"Layer '{layer.name}': replacing its {reg_attr} "
+                f"{existing!r} with a group-sparsity regularizer.",
+                stacklevel=2,
+            )
+        if alpha > 0.0:
+            reg = SparseGroupLasso(strength, alpha, scale=scale, axis=axis, mode=mode)
+        else:
+            reg = GroupLasso(strength, scale=scale, axis=axis, mode=mode)
+        plan[id(layer)] = (reg_attr, reg)
+
+    def clone_function(layer):
+        config = layer.get_config()
+        if id(layer) in plan:
+            reg_attr, reg = plan[id(layer)]
+            config[reg_attr] = reg
+        return layer.__class__.from_config(config)
+
+    clone = keras.models.clone_model(
+        model, clone_function=clone_function, recursive=True
+    )
+    weights = model.get_weights()
+    clone_shapes = [tuple(w.shape) for w in clone.weights]
+    if clone_shapes != [tuple(w.shape) for w in weights]:
+        raise ValueError(
+            f"Could not copy the weights of model '{model.name}' into its clone "
+            "(the clone's weights differ in number or shape). "
+            f"Received: model={model.name!r}"
+        )
+    clone.set_weights(weights)
+    return clone
