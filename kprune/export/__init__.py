@@ -1,1 +1,31 @@
-"""kprune.export."""
+"""Export to TFLite (LiteRT), verified against Keras; size and latency.
+
+- `to_tflite(model, path, quantize=None, ...)`: convert and verify.
+- `verify_tflite(path, model, ...)`: compare a file with the Keras model.
+- `measure_tflite(path, ...)`: file size, gzipped size, LiteRT latency.
+- `sizes(path)`: raw and gzipped size.
+
+This is the only part of kprune that imports `tensorflow` (lazily, inside
+the conversion).
+"""
+
+from kprune.export.measure import measure_tflite, sizes
+from kprune.export.tflite import (
+    DEFAULT_TOLERANCES,
+    QUANTIZE_MODES,
+    VerificationError,
+    representative_samples,
+    to_tflite,
+    verify_tflite,
+)
+
+__all__ = [
+    "DEFAULT_TOLERANCES",
+    "QUANTIZE_MODES",
+    "VerificationError",
+    "measure_tflite",
+    "representative_samples",
+    "sizes",
+    "to_tflite",
+    "verify_tflite",
+]

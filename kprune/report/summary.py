@@ -1,0 +1,230 @@
+"""Parameters, non-zeros, MACs and widths of a Keras model, layer by layer."""
+
+import keras
+import numpy as np
+
+from kprune.report.macs import layer_macs, layer_width
+
+
+def _is_graph_model(layer):
+    """Functional or Sequential (a model whose layers we can walk)."""
+    return isinstance(layer, keras.Sequential) or (
+        isinstance(layer, keras.Model)
+        and hasattr(layer, "_nodes_by_depth")
+        and hasattr(layer, "operations")
+    )
+
+
+def _shape(tensors):
+    """Shape of the first tensor of a call's inputs/outputs."""
+    flat = keras.tree.flatten(tensors)
+    if not flat or not hasattr(flat[0], "shape"):
+        return None
+    return tuple(flat[0].shape)
+
+
+def _calls(parent, layer):
+    """(input_shape, output_shape) of every call of `layer` inside `parent`.
+
+    Reads the parent's graph nodes (so a shared layer called twice counts
+    twice); falls back to `layer.input` / `layer.output` (its first call).
+    """
+    graph = parent
+    if isinstance(parent, keras.Sequential):
+        graph = getattr(parent, "_functional", None)
+    nodes_by_depth = getattr(graph, "_nodes_by_depth", None) or {}
+    calls = []
+    for nodes in nodes_by_depth.values():
+        for node in nodes:
+            if getattr(node, "operation", None) is layer:
+                calls.append((_shape(node.input_tensors), _shape(node.output_tensors)))
+    if calls:
+        return calls
+    try:
+        return [(_shape(layer.input), _shape(layer.output))]
+    except (AttributeError, ValueError):
+        return []
+
+
+def _count(weights):
+    total = nonzero = 0
+    for w in weights:
+        value = np.asarray(keras.ops.convert_to_numpy(w))
+        total += value.size
+        nonzero += int(np.count_nonzero(value))
+    return total, nonzero
+
+
+def _sparsity(nonzero, total):
+    """`1 - nonzero / total` (0 for an empty count)."""
+    return 1.0 - nonzero / total if total else 0.0
+
+
+def _unique(weights):
+    seen, out = set(), []
+    for w in weights:
+        if id(w) not in seen:
+            seen.add(id(w))
+            out.append(w)
+    return out
+
+
+def _leaves(model, prefix="", multiplier=1):
+    """Yield (path, layer, calls, multiplier) for every leaf layer."""
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.InputLayer):
+            continue
+        path = prefix + layer.name
+        calls = _calls(model, layer)
+        if _is_graph_model(layer):
+            yield from _leaves(layer, path + "/", multiplier * max(1, len(calls)))
+        else:
+            yield path, layer, calls, multiplier
+
+
+def _rows(model, shape_model):
+    """One row per leaf layer; shapes (MACs) from `shape_model`."""
+    weights_of = {path: layer for path, layer, _, _ in _leaves(model)}
+    rows, unknown = [], []
+    for path, layer, calls, multiplier in _leaves(shape_model):
+        owner = weights_of.get(path, layer)
+        params, nonzero = _count(_unique(owner.weights))
+        macs = 0
+        output_shape = calls[0][1] if calls else None
+        if not calls and layer_macs(layer, None, None) != 0:
+            unknown.append(path)
+        for input_shape, out_shape in calls:
+            count = layer_macs(layer, input_shape, out_shape)
+            if count is None:
+                unknown.append(path)
+                count = 0
+            macs += count * multiplier
+        rows.append(
+            {
+                "name": path,
+                "class_name": layer.__class__.__name__,
+                "params": params,
+                "nonzero_params": nonzero,
+                "macs": int(macs),
+                "width": layer_width(layer, output_shape),
+                "output_shape": None if output_shape is None else list(output_shape),
+                "calls": len(calls) * multiplier,
+            }
+        )
+    return rows, unknown
+
+
+def _with_input_shape(model, input_shape):
+    """A clone of `model` (new layers, same names) on concrete input shapes."""
+    inputs = list(model.inputs)
+    shapes = [input_shape] if len(inputs) == 1 else list(input_shape)
+    valid = len(shapes) == len(inputs) and all(
+        isinstance(shape, (tuple, list))
+        and all(d is None or isinstance(d, (int, np.integer)) for d in shape)
+        for shape in shapes
+    )
+    if not valid:
+        raise ValueError(
+            f"`input_shape` must be one shape (without the batch axis) per "
+            f"model input ({len(inputs)}). Received: input_shape={input_shape!r}"
+        )
+    new_inputs = [
+        keras.Input(tuple(shape), dtype=tensor.dtype)
+        for shape, tensor in zip(shapes, inputs)
+    ]
+    try:
+        struct = model.input
+    except (AttributeError, ValueError):
+        struct = new_inputs
+    packed = keras.tree.pack_sequence_as(struct, new_inputs)
+    return keras.models.clone_model(model, input_tensors=packed)
+
+
+def summary(model, input_shape=None):
+    """Parameters, non-zero parameters, MACs and widths of a Keras model.
+
+    `sparsity = 1 - nonzero_params / params` over all weights;
+    `kernel_sparsity` is the same over kernels only (weights with 2 or more
+    dimensions: Dense / Conv kernels, embeddings), which is what magnitude
+    pruning and HyperSparse drive to zero.
+
+    MACs are multiply-accumulates per sample (batch size 1) of inference,
+    counted per layer call from the call's output shape (see
+    `kprune.report.layer_macs` for the rules: Dense, EinsumDense, Conv1D/2D/3D
+    with strides/dilation/groups, Conv transpose, DepthwiseConv,
+    SeparableConv; Embedding and BatchNormalization count 0, as does
+    everything else). A shared layer counts once per call; layers of a
+    nested Functional/Sequential model appear as `"outer/inner"` and count
+    once per call of the nested model.
+
+    Args:
+        model: a built Keras model (Functional, Sequential, possibly
+            nested). Not modified.
+        input_shape: optional input shape without the batch axis (a list
+            of shapes for several inputs), for models built with unknown
+            dimensions such as `(None, None, 3)`: MACs are then counted on a
+            clone of the model built on this shape. (Layers inside a nested
+            model keep the nested model's own shapes.)
+
+    Returns:
+        A JSON-able dict with keys `model`, `params`, `trainable_params`,
+        `non_trainable_params`, `nonzero_params`, `sparsity`,
+        `kernel_params`, `kernel_nonzero_params`, `kernel_sparsity`, `macs`,
+        `layers` (one dict per leaf layer: `name`, `class_name`, `params`,
+        `nonzero_params`, `macs`, `width`, `output_shape`, `calls`),
+        `widths` (`{layer name: width}` for layers that define one) and
+        `unknown_macs` (layers whose MACs could not be counted because a
+        dimension was unknown).
+
+    Example:
+
+    >>> model = keras.Sequential(
+    ...     [
+    ...         keras.Input((784,)),
+    ...         keras.layers.Dense(300, name="fc1"),
+    ...         keras.layers.Dense(10, name="fc2"),
+    ...     ]
+    ... )
+    >>> s = summary(model)
+    >>> s["params"], s["macs"], s["widths"]
+    (238510, 238200, {'fc1': 300, 'fc2': 10})
+    """
+    if not isinstance(model, keras.layers.Layer):
+        raise ValueError(
+            f"`model` must be a Keras model. Received: model={type(model).__name__}"
+        )
+    if not model.built:
+        raise ValueError(
+            f"Model '{model.name}' is not built; build it (call it on data or "
+            "create it from `keras.Input`) before `summary`. "
+            f"Received: model={model.name}"
+        )
+    weights = _unique(model.weights)
+    params, nonzero = _count(weights)
+    trainable, _ = _count(_unique(model.trainable_weights))
+    kernels = [w for w in weights if len(w.shape) >= 2]
+    kernel_params, kernel_nonzero = _count(kernels)
+    rows, unknown = [], []
+    if _is_graph_model(model):
+        shape_model = model
+        if input_shape is not None:
+            shape_model = _with_input_shape(model, input_shape)
+        rows, unknown = _rows(model, shape_model)
+    else:
+        # A subclassed model or a single layer: weights only, no graph.
+        unknown.append(model.name)
+    return {
+        "model": model.name,
+        "params": params,
+        "trainable_params": trainable,
+        "non_trainable_params": params - trainable,
+        "nonzero_params": nonzero,
+        "sparsity": _sparsity(nonzero, params),
+        "kernel_params": kernel_params,
+        "kernel_nonzero_params": kernel_nonzero,
+        "kernel_sparsity": _sparsity(kernel_nonzero, kernel_params),
+        "macs": int(sum(row["macs"] for row in rows)),
+        "layers": rows,
+        "widths": {r["name"]: r["width"] for r in rows if r["width"] is not None},
+        "unknown_macs": sorted(set(unknown)),
+    }
