@@ -9,6 +9,7 @@
 
 from kprune.surgery import layers as _builtin_layers  # noqa: F401  (registers)
 from kprune.surgery.analysis import ChannelAnalysis
+from kprune.surgery.blocks import Block, cut_points, find_blocks
 from kprune.surgery.dead import dead_units
 from kprune.surgery.errors import (
     CouplingError,
@@ -25,8 +26,10 @@ from kprune.surgery.handlers import (
 from kprune.surgery.layers import ChannelwiseHandler, MixingHandler, ProducerHandler
 from kprune.surgery.plan import PruningPlan
 from kprune.surgery.rebuild import plan_removal, remove_units, slim
+from kprune.surgery.replace import replace_blocks
 
 __all__ = [
+    "Block",
     "ChannelAnalysis",
     "ChannelwiseHandler",
     "CouplingError",
@@ -38,10 +41,13 @@ __all__ = [
     "SurgeryError",
     "UnsupportedLayerError",
     "UnsupportedModelError",
+    "cut_points",
     "dead_units",
+    "find_blocks",
     "get_handler",
     "plan_removal",
     "register_handler",
     "remove_units",
+    "replace_blocks",
     "slim",
 ]
