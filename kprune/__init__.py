@@ -34,6 +34,7 @@ __all__ = [
     "criteria",
     "export",
     "ops",
+    "pruning",
     "regularizers",
     "report",
     "sparsity",
