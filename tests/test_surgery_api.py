@@ -185,3 +185,21 @@ class SurgeryApiTest(TestCase):
         dead = kprune.surgery.dead_units(model)
         np.testing.assert_array_equal(dead["fc1"], [3])
         self.assertEqual(dead["fc1"].dtype, np.int64)
+
+
+class KeepMaskTest(TestCase):
+    def test_slim_keeps_magnitude_masks(self):
+        model = models.mlp()
+        kprune.pruning.attach_masks(model, ["fc1", "fc2"])
+        fc2 = model.get_layer("fc2")
+        kernel, bias = fc2.get_weights()
+        kernel[:, :3] = 0.0
+        kernel[5, 7] = 0.0
+        bias[:3] = 0.0
+        fc2.set_weights([kernel, bias])
+        fc2.kernel_constraint.set_mask((kernel != 0).astype("float32"))
+        small = kprune.surgery.slim(model)
+        mask = small.get_layer("fc2").kernel_constraint.mask
+        self.assertIsNotNone(mask)
+        self.assertEqual(tuple(mask.shape), tuple(small.get_layer("fc2").kernel.shape))
+        self.assertEqual(float(keras.ops.sum(1.0 - mask)), 1.0)

@@ -148,6 +148,20 @@ def _rebuild(analysis, plan):
     return _Cloner(changes, new_shapes).clone(graph.model)
 
 
+def _carry_keep_mask(layer):
+    """Give a resized layer's `KeepMask` a mask again.
+
+    `KeepMask` keeps its mask out of the config, so a rebuilt layer's
+    constraint starts empty. Pruned weights are exactly zero, so the new
+    kernel's zero pattern is the sliced mask.
+    """
+    constraint = getattr(layer, "kernel_constraint", None)
+    if type(constraint).__name__ != "KeepMask" or constraint.mask is not None:
+        return
+    kernel = keras.ops.convert_to_numpy(layer.kernel)
+    constraint.set_mask((kernel != 0).astype("float32"))
+
+
 def _copy_layer(layer):
     """A fresh copy of an unchanged layer (weights are set afterwards)."""
     if isinstance(layer, keras.layers.Lambda):
@@ -174,6 +188,7 @@ class _Cloner:
             if isinstance(values, dict):
                 values = [values[w.name] for w in layer.weights]
             layer.set_weights(values)
+            _carry_keep_mask(layer)
         return new_model
 
     def __call__(self, layer):
