@@ -1,1 +1,44 @@
-"""kprune.criteria."""
+"""kprune.criteria: per-unit importance, selection, greedy pruning, pictures.
+
+- `car_scores(model, layer, x, y)`: CAR / RAR (Abbasi-Asl & Yu): the metric
+  drop when each unit alone is removed, computed fast and equal to the
+  surgery's result; `AblationScorer` is the engine.
+- `l1_scores`, `mean_activation_scores`, `random_scores`: baselines with the
+  same signature.
+- `select_lowest`, `greedy_prune`: greedy iterative pruning to a
+  `kprune.surgery.PruningPlan`.
+- `plot_filters`, `plot_scores`: PNG pictures (matplotlib optional).
+- `block_redundancy`, `select_blocks`: redundant blocks (Cannistraci et al.).
+"""
+
+from kprune.criteria.ablation import AblationScorer
+from kprune.criteria.baselines import l1_scores, mean_activation_scores, random_scores
+from kprune.criteria.block_redundancy import (
+    BlockCandidate,
+    block_redundancy,
+    select_blocks,
+)
+from kprune.criteria.car import car_scores, measure, surgery_scores
+from kprune.criteria.greedy import greedy_prune, select_lowest
+from kprune.criteria.metrics import importance, resolve_metric
+from kprune.criteria.plots import filter_images, plot_filters, plot_scores
+
+__all__ = [
+    "AblationScorer",
+    "BlockCandidate",
+    "block_redundancy",
+    "car_scores",
+    "filter_images",
+    "greedy_prune",
+    "importance",
+    "l1_scores",
+    "mean_activation_scores",
+    "measure",
+    "plot_filters",
+    "plot_scores",
+    "random_scores",
+    "resolve_metric",
+    "select_blocks",
+    "select_lowest",
+    "surgery_scores",
+]

@@ -1,0 +1,711 @@
+"""Group sparsity (Alvarez & Salzmann 2016) on full MNIST: how small, how good?
+
+For LeNet-300-100 (784-300-100-10) and LeNet-5 (conv 20-50 5x5 valid, dense
+500, dense 10) this trains, with the same epochs, optimizer and learning-rate
+schedule (SGD, momentum 0.9, cosine decay):
+
+- `GroupLasso+ProximalStep`: `kprune.sparsity.apply_group_sparsity` (mode
+  "proximal") + `kprune.callbacks.ProximalStep` (the paper's method);
+- `SparseGroupLasso(a=0.5)+ProximalStep`: the same with alpha = 0.5;
+- `GroupLasso penalty (subgradient)`: the same regularizers with
+  mode="penalty" (the penalty in the loss, the usual Keras way), no
+  ProximalStep;
+- `plain`: no regularization;
+- LeNet-300-100 only, `GroupLasso(outgoing)+ProximalStep`: one group per
+  *input* of each Dense layer (its outgoing weights: `GroupLasso(axis=0)` on
+  the kernels of fc1, fc2 and the output layer), which prunes input pixels
+  too. `kprune.surgery.slim` keeps model inputs fixed, so pruned pixels
+  stay as zero rows of fc1 there; the row also reports the MACs of the same
+  network fed with the kept pixels only (built and checked here).
+
+then slims each model (`kprune.surgery.slim`) and reports test error, params,
+MACs, widths, epochs and training seconds. Targets: LeNet-300-100 >= 10x
+fewer MACs at <= 1.8 % test error; LeNet-5 >= 10x fewer MACs at <= 1.0 %.
+
+It also times training steps with the kprune callbacks vs a plain `fit`
+(same model and data, interleaved rounds; target <= 1.10x).
+
+Data: full MNIST from `--data FILE.npz`, else `../shared/data/mnist.npz`
+relative to the repository, else `keras.datasets.mnist.load_data()`.
+
+Run by hand (never in CI), one model per invocation on 2 cores, e.g.:
+
+    python benchmarks/group_sparsity.py --model lenet300
+    python benchmarks/group_sparsity.py --model lenet5 --methods prox,sgl
+    python benchmarks/group_sparsity.py --model lenet5 --methods penalty,plain
+    python benchmarks/group_sparsity.py --model all --timing-only
+
+Hyper-parameters were tuned on a validation split (the last 10,000 training
+images, `--validation`, results in group_sparsity_sweep.json/.md).
+
+Writes (merging with earlier invocations, keyed by model and method)
+benchmarks/results/group_sparsity.json and .md.
+"""
+
+import argparse
+import datetime
+import json
+import math
+import os
+import platform
+import sys
+import time
+
+import keras
+import numpy as np
+
+import kprune
+import kprune.sparsity
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+RESULTS = os.path.join(HERE, "results")
+SHARED_NPZ = os.path.join(REPO, "..", "shared", "data", "mnist.npz")
+
+TARGETS = {
+    "lenet300": {"macs_reduction": 10.0, "test_error": 0.018},
+    "lenet5": {"macs_reduction": 10.0, "test_error": 0.010},
+}
+
+METHOD_NAMES = {
+    "prox": "GroupLasso+ProximalStep",
+    "sgl": "SparseGroupLasso(a=0.5)+ProximalStep",
+    "penalty": "GroupLasso penalty (subgradient)",
+    "plain": "plain",
+    "prox_light": "GroupLasso+ProximalStep, smaller lambda",
+    "prox_out": "GroupLasso(outgoing)+ProximalStep",
+}
+
+# Shared training recipe per model (all methods of a model use it).
+TRAINING = {
+    "lenet300": {"epochs": 30, "batch_size": 100, "learning_rate": 0.05},
+    "lenet5": {"epochs": 20, "batch_size": 100, "learning_rate": 0.05},
+}
+
+# Per-method hyper-parameters: lambda = strength * scale[layer].
+HPARAMS = {
+    "lenet300": {
+        "prox": {
+            "strength": 0.1,
+            "scales": {"fc1": 1.0, "fc2": 1.0},
+            "finetune_epochs": 8,
+        },
+        "prox_light": {
+            "strength": 0.03,
+            "scales": {"fc1": 1.0, "fc2": 1.0},
+            "finetune_epochs": 8,
+        },
+        "sgl": {
+            "strength": 0.2,
+            "alpha": 0.5,
+            "scales": {"fc1": 1.0, "fc2": 1.0},
+            "finetune_epochs": 8,
+        },
+        "penalty": {"strength": 5e-5, "scales": {"fc1": 1.0, "fc2": 1.0}},
+        "plain": {},
+        "prox_out": {
+            "strength": 0.05,
+            "scales": {"fc1": 5.0, "fc2": 1.5, "logits": 3.0},
+            "finetune_epochs": 8,
+        },
+    },
+    "lenet5": {
+        "prox": {
+            "strength": 0.1,
+            "scales": {"conv1": 8.0, "conv2": 1.0, "fc1": 0.25},
+            "finetune_epochs": 5,
+        },
+        "sgl": {
+            "strength": 0.2,
+            "alpha": 0.5,
+            "scales": {"conv1": 8.0, "conv2": 1.0, "fc1": 0.25},
+            "finetune_epochs": 5,
+        },
+        "penalty": {
+            "strength": 5e-5,
+            "scales": {"conv1": 8.0, "conv2": 1.0, "fc1": 0.25},
+        },
+        "plain": {},
+    },
+}
+PROX_EVERY = 50
+
+
+def machine():
+    return {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "python": platform.python_version(),
+        "keras": keras.__version__,
+        "kprune": kprune.__version__,
+    }
+
+
+def now():
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def load_mnist(path):
+    """Full MNIST; says where it looked."""
+    looked = []
+    for candidate in ([path] if path else []) + [SHARED_NPZ]:
+        candidate = os.path.abspath(candidate)
+        looked.append(candidate)
+        if os.path.isfile(candidate):
+            with np.load(candidate) as f:
+                data = (f["x_train"], f["y_train"]), (f["x_test"], f["y_test"])
+            return data, candidate
+    looked.append("keras.datasets.mnist.load_data() (Keras cache or download)")
+    try:
+        return keras.datasets.mnist.load_data(), "keras.datasets.mnist"
+    except Exception as error:
+        sys.exit(
+            "group_sparsity benchmark: full MNIST not found. Looked at:\n  "
+            + "\n  ".join(looked)
+            + f"\n(last error: {error}). Pass --data /path/to/mnist.npz."
+        )
+
+
+def lenet300():
+    inputs = keras.Input((784,), name="pixels")
+    x = keras.layers.Dense(300, activation="relu", name="fc1")(inputs)
+    x = keras.layers.Dense(100, activation="relu", name="fc2")(x)
+    outputs = keras.layers.Dense(10, name="logits")(x)
+    return keras.Model(inputs, outputs, name="lenet300")
+
+
+def lenet5():
+    from kprune.demo import lenet5 as build
+
+    return build()
+
+
+BUILDERS = {"lenet300": lenet300, "lenet5": lenet5}
+
+
+def prepare(model_name, x):
+    x = np.asarray(x, dtype="float32") / 255.0
+    if model_name == "lenet300":
+        return x.reshape(len(x), 784)
+    return x[..., None]
+
+
+def outgoing_model(hp, mode="proximal"):
+    """LeNet-300-100 with GroupLasso(axis=0) on every kernel: input groups."""
+    regs = {
+        name: kprune.regularizers.GroupLasso(
+            hp["strength"], scale=scale, axis=0, mode=mode
+        )
+        for name, scale in hp["scales"].items()
+    }
+    inputs = keras.Input((784,), name="pixels")
+    x = keras.layers.Dense(
+        300, activation="relu", name="fc1", kernel_regularizer=regs["fc1"]
+    )(inputs)
+    x = keras.layers.Dense(
+        100, activation="relu", name="fc2", kernel_regularizer=regs["fc2"]
+    )(x)
+    outputs = keras.layers.Dense(10, name="logits", kernel_regularizer=regs["logits"])(
+        x
+    )
+    return keras.Model(inputs, outputs, name="lenet300")
+
+
+def build(model_name, method, hp):
+    """The model to train for `method` and its kprune callbacks."""
+    if method == "prox_out":
+        return outgoing_model(hp), [kprune.callbacks.ProximalStep(PROX_EVERY)]
+    model = BUILDERS[model_name]()
+    if method == "plain":
+        return model, []
+    if method == "prox_light":
+        method = "prox"
+    mode = "penalty" if method == "penalty" else "proximal"
+    strength = hp["strength"]
+    model = kprune.sparsity.apply_group_sparsity(
+        model,
+        strength,
+        alpha=hp.get("alpha", 0.0),
+        strength_per_layer={k: strength * s for k, s in hp["scales"].items()},
+        mode=mode,
+    )
+    callbacks = [] if mode == "penalty" else [kprune.callbacks.ProximalStep(PROX_EVERY)]
+    return model, callbacks
+
+
+def compile_model(model, recipe, steps):
+    schedule = keras.optimizers.schedules.CosineDecay(
+        recipe["learning_rate"], decay_steps=steps, alpha=0.02
+    )
+    model.compile(
+        optimizer=keras.optimizers.SGD(schedule, momentum=0.9),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
+
+
+def error_rate(model, x, y):
+    logits = model.predict(x, batch_size=2000, verbose=0)
+    return float(np.mean(np.argmax(logits, axis=-1) != y))
+
+
+def widths_of(model):
+    return dict(kprune.report.summary(model)["widths"])
+
+
+def gathered(slim):
+    """The slim LeNet-300-100 fed with the kept input pixels only."""
+    kernel, bias = slim.get_layer("fc1").get_weights()
+    kept = np.flatnonzero(np.any(kernel != 0, axis=1))
+    inputs = keras.Input((len(kept),), name="kept_pixels")
+    x = inputs
+    for layer in slim.layers[1:]:
+        config = layer.get_config()
+        config.pop("kernel_regularizer", None)
+        clone = layer.__class__.from_config(config)
+        x = clone(x)
+        weights = layer.get_weights()
+        if layer.name == "fc1":
+            weights = [kernel[kept], bias]
+        clone.set_weights(weights)
+    return keras.Model(inputs, x, name="lenet300_kept_pixels"), kept
+
+
+def finetune(model, x, y, epochs, learning_rate, batch_size):
+    """Plain SGD on an already slimmed model (no regularization)."""
+    steps = epochs * math.ceil(len(x) / batch_size)
+    compile_model(model, {"learning_rate": learning_rate}, steps)
+    model.fit(x, y, batch_size=batch_size, epochs=epochs, verbose=0)
+    return model
+
+
+def run(model_name, method, data, epochs, seed, hp_override=None):
+    (x, y), (x_eval, y_eval) = data
+    recipe = dict(TRAINING[model_name])
+    hp = json.loads(json.dumps(HPARAMS[model_name][method]))
+    if hp_override:
+        hp.update(hp_override)
+    ft_epochs = int(hp.get("finetune_epochs", 0))
+    if ft_epochs and method in ("plain", "penalty"):
+        raise ValueError(f"finetune_epochs is for the proximal methods, not {method}")
+    if ft_epochs >= epochs:
+        raise ValueError(f"finetune_epochs={ft_epochs} must be < epochs={epochs}")
+    sparse_epochs = epochs - ft_epochs
+    steps = sparse_epochs * math.ceil(len(x) / recipe["batch_size"])
+    keras.utils.set_random_seed(seed)
+    model, callbacks = build(model_name, method, hp)
+    compile_model(model, recipe, steps)
+    if callbacks:
+        callbacks.append(kprune.callbacks.SparsityLogger(per_layer=False))
+    print(f"  {model_name} / {METHOD_NAMES[method]} {hp} ...", flush=True)
+    start = time.perf_counter()
+    model.fit(
+        x,
+        y,
+        batch_size=recipe["batch_size"],
+        epochs=sparse_epochs,
+        verbose=0,
+        callbacks=callbacks,
+    )
+    prox = [c for c in callbacks if isinstance(c, kprune.callbacks.ProximalStep)]
+    if prox and steps % PROX_EVERY:
+        prox[0].apply()  # end on a proximal step
+    seconds = time.perf_counter() - start
+
+    near_zero = {}
+    for layer in model.layers:
+        if layer.name in hp.get("scales", {}) and method != "prox_out":
+            norms = keras.ops.convert_to_numpy(
+                kprune.ops.group_norms(layer.kernel, bias=layer.bias)
+            )
+            near_zero[layer.name] = int(np.sum(norms <= 0.01 * norms.max()))
+    before = kprune.report.summary(model)
+    slim = kprune.surgery.slim(model)
+    after = kprune.report.summary(slim)
+    out_model = keras.ops.convert_to_numpy(model.predict(x_eval, 2000, verbose=0))
+    out_slim = keras.ops.convert_to_numpy(slim.predict(x_eval, 2000, verbose=0))
+    max_diff = float(np.max(np.abs(out_model - out_slim)))
+    scale = float(np.max(np.abs(out_model)))
+    error = error_rate(slim, x_eval, y_eval)
+    row = {
+        "method": METHOD_NAMES[method] + (" + fine-tune" if ft_epochs else ""),
+        "method_key": method,
+        "model": model_name,
+        "test_error": error,
+        "params": after["params"],
+        "macs": after["macs"],
+        "widths": {k: v for k, v in after["widths"].items() if k != "logits"},
+        "epochs": epochs,
+        "seconds": None,
+        "params_before": before["params"],
+        "macs_before": before["macs"],
+        "macs_reduction": before["macs"] / after["macs"],
+        "params_reduction": before["params"] / after["params"],
+        "nonzero_params_before_slim": before["nonzero_params"],
+        "units_below_1pct_of_max_norm": near_zero,
+        "slim_max_abs_diff": max_diff,
+        "slim_rel_diff": max_diff / max(scale, 1e-12),
+        "hparams": hp,
+        "recipe": {
+            **recipe,
+            "optimizer": "SGD(momentum=0.9), cosine decay to 2 %",
+            "prox_every_n_steps": PROX_EVERY if prox else None,
+            "seed": seed,
+        },
+        "train_steps_per_second": steps / seconds,
+    }
+    final = slim
+    if method == "prox_out":
+        small, kept = gathered(slim)
+        diff = np.max(
+            np.abs(
+                keras.ops.convert_to_numpy(
+                    small.predict(x_eval[:, kept], 2000, verbose=0)
+                )
+                - out_slim
+            )
+        )
+        summary = kprune.report.summary(small)
+        row["input_pixels_kept"] = int(len(kept))
+        row["macs_kept_pixels"] = summary["macs"]
+        row["params_kept_pixels"] = summary["params"]
+        row["macs_reduction_kept_pixels"] = before["macs"] / summary["macs"]
+        row["kept_pixels_max_abs_diff"] = float(diff)
+        final = small
+        x, x_eval = x[:, kept], x_eval[:, kept]
+    if ft_epochs:
+        # Prune-then-fine-tune: the slimmed model (for `prox_out`, the one fed
+        # with the kept pixels) is trained further with plain SGD; the total
+        # number of epochs is unchanged.
+        start = time.perf_counter()
+        finetune(
+            final,
+            x,
+            y,
+            ft_epochs,
+            hp.get("finetune_lr", 0.01),
+            recipe["batch_size"],
+        )
+        seconds += time.perf_counter() - start
+        row["test_error_before_finetune"] = error
+        row["test_error"] = error_rate(final, x_eval, y_eval)
+    row["seconds"] = round(seconds, 1)
+    target = TARGETS[model_name]
+    macs_reduction = row.get("macs_reduction_kept_pixels", row["macs_reduction"])
+    row["target_met"] = bool(
+        macs_reduction >= target["macs_reduction"]
+        and row["test_error"] <= target["test_error"]
+    )
+    print(
+        f"    error {100 * row['test_error']:.2f} %"
+        + (f" (before fine-tune {100 * error:.2f} %)" if ft_epochs else "")
+        + f", widths {row['widths']}, MACs x{row['macs_reduction']:.1f}"
+        + (
+            f" (kept pixels {row['input_pixels_kept']}: "
+            f"x{row['macs_reduction_kept_pixels']:.1f})"
+            if method == "prox_out"
+            else ""
+        )
+        + f", {seconds:.0f} s, slim diff {row['slim_rel_diff']:.1e}",
+        flush=True,
+    )
+    return row
+
+
+def step_timing(model_name, x, y, rounds, seed):
+    """Seconds per training step, kprune callbacks vs plain fit, interleaved.
+
+    Both models have the same architecture, initial weights, optimizer and
+    data; each round fits one epoch of each (order alternating). The kprune
+    one uses the benchmark's callbacks (ProximalStep every 50 steps +
+    SparsityLogger); the epoch-end ProximalStep is timed too.
+    """
+    recipe = TRAINING[model_name]
+    bs = recipe["batch_size"]
+    steps_per_epoch = math.ceil(len(x) / bs)
+    hp = HPARAMS[model_name]["prox"]
+
+    def make(kind):
+        keras.utils.set_random_seed(seed)
+        model, callbacks = build(model_name, "plain" if kind == "plain" else "prox", hp)
+        if kind == "epoch_end":
+            callbacks = [kprune.callbacks.ProximalStep()]
+        if kind != "plain":
+            callbacks.append(kprune.callbacks.SparsityLogger())
+        compile_model(model, recipe, steps_per_epoch * (rounds + 1))
+        # Warm-up: trace the train step (not timed).
+        model.fit(x[: bs * 2], y[: bs * 2], batch_size=bs, epochs=1, verbose=0)
+        return model, callbacks
+
+    kinds = ("plain", "every_50_steps", "epoch_end")
+    runs = {kind: make(kind) for kind in kinds}
+    times = {kind: [] for kind in kinds}
+    for r in range(rounds):
+        order = kinds if r % 2 == 0 else kinds[::-1]
+        for kind in order:
+            model, callbacks = runs[kind]
+            start = time.perf_counter()
+            model.fit(x, y, batch_size=bs, epochs=1, verbose=0, callbacks=callbacks)
+            times[kind].append((time.perf_counter() - start) / steps_per_epoch)
+    ratios = {}
+    for kind in kinds[1:]:
+        per_round = [a / b for a, b in zip(times[kind], times["plain"])]
+        ratios[kind] = {
+            "median_ratio": float(np.median(per_round)),
+            "per_round": per_round,
+        }
+    result = {
+        "model": model_name,
+        "rounds": rounds,
+        "steps_per_epoch": steps_per_epoch,
+        "batch_size": bs,
+        "ms_per_step_median": {k: 1e3 * float(np.median(v)) for k, v in times.items()},
+        "ratio_vs_plain": ratios,
+        "target": 1.10,
+        "target_met": bool(ratios["every_50_steps"]["median_ratio"] <= 1.10),
+    }
+    print(
+        f"  step time {model_name}: "
+        + ", ".join(f"{k} {v:.2f} ms" for k, v in result["ms_per_step_median"].items())
+        + ", ratio every 50 steps "
+        f"{ratios['every_50_steps']['median_ratio']:.3f}, epoch end "
+        f"{ratios['epoch_end']['median_ratio']:.3f}",
+        flush=True,
+    )
+    return result
+
+
+def load_results(path):
+    if os.path.isfile(path):
+        with open(path) as f:
+            return json.load(f)
+    return {"benchmark": "group_sparsity", "models": {}}
+
+
+def fmt_widths(widths):
+    return "-".join(str(v) for v in widths.values())
+
+
+def markdown(results, validation=False):
+    lines = []
+    if validation:
+        lines += [
+            "# Group sparsity: hyper-parameter sweep (validation split)",
+            "",
+            "Trained on the first 50,000 MNIST training images, error measured on "
+            "the last 10,000 (not the test set). Made with "
+            "`python benchmarks/group_sparsity.py --validation ...`.",
+            "",
+        ]
+    else:
+        lines += [
+            "# Group sparsity on MNIST (Alvarez & Salzmann 2016)",
+            "",
+            "Full MNIST (60k train / 10k test). Each model: same epochs, "
+            "SGD (momentum 0.9, lr 0.05, cosine decay to 2 %), batch 100, seed 0; "
+            "ProximalStep every 50 steps; `lambda_l = strength x scale_l`. "
+            "Params / MACs / widths after `kprune.surgery.slim` (MACs per image). "
+            "`seconds` = training wall time on the machine below (shared, so "
+            "only roughly comparable between rows).",
+            "",
+        ]
+    lines += [
+        "| model | method | test error | params | MACs | MACs reduction | widths | "
+        "epochs | seconds | settings | target |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for model_name, entry in results["models"].items():
+        target = TARGETS[model_name]
+        rows = entry.get("rows", {})
+        if validation:
+            ordered = [rows[k] for k in sorted(rows)]
+        else:
+            ordered = [rows[k] for k in METHOD_NAMES if k in rows]
+        for row in ordered:
+            settings = ", ".join(
+                f"{k}={v}" for k, v in row["hparams"].items() if k != "scales"
+            )
+            if row["hparams"].get("scales"):
+                settings += ", scales " + "/".join(
+                    f"{v:g}" for v in row["hparams"]["scales"].values()
+                )
+            reduction = f"{row['macs_reduction']:.1f}x"
+            macs = f"{row['macs']:,}"
+            params = f"{row['params']:,}"
+            widths = fmt_widths(row["widths"])
+            if "input_pixels_kept" in row:
+                reduction += (
+                    f" ({row['macs_reduction_kept_pixels']:.1f}x fed with the "
+                    f"{row['input_pixels_kept']} kept pixels)"
+                )
+                macs += f" ({row['macs_kept_pixels']:,})"
+                params += f" ({row['params_kept_pixels']:,})"
+                widths = f"{row['input_pixels_kept']}-{widths}"
+            if row.get("method_key") == "penalty" and row.get(
+                "units_below_1pct_of_max_norm"
+            ):
+                small = "/".join(
+                    str(v) for v in row["units_below_1pct_of_max_norm"].values()
+                )
+                widths += f" (units with norm < 1 % of the layer's max: {small})"
+            if validation:
+                verdict = "-"
+            elif row.get("method_key") == "plain":
+                verdict = "reference"
+            else:
+                met = row["target_met"]
+                verdict = (
+                    f"{'met' if met else 'NOT met'} (>= {target['macs_reduction']:.0f}x "
+                    f"at <= {100 * target['test_error']:.1f} %)"
+                )
+            lines.append(
+                f"| {model_name} | {row['method']} | {100 * row['test_error']:.2f} % | "
+                f"{params} | {macs} | {reduction} | {widths} | {row['epochs']} | "
+                f"{row['seconds']:.0f} | {settings or '-'} | {verdict} |"
+            )
+    timing = [
+        entry["timing"] for entry in results["models"].values() if "timing" in entry
+    ]
+    if timing and not validation:
+        lines += [
+            "",
+            "Training step time with the kprune callbacks vs plain `fit` (same model, "
+            "data and optimizer; one epoch of each per round, interleaved; median "
+            "of the per-round ratios; target <= 1.10x):",
+            "",
+            "| model | plain ms/step | ProximalStep every 50 steps + SparsityLogger "
+            "| ratio | ProximalStep at epoch end + SparsityLogger | ratio | target |",
+            "| --- | --- | --- | --- | --- | --- | --- |",
+        ]
+        for t in timing:
+            ms = t["ms_per_step_median"]
+            r = t["ratio_vs_plain"]
+            lines.append(
+                f"| {t['model']} | {ms['plain']:.2f} | {ms['every_50_steps']:.2f} | "
+                f"{r['every_50_steps']['median_ratio']:.3f}x | {ms['epoch_end']:.2f} | "
+                f"{r['epoch_end']['median_ratio']:.3f}x | "
+                f"{'met' if t['target_met'] else 'NOT met'} ({t['rounds']} rounds) |"
+            )
+    lines += ["", "Runs (command, machine, date):", ""]
+    seen = set()
+    for entry in results["models"].values():
+        for row in list(entry.get("rows", {}).values()) + (
+            [entry["timing"]] if "timing" in entry else []
+        ):
+            key = (row.get("command"), row.get("date"))
+            if key in seen:
+                continue
+            seen.add(key)
+            m = row.get("machine", {})
+            lines.append(
+                f"- `{row.get('command')}` on {m.get('platform')}, "
+                f"{m.get('cpu_count')} CPUs, {row.get('date')}"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", choices=["lenet300", "lenet5", "all"], default="all")
+    parser.add_argument(
+        "--methods",
+        default=None,
+        help="comma list of "
+        + ", ".join(METHOD_NAMES)
+        + " (default: all for the model)",
+    )
+    parser.add_argument("--epochs", type=int, default=None)
+    parser.add_argument("--data", default=None, help="path to mnist.npz")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--strength", type=float, default=None, help="override lambda (sweeps)"
+    )
+    parser.add_argument(
+        "--scales", default=None, help='override per-layer scales, JSON like {"fc1": 1}'
+    )
+    parser.add_argument(
+        "--hparams",
+        default=None,
+        help='override other hyper-parameters, JSON like {"finetune_epochs": 5}',
+    )
+    parser.add_argument(
+        "--validation",
+        action="store_true",
+        help="train on the first 50k, evaluate on the last 10k training images; "
+        "write group_sparsity_sweep.json/.md",
+    )
+    parser.add_argument("--timing-rounds", type=int, default=5)
+    parser.add_argument("--no-timing", action="store_true")
+    parser.add_argument("--timing-only", action="store_true")
+    args = parser.parse_args(argv)
+
+    ((x, y), (x_test, y_test)), where = load_mnist(args.data)
+    print(f"group_sparsity benchmark: MNIST from {where}", flush=True)
+    if args.validation:
+        x_test, y_test = x[50000:], y[50000:]
+        x, y = x[:50000], y[:50000]
+    models = ["lenet300", "lenet5"] if args.model == "all" else [args.model]
+    name = "group_sparsity_sweep" if args.validation else "group_sparsity"
+    path = os.path.join(RESULTS, f"{name}.json")
+    command = "python benchmarks/group_sparsity.py " + " ".join(
+        sys.argv[1:] if argv is None else argv
+    )
+    stamp = {"command": command.strip(), "machine": machine(), "date": now()}
+    override = {}
+    if args.strength is not None:
+        override["strength"] = args.strength
+    if args.scales is not None:
+        override["scales"] = json.loads(args.scales)
+    if args.hparams is not None:
+        override.update(json.loads(args.hparams))
+
+    for model_name in models:
+        xm, xt = prepare(model_name, x), prepare(model_name, x_test)
+        ym, yt = np.asarray(y, "int64"), np.asarray(y_test, "int64")
+        epochs = args.epochs or TRAINING[model_name]["epochs"]
+        methods = args.methods.split(",") if args.methods else list(HPARAMS[model_name])
+        rows = []
+        if not args.timing_only:
+            for method in methods:
+                if method not in HPARAMS[model_name]:
+                    parser.error(f"unknown method {method!r} for {model_name}")
+                row = run(
+                    model_name,
+                    method,
+                    ((xm, ym), (xt, yt)),
+                    epochs,
+                    args.seed,
+                    override,
+                )
+                row.update(stamp)
+                rows.append(row)
+        timing = None
+        if not (args.no_timing or args.validation) and (
+            args.timing_only or args.methods is None
+        ):
+            timing = step_timing(model_name, xm, ym, args.timing_rounds, args.seed)
+            timing.update(stamp)
+        # Merge with earlier invocations (re-read: another run may have written).
+        results = load_results(path)
+        entry = results["models"].setdefault(model_name, {"rows": {}})
+        for row in rows:
+            key = row["method_key"]
+            if args.validation:
+                key = f"{key} strength={row['hparams'].get('strength')} " + json.dumps(
+                    row["hparams"].get("scales"), sort_keys=True
+                )
+            entry["rows"][key] = row
+        if timing is not None:
+            entry["timing"] = timing
+        os.makedirs(RESULTS, exist_ok=True)
+        with open(path, "w") as f:
+            json.dump(results, f, indent=2)
+        with open(os.path.join(RESULTS, f"{name}.md"), "w") as f:
+            f.write(markdown(results, validation=args.validation))
+        print(f"  wrote {path} and {name}.md", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
