@@ -11,6 +11,7 @@ from unittest import mock
 import keras
 import numpy as np
 
+import kprune
 from kprune import cli
 from kprune.testing import TestCase
 
@@ -177,7 +178,12 @@ class CliTest(TestCase):
         seen = []
         fake = types.ModuleType("kprune.demo")
         fake.main = lambda argv: seen.append(argv) or 0
-        with mock.patch.dict(sys.modules, {"kprune.demo": fake}):
+        # `import kprune.demo as demo` reads the package attribute when the
+        # real module was imported earlier (e.g. by tests/test_demo.py).
+        with (
+            mock.patch.dict(sys.modules, {"kprune.demo": fake}),
+            mock.patch.object(kprune, "demo", fake, create=True),
+        ):
             code, _, _ = run(["demo", "--epochs", "1"])
         self.assertEqual(code, 0)
         self.assertEqual(seen, [["--epochs", "1"]])
