@@ -48,6 +48,7 @@ import json
 import math
 import os
 import platform
+import shlex
 import sys
 import time
 
@@ -510,8 +511,9 @@ def markdown(results, validation=False):
             "only roughly comparable between rows).",
             "",
         ]
+    error_name = "validation error" if validation else "test error"
     lines += [
-        "| model | method | test error | params | MACs | MACs reduction | widths | "
+        f"| model | method | {error_name} | params | MACs | MACs reduction | widths | "
         "epochs | seconds | settings | target |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
@@ -648,7 +650,7 @@ def main(argv=None):
     models = ["lenet300", "lenet5"] if args.model == "all" else [args.model]
     name = "group_sparsity_sweep" if args.validation else "group_sparsity"
     path = os.path.join(RESULTS, f"{name}.json")
-    command = "python benchmarks/group_sparsity.py " + " ".join(
+    command = "python benchmarks/group_sparsity.py " + shlex.join(
         sys.argv[1:] if argv is None else argv
     )
     stamp = {"command": command.strip(), "machine": machine(), "date": now()}
@@ -692,8 +694,8 @@ def main(argv=None):
         for row in rows:
             key = row["method_key"]
             if args.validation:
-                key = f"{key} strength={row['hparams'].get('strength')} " + json.dumps(
-                    row["hparams"].get("scales"), sort_keys=True
+                key = f"{key} epochs={epochs} " + json.dumps(
+                    row["hparams"], sort_keys=True
                 )
             entry["rows"][key] = row
         if timing is not None:

@@ -10,8 +10,11 @@ TFLite (verified), compare.
 `tfds.load("mnist")` downloads and prepares the data set the first time. If
 it is not prepared under `--data_dir` and cannot be downloaded (no internet),
 the script falls back to `tfds.testing.mock_data` (random images and labels
-with MNIST's shapes, so accuracies are chance level) and says so; `--mock`
-forces that mode (a quick check that the pipeline runs).
+with MNIST's shapes, so accuracies are chance level) and says so. Without
+internet, tfds retries the download for a few minutes before failing;
+`--mock` skips that (a quick check that the pipeline runs). The tfds 4.9
+download code also needs `importlib_resources` (`pip install
+importlib_resources`), which pip does not always install with it.
 """
 
 import argparse
