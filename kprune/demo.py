@@ -34,7 +34,7 @@ QUICK_STRENGTH = 0.3  # --quick: 6 steps, 2 proximal steps; prunes part of conv1
 # threshold t * lambda * sqrt(P) is small) and every conv1 filter multiplies
 # the MACs of conv2, so conv1 gets a larger lambda; fc1's groups are large
 # (P = 801) and cost few MACs, so it gets a smaller one.
-LAYER_SCALES = {"conv1": 8.0, "conv2": 1.0, "fc1": 0.25}
+LAYER_SCALES = {"conv1": 8.0, "conv2": 1.0, "fc1": 0.5}
 LEARNING_RATE = 0.05
 PROX_EVERY = 50
 TARGET_STEPS = 3000  # default epochs: about this many SGD steps
