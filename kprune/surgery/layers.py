@@ -126,6 +126,15 @@ class SoftmaxHandler(ChannelwiseHandler):
             ctx.pin_exact(node.inputs[0], f"softmax '{node.path}' mixes channels")
 
 
+class ActivationHandler(ChannelwiseHandler):
+    """`Activation`: channel-wise, except softmax-like ones, which mix."""
+
+    def connect(self, node, ctx):
+        super().connect(node, ctx)
+        if node.layer.get_config().get("activation") in ("softmax", "log_softmax"):
+            ctx.pin_exact(node.inputs[0], f"'{node.path}' applies softmax")
+
+
 class GroupNormHandler(ChannelwiseHandler):
     """GroupNormalization: channels leave in whole groups."""
 
@@ -581,7 +590,6 @@ def _register_builtins():
     layers = keras.layers
     channelwise = ChannelwiseHandler()
     for name in (
-        "Activation",
         "ReLU",
         "LeakyReLU",
         "ELU",
@@ -620,6 +628,7 @@ def _register_builtins():
     ):
         if hasattr(layers, name):
             register_handler(getattr(layers, name), channelwise)
+    register_handler(layers.Activation, ActivationHandler())
     register_handler(layers.BatchNormalization, AxisChannelwiseHandler())
     register_handler(layers.LayerNormalization, LayerNormHandler())
     register_handler(layers.GroupNormalization, GroupNormHandler())
