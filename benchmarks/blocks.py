@@ -21,8 +21,8 @@ Run by hand (never in CI):
     python benchmarks/blocks.py --quick    # smoke run, small subsets
 
 Writes benchmarks/results/blocks.json and .md and docs/blocks_curve.png.
-MNIST: ~/.keras/datasets/mnist.npz, else ../shared/data/mnist.npz (relative
-to the repository), read with numpy.
+MNIST: see `common.mnist_path` ($KPRUNE_MNIST, <repo>/.data/mnist.npz,
+~/.keras/datasets/mnist.npz, ../shared/data/mnist.npz), read with numpy.
 """
 
 import os
@@ -32,57 +32,29 @@ import os
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import argparse  # noqa: E402
-import datetime  # noqa: E402
-import json  # noqa: E402
-import platform  # noqa: E402
-import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
+from common import (  # noqa: E402
+    REPO,
+    RESULTS,
+    accuracy,
+    command_line,
+    compile_classifier,
+    load_mnist,
+    machine,
+    md_table,
+    read_json,
+    run_line,
+    write_results,
+)
 
 import kprune  # noqa: E402
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-REPO = os.path.dirname(HERE)
-RESULTS = os.path.join(HERE, "results")
 DOCS = os.path.join(REPO, "docs")
 L = keras.layers
-
-
-def machine():
-    return {
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "python": platform.python_version(),
-        "keras": keras.__version__,
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(
-            timespec="seconds"
-        ),
-    }
-
-
-def load_mnist():
-    """Full MNIST from a local mnist.npz (no download is attempted).
-
-    The file is read directly with numpy: `keras.datasets.mnist.load_data()`
-    checks a sha256 that the shared copy does not match and would then try
-    to download.
-    """
-    candidates = [
-        os.path.expanduser("~/.keras/datasets/mnist.npz"),
-        os.path.normpath(os.path.join(REPO, "..", "shared", "data", "mnist.npz")),
-    ]
-    path = next((p for p in candidates if os.path.exists(p)), None)
-    if path is None:
-        sys.exit(f"MNIST not found: looked for {' and '.join(candidates)}.")
-    with np.load(path, allow_pickle=False) as f:
-        x_train, y_train = f["x_train"], f["y_train"]
-        x_test, y_test = f["x_test"], f["y_test"]
-    prep = lambda x: (x.astype("float32") / 255.0)[..., None]  # noqa: E731
-    return prep(x_train), y_train.astype("int64"), prep(x_test), y_test.astype("int64")
 
 
 @keras.saving.register_keras_serializable(package="kprune_benchmarks")
@@ -152,11 +124,7 @@ def resnet(stages=((16, 3), (32, 3))):
 def train(model, x, y, epochs, batch_size, lr):
     steps = epochs * int(np.ceil(len(x) / batch_size))
     schedule = keras.optimizers.schedules.CosineDecay(lr, steps, warmup_target=None)
-    model.compile(
-        optimizer=keras.optimizers.AdamW(schedule, weight_decay=1e-4),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        metrics=["accuracy"],
-    )
+    compile_classifier(model, keras.optimizers.AdamW(schedule, weight_decay=1e-4))
     start = time.perf_counter()
     model.fit(x, y, epochs=epochs, batch_size=batch_size, verbose=2)
     return time.perf_counter() - start
@@ -178,11 +146,6 @@ def attention_macs(model):
             total += tokens * d * h * (2 * k + v) + tokens * h * v * d
             total += tokens * tokens * h * (k + v)
     return int(total)
-
-
-def accuracy(model, x, y):
-    logits = model.predict(x, batch_size=1000, verbose=0)
-    return float(np.mean(np.argmax(logits, axis=-1) == y))
 
 
 def export(model, sample, tmp):
@@ -417,8 +380,8 @@ def markdown(report):
     lines = [
         "# Redundant blocks replaced by fitted Dense layers (MNIST)",
         "",
-        f"`{report['command']}` on {m['platform']}, {m['cpu_count']} CPUs, "
-        f"{m['date']}. Fit: last {report['fit_samples']} training images "
+        run_line(report["command"], m) + ". "
+        f"Fit: last {report['fit_samples']} training images "
         f"(`fit_inputs='{report['fit_inputs']}'`), no retraining; accuracy on "
         f"{report['test_samples']:,} test images. LiteRT: float32, 1 thread, "
         "batch 1, median of 100 runs (median over 3 interleaved rounds). MACs per image: `kprune.report.summary` plus the "
@@ -433,27 +396,62 @@ def markdown(report):
             f"## {result['model']} ({n} blocks, trained {result['train_seconds']:.0f} s, "
             f"baseline accuracy {100 * base['accuracy']:.2f} %)",
             "",
-            "| strategy | k | blocks | Dense layers | accuracy % | drop (points) | params | MACs | LiteRT ms |",
-            "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
-            f"| baseline | 0 | - | 0 | {100 * base['accuracy']:.2f} | 0 | "
-            f"{base['params']:,} | {base['macs']:,} | {fmt_ms(base['latency_ms_median'])} |",
+        ]
+        rows = [
+            [
+                "baseline",
+                0,
+                "-",
+                0,
+                f"{100 * base['accuracy']:.2f}",
+                0,
+                f"{base['params']:,}",
+                f"{base['macs']:,}",
+                fmt_ms(base["latency_ms_median"]),
+            ]
         ]
         for r in result["rows"]:
             if r["strategy"].startswith("random"):
                 continue
-            ms = r.get("latency_ms_median")
-            lines.append(
-                f"| {r['strategy']} | {r['k']} | {', '.join(r['blocks'])} | "
-                f"{r['dense_layers']} | {100 * r['accuracy']:.2f} | {100 * r['drop']:.2f} | "
-                f"{r['params']:,} | {r['macs']:,} | "
-                f"{fmt_ms(ms)} |"
+            rows.append(
+                [
+                    r["strategy"],
+                    r["k"],
+                    ", ".join(r["blocks"]),
+                    r["dense_layers"],
+                    f"{100 * r['accuracy']:.2f}",
+                    f"{100 * r['drop']:.2f}",
+                    f"{r['params']:,}",
+                    f"{r['macs']:,}",
+                    fmt_ms(r.get("latency_ms_median")),
+                ]
             )
         for k, (mean, lo, hi) in random_curve(result, report["seeds"]).items():
-            lines.append(
-                f"| random (mean of {len(report['seeds'])}) | {k} | - | {k} | "
-                f"{100 * mean:.2f} ({100 * lo:.2f}-{100 * hi:.2f}) | "
-                f"{100 * (base['accuracy'] - mean):.2f} | | | |"
+            rows.append(
+                [
+                    f"random (mean of {len(report['seeds'])})",
+                    k,
+                    "-",
+                    k,
+                    f"{100 * mean:.2f} ({100 * lo:.2f}-{100 * hi:.2f})",
+                    f"{100 * (base['accuracy'] - mean):.2f}",
+                    "",
+                    "",
+                    "",
+                ]
             )
+        header = [
+            "strategy",
+            "k",
+            "blocks",
+            "Dense layers",
+            "accuracy %",
+            "drop (points)",
+            "params",
+            "MACs",
+            "LiteRT ms",
+        ]
+        lines += md_table(header, rows)
         paper = ", ".join(
             f"k={p['k']}: {100 * p['accuracy']:.2f}"
             for p in result["original_inputs_score_order"]
@@ -465,14 +463,20 @@ def markdown(report):
             "",
             "Block Redundancy ranking (normalized BR; R² of the affine fit):",
             "",
-            "| rank | block | BR | cosine | R² |",
-            "| --- | --- | --- | --- | --- |",
+            *md_table(
+                ["rank", "block", "BR", "cosine", "R²"],
+                [
+                    [
+                        c["rank"],
+                        c["name"],
+                        f"{c['redundancy']:.4f}",
+                        f"{c['cosine']:.4f}",
+                        f"{c['r2']:.4f}",
+                    ]
+                    for c in result["candidates"]
+                ],
+            ),
         ]
-        for c in result["candidates"]:
-            lines.append(
-                f"| {c['rank']} | {c['name']} | {c['redundancy']:.4f} | "
-                f"{c['cosine']:.4f} | {c['r2']:.4f} |"
-            )
         lines.append("")
     lines += ["## Targets", ""]
     for t in report["targets"]:
@@ -508,11 +512,7 @@ def target_lines(results, seeds):
 
 def write_outputs(report, out, png_dir, suffix):
     report["targets"] = target_lines(report["results"], report["seeds"])
-    os.makedirs(out, exist_ok=True)
-    with open(os.path.join(out, f"blocks{suffix}.json"), "w") as f:
-        json.dump(report, f, indent=1)
-    with open(os.path.join(out, f"blocks{suffix}.md"), "w") as f:
-        f.write(markdown(report))
+    write_results(f"blocks{suffix}", report, markdown(report), out=out, indent=1)
     plot(
         report["results"],
         report["seeds"],
@@ -536,13 +536,12 @@ def main():
     )
     args = parser.parse_args()
     if args.render:
-        with open(os.path.join(args.out, "blocks.json")) as f:
-            report = json.load(f)
+        report = read_json(os.path.join(args.out, "blocks.json"))
         write_outputs(report, args.out, DOCS, "")
         return
-    command = " ".join(["python benchmarks/blocks.py"] + sys.argv[1:])
+    command = command_line(__file__)
     keras.utils.set_random_seed(0)
-    data = load_mnist()
+    data = load_mnist(flat=False)
     if args.quick:
         x_train, y_train, x_test, y_test = data
         data = (x_train[:2000], y_train[:2000], x_test[:500], y_test[:500])

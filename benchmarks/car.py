@@ -24,77 +24,26 @@ Writes benchmarks/results/car.json, car.md and car_*.png.
 """
 
 import argparse
-import datetime
-import json
 import os
-import platform
-import sys
 import tempfile
 import time
 
 import keras
 import numpy as np
+from common import (
+    RESULTS,
+    command_line,
+    compile_classifier,
+    lenet_5,
+    load_mnist,
+    machine,
+    md_table,
+    read_json,
+    run_line,
+    write_results,
+)
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-REPO = os.path.dirname(HERE)
-RESULTS = os.path.join(HERE, "results")
-sys.path.insert(0, REPO)
-
-import kprune  # noqa: E402
-
-MNIST_CANDIDATES = [
-    os.path.join(os.path.expanduser("~"), ".keras", "datasets", "mnist.npz"),
-    os.path.join(REPO, "..", "shared", "data", "mnist.npz"),
-]
-
-
-def load_mnist():
-    """Full MNIST, (n, 28, 28, 1) float32 in [0, 1], from the keras.datasets file."""
-    for path in MNIST_CANDIDATES:
-        if os.path.isfile(path):
-            break
-    else:
-        raise SystemExit(
-            "MNIST not found. Looked for the keras.datasets file at:\n  "
-            + "\n  ".join(os.path.abspath(p) for p in MNIST_CANDIDATES)
-            + "\nCopy mnist.npz (x_train, y_train, x_test, y_test) to the first path."
-        )
-    with np.load(path) as d:
-        x, y, xt, yt = d["x_train"], d["y_train"], d["x_test"], d["y_test"]
-    x = x.reshape(-1, 28, 28, 1).astype("float32") / 255.0
-    xt = xt.reshape(-1, 28, 28, 1).astype("float32") / 255.0
-    return x, y.astype("int64"), xt, yt.astype("int64")
-
-
-def lenet_5():
-    """Caffe's LeNet-5: conv 20 5x5, pool, conv 50 5x5, pool, fc 500, fc 10."""
-    return keras.Sequential(
-        [
-            keras.Input((28, 28, 1)),
-            keras.layers.Conv2D(20, 5, name="conv1"),
-            keras.layers.MaxPooling2D(2),
-            keras.layers.Conv2D(50, 5, name="conv2"),
-            keras.layers.MaxPooling2D(2),
-            keras.layers.Flatten(),
-            keras.layers.Dense(500, "relu", name="fc1"),
-            keras.layers.Dense(10, name="fc2"),
-        ],
-        name="lenet_5",
-    )
-
-
-def machine():
-    return {
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "python": platform.python_version(),
-        "keras": keras.__version__,
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(
-            timespec="seconds"
-        ),
-    }
-
+import kprune
 
 CRITERIA = ["car", "l1", "mean_activation", "random"]
 # CAR with equal scores ordered by the margin drop, shown alongside.
@@ -105,12 +54,7 @@ LAYERS = ["conv1", "conv2"]
 
 
 def compile_model(model, lr=1e-3):
-    model.compile(
-        optimizer=keras.optimizers.Adam(lr),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        metrics=["accuracy"],
-    )
-    return model
+    return compile_classifier(model, keras.optimizers.Adam(lr))
 
 
 def trained_lenet(x, y, epochs, seed):
@@ -331,7 +275,7 @@ def markdown(results, command):
     lines = [
         "# CAR filter pruning on MNIST LeNet-5",
         "",
-        f"`{command}` on {m['platform']}, {m['cpu_count']} CPUs, {m['date']}.",
+        run_line(command, m) + ".",
         "",
         f"LeNet-5 (conv 20 5x5, pool, conv 50 5x5, pool, fc 500, fc 10) trained "
         f"{results['train_epochs']} epochs on 55,000 MNIST training images: test "
@@ -350,37 +294,32 @@ def markdown(results, command):
         lines += [
             f"## {layer} ({entry['filters']} filters): test accuracy (%) without fine-tuning",
             "",
-            "| removed | " + " | ".join(ALL) + " | CAR >= all baselines |",
-            "| --- | " + " | ".join("---" for _ in ALL) + " | --- |",
         ]
+        rows = []
         for i, ratio in enumerate(RATIOS):
             row = [entry["criteria"][c]["no_fine_tune"][i] for c in ALL]
-            k = row[0]["removed"]
-            cells = [f"{100 * r['test_accuracy']:.2f}" for r in row]
             ok = row[0]["test_accuracy"] >= max(
                 r["test_accuracy"] for r in row[1 : len(CRITERIA)]
             )
-            lines.append(
-                f"| {100 * ratio:.0f} % ({k}) | "
-                + " | ".join(cells)
-                + f" | {'yes' if ok else 'no'} |"
+            rows.append(
+                [f"{100 * ratio:.0f} % ({row[0]['removed']})"]
+                + [f"{100 * r['test_accuracy']:.2f}" for r in row]
+                + ["yes" if ok else "no"]
             )
+        lines += md_table(["removed", *ALL, "CAR >= all baselines"], rows)
         lines += [
             "",
             f"{layer}: after 1 epoch of fine-tuning (55,000 images, Adam "
             f"{results['fine_tune_learning_rate']:g}, batch 128), test accuracy (%):",
             "",
-            "| removed | " + " | ".join(CRITERIA) + " |",
-            "| --- | " + " | ".join("---" for _ in CRITERIA) + " |",
         ]
-        ft_ratios = [r["ratio"] for r in entry["criteria"]["car"]["fine_tuned"]]
-        for i, ratio in enumerate(ft_ratios):
-            cells = [
-                f"{100 * entry['criteria'][c]['fine_tuned'][i]['test_accuracy']:.2f}"
-                for c in CRITERIA
-            ]
-            k = entry["criteria"]["car"]["fine_tuned"][i]["removed"]
-            lines.append(f"| {100 * ratio:.0f} % ({k}) | " + " | ".join(cells) + " |")
+        fine = {c: entry["criteria"][c]["fine_tuned"] for c in CRITERIA}
+        rows = [
+            [f"{100 * r['ratio']:.0f} % ({r['removed']})"]
+            + [f"{100 * fine[c][i]['test_accuracy']:.2f}" for c in CRITERIA]
+            for i, r in enumerate(fine["car"])
+        ]
+        lines += md_table(["removed", *CRITERIA], rows)
         lines.append("")
     t = results["targets"]
     lines += [
@@ -407,22 +346,39 @@ def markdown(results, command):
         "and bias set to zero (one model object); naive surgery "
         '= `remove_units` + a full pass per filter (`method="surgery"`).',
         "",
-        "| layer | filters | cached s | naive zeroed s | naive surgery s | cached / zeroed | cached / surgery | CPU s: cached / zeroed / surgery | same scores |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
+    rows = []
     for layer in LAYERS:
         c = results["cost"][layer]
         s = c["seconds"]
-        lines.append(
-            f"| {layer} | {c['filters']} | {s['cached']:.2f} | {s['naive_zeroed']:.2f} | "
-            f"{s['naive_surgery']:.2f} | {s['cached'] / s['naive_zeroed']:.2f} | "
-            f"{s['cached'] / s['naive_surgery']:.2f} | "
-            + " / ".join(
-                f"{c['cpu_seconds'][k]:.2f}"
-                for k in ("cached", "naive_zeroed", "naive_surgery")
-            )
-            + f" | {c['scores_equal']} |"
+        rows.append(
+            [
+                layer,
+                c["filters"],
+                f"{s['cached']:.2f}",
+                f"{s['naive_zeroed']:.2f}",
+                f"{s['naive_surgery']:.2f}",
+                f"{s['cached'] / s['naive_zeroed']:.2f}",
+                f"{s['cached'] / s['naive_surgery']:.2f}",
+                " / ".join(
+                    f"{c['cpu_seconds'][k]:.2f}"
+                    for k in ("cached", "naive_zeroed", "naive_surgery")
+                ),
+                c["scores_equal"],
+            ]
         )
+    header = [
+        "layer",
+        "filters",
+        "cached s",
+        "naive zeroed s",
+        "naive surgery s",
+        "cached / zeroed",
+        "cached / surgery",
+        "CPU s: cached / zeroed / surgery",
+        "same scores",
+    ]
+    lines += md_table(header, rows)
     lines += [
         "",
         "Greedy pruning wall time (to 90 %, all steps): "
@@ -457,20 +413,17 @@ def main():
     )
     args = parser.parse_args()
     if args.report_only:
-        with open(os.path.join(RESULTS, "car.json")) as f:
-            results = json.load(f)
+        results = read_json(os.path.join(RESULTS, "car.json"))
         results["targets"] = compute_targets(results)
         plot_curves(results, os.path.join(RESULTS, "car_curves.png"))
-        with open(os.path.join(RESULTS, "car.json"), "w") as f:
-            json.dump(results, f, indent=1)
-        with open(os.path.join(RESULTS, "car.md"), "w") as f:
-            f.write(markdown(results, results["command"]))
-        print(markdown(results, results["command"]))
+        text = markdown(results, results["command"])
+        write_results("car", results, text, indent=1)
+        print(text)
         return
-    command = " ".join(["python benchmarks/car.py"] + sys.argv[1:])
+    command = command_line(__file__)
     start_all = time.perf_counter()
 
-    x, y, xt, yt = load_mnist()
+    x, y, xt, yt = load_mnist(flat=False)
     x_train, y_train = x[:55000], y[:55000]
     xs, ys = (
         x[55000 : 55000 + args.score_samples],
@@ -607,11 +560,9 @@ def main():
         )
     plot_curves(results, os.path.join(RESULTS, "car_curves.png"))
     results["total_seconds"] = time.perf_counter() - start_all
-    with open(os.path.join(RESULTS, "car.json"), "w") as f:
-        json.dump(results, f, indent=1)
-    with open(os.path.join(RESULTS, "car.md"), "w") as f:
-        f.write(markdown(results, command))
-    print(markdown(results, command))
+    text = markdown(results, command)
+    write_results("car", results, text, indent=1)
+    print(text)
     print(f"total {results['total_seconds']:.0f} s")
 
 

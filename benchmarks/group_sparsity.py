@@ -25,8 +25,9 @@ fewer MACs at <= 1.8 % test error; LeNet-5 >= 10x fewer MACs at <= 1.0 %.
 It also times training steps with the kprune callbacks vs a plain `fit`
 (same model and data, interleaved rounds; target <= 1.10x).
 
-Data: full MNIST from `--data FILE.npz`, else `../shared/data/mnist.npz`
-relative to the repository, else `keras.datasets.mnist.load_data()`.
+Data: full MNIST from `--data FILE.npz`, else where `common.mnist_path`
+looks ($KPRUNE_MNIST, <repo>/.data/mnist.npz, ~/.keras/datasets/mnist.npz,
+../shared/data/mnist.npz relative to the repository), read with NumPy.
 
 Run by hand (never in CI), one model per invocation on 2 cores; the
 published results came from:
@@ -50,25 +51,31 @@ benchmarks/results/group_sparsity.json and .md.
 """
 
 import argparse
-import datetime
 import json
 import math
 import os
-import platform
-import shlex
 import sys
 import time
 
 import keras
 import numpy as np
+from common import (
+    RESULTS,
+    command_line,
+    compile_classifier,
+    machine,
+    md_table,
+    mnist_path,
+    now,
+    read_json,
+    read_mnist,
+    run_line,
+    test_error,
+    write_results,
+)
 
 import kprune
 import kprune.sparsity
-
-HERE = os.path.dirname(os.path.abspath(__file__))
-REPO = os.path.dirname(HERE)
-RESULTS = os.path.join(HERE, "results")
-SHARED_NPZ = os.path.join(REPO, "..", "shared", "data", "mnist.npz")
 
 TARGETS = {
     "lenet300": {"macs_reduction": 10.0, "test_error": 0.018},
@@ -139,40 +146,11 @@ HPARAMS = {
 PROX_EVERY = 50
 
 
-def machine():
-    return {
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "python": platform.python_version(),
-        "keras": keras.__version__,
-        "kprune": kprune.__version__,
-    }
-
-
-def now():
-    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-
-
 def load_mnist(path):
-    """Full MNIST; says where it looked."""
-    looked = []
-    for candidate in ([path] if path else []) + [SHARED_NPZ]:
-        candidate = os.path.abspath(candidate)
-        looked.append(candidate)
-        if os.path.isfile(candidate):
-            with np.load(candidate) as f:
-                data = (f["x_train"], f["y_train"]), (f["x_test"], f["y_test"])
-            return data, candidate
-    looked.append("keras.datasets.mnist.load_data() (Keras cache or download)")
-    try:
-        return keras.datasets.mnist.load_data(), "keras.datasets.mnist"
-    except Exception as error:
-        sys.exit(
-            "group_sparsity benchmark: full MNIST not found. Looked at:\n  "
-            + "\n  ".join(looked)
-            + f"\n(last error: {error}). Pass --data /path/to/mnist.npz."
-        )
+    """Full MNIST as stored (uint8 images) and the file it came from."""
+    where = mnist_path(path)
+    x, y, x_test, y_test = read_mnist(where)
+    return ((x, y), (x_test, y_test)), where
 
 
 def lenet300():
@@ -246,16 +224,11 @@ def compile_model(model, recipe, steps):
     schedule = keras.optimizers.schedules.CosineDecay(
         recipe["learning_rate"], decay_steps=steps, alpha=0.02
     )
-    model.compile(
-        optimizer=keras.optimizers.SGD(schedule, momentum=0.9),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        metrics=["accuracy"],
-    )
+    compile_classifier(model, keras.optimizers.SGD(schedule, momentum=0.9))
 
 
 def error_rate(model, x, y):
-    logits = model.predict(x, batch_size=2000, verbose=0)
-    return float(np.mean(np.argmax(logits, axis=-1) != y))
+    return test_error(model, x, y, batch_size=2000)
 
 
 def widths_of(model):
@@ -501,10 +474,7 @@ def step_timing(model_name, x, y, rounds, seed):
 
 
 def load_results(path):
-    if os.path.isfile(path):
-        with open(path) as f:
-            return json.load(f)
-    return {"benchmark": "group_sparsity", "models": {}}
+    return read_json(path, {"benchmark": "group_sparsity", "models": {}})
 
 
 def fmt_widths(widths):
@@ -535,11 +505,7 @@ def markdown(results, validation=False):
             "",
         ]
     error_name = "validation error" if validation else "test error"
-    lines += [
-        f"| model | method | {error_name} | params | MACs | MACs reduction | widths | "
-        "epochs | seconds | settings | target |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
-    ]
+    table = []
     for model_name, entry in results["models"].items():
         target = TARGETS[model_name]
         rows = entry.get("rows", {})
@@ -584,11 +550,35 @@ def markdown(results, validation=False):
                     f"{'met' if met else 'NOT met'} (>= {target['macs_reduction']:.0f}x "
                     f"at <= {100 * target['test_error']:.1f} %)"
                 )
-            lines.append(
-                f"| {model_name} | {row['method']} | {100 * row['test_error']:.2f} % | "
-                f"{params} | {macs} | {reduction} | {widths} | {row['epochs']} | "
-                f"{row['seconds']:.0f} | {settings or '-'} | {verdict} |"
+            table.append(
+                [
+                    model_name,
+                    row["method"],
+                    f"{100 * row['test_error']:.2f} %",
+                    params,
+                    macs,
+                    reduction,
+                    widths,
+                    row["epochs"],
+                    f"{row['seconds']:.0f}",
+                    settings or "-",
+                    verdict,
+                ]
             )
+    header = [
+        "model",
+        "method",
+        error_name,
+        "params",
+        "MACs",
+        "MACs reduction",
+        "widths",
+        "epochs",
+        "seconds",
+        "settings",
+        "target",
+    ]
+    lines += md_table(header, table)
     timing = [
         entry["timing"] for entry in results["models"].values() if "timing" in entry
     ]
@@ -602,21 +592,39 @@ def markdown(results, validation=False):
             "shorter than an epoch, so the epoch-end work (SparsityLogger, epoch-end "
             "ProximalStep) runs 3x more often than in real training.",
             "",
-            "| model | plain ms/step | ProximalStep every 50 steps + SparsityLogger "
-            "| ratio | ProximalStep at epoch end + SparsityLogger | ratio | target |",
-            "| --- | --- | --- | --- | --- | --- | --- |",
         ]
+
+        def ratio(r):
+            return (
+                f"{r['median_ratio']:.3f}x "
+                f"({r.get('min_time_ratio', float('nan')):.3f}x)"
+            )
+
+        header = [
+            "model",
+            "plain ms/step",
+            "ProximalStep every 50 steps + SparsityLogger",
+            "ratio",
+            "ProximalStep at epoch end + SparsityLogger",
+            "ratio",
+            "target",
+        ]
+        rows = []
         for t in timing:
             ms = t["ms_per_step_median"]
             r = t["ratio_vs_plain"]
-            lines.append(
-                f"| {t['model']} | {ms['plain']:.2f} | {ms['every_50_steps']:.2f} | "
-                f"{r['every_50_steps']['median_ratio']:.3f}x "
-                f"({r['every_50_steps'].get('min_time_ratio', float('nan')):.3f}x) | "
-                f"{ms['epoch_end']:.2f} | {r['epoch_end']['median_ratio']:.3f}x "
-                f"({r['epoch_end'].get('min_time_ratio', float('nan')):.3f}x) | "
-                f"{'met' if t['target_met'] else 'NOT met'} ({t['rounds']} rounds) |"
+            rows.append(
+                [
+                    t["model"],
+                    f"{ms['plain']:.2f}",
+                    f"{ms['every_50_steps']:.2f}",
+                    ratio(r["every_50_steps"]),
+                    f"{ms['epoch_end']:.2f}",
+                    ratio(r["epoch_end"]),
+                    f"{'met' if t['target_met'] else 'NOT met'} ({t['rounds']} rounds)",
+                ]
             )
+        lines += md_table(header, rows)
     lines += ["", "Runs (command, machine, date):", ""]
     seen = set()
     for entry in results["models"].values():
@@ -627,10 +635,9 @@ def markdown(results, validation=False):
             if key in seen:
                 continue
             seen.add(key)
-            m = row.get("machine", {})
             lines.append(
-                f"- `{row.get('command')}` on {m.get('platform')}, "
-                f"{m.get('cpu_count')} CPUs, {row.get('date')}"
+                "- "
+                + run_line(row.get("command"), row.get("machine", {}), row.get("date"))
             )
     return "\n".join(lines) + "\n"
 
@@ -678,10 +685,8 @@ def main(argv=None):
     models = ["lenet300", "lenet5"] if args.model == "all" else [args.model]
     name = "group_sparsity_sweep" if args.validation else "group_sparsity"
     path = os.path.join(RESULTS, f"{name}.json")
-    command = "python benchmarks/group_sparsity.py " + shlex.join(
-        sys.argv[1:] if argv is None else argv
-    )
-    stamp = {"command": command.strip(), "machine": machine(), "date": now()}
+    command = command_line(__file__, argv)
+    stamp = {"command": command, "machine": machine(), "date": now()}
     override = {}
     if args.strength is not None:
         override["strength"] = args.strength
@@ -728,11 +733,7 @@ def main(argv=None):
             entry["rows"][key] = row
         if timing is not None:
             entry["timing"] = timing
-        os.makedirs(RESULTS, exist_ok=True)
-        with open(path, "w") as f:
-            json.dump(results, f, indent=2)
-        with open(os.path.join(RESULTS, f"{name}.md"), "w") as f:
-            f.write(markdown(results, validation=args.validation))
+        write_results(name, results, markdown(results, validation=args.validation))
         print(f"  wrote {path} and {name}.md", flush=True)
     return 0
 

@@ -27,31 +27,32 @@ Writes benchmarks/results/magnitude.json and .md (or --name).
 import argparse
 import json
 import os
-import sys
 import tempfile
 import time
 
 import keras
 import numpy as np
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-import kprune  # noqa: E402
-from benchmarks._magnitude_common import (
-    RESULTS,  # noqa: E402
-    EpochTimer,  # noqa: E402
-    count_params,  # noqa: E402
-    lenet_5,  # noqa: E402
-    lenet_300_100,  # noqa: E402
-    load_mnist,  # noqa: E402
-    machine,  # noqa: E402
-    test_error,  # noqa: E402
+from common import (
+    RESULTS,
+    EpochTimer,
+    command_line,
+    compile_classifier,
+    count_params,
+    lenet_5,
+    lenet_300_100,
+    load_mnist,
+    machine,
+    md_table,
+    nesterov_sgd,
+    read_json,
+    run_line,
+    test_error,
+    write_results,
 )
-from kprune.callbacks import MagnitudePruning  # noqa: E402
-from kprune.pruning import (
-    get_masks,  # noqa: E402
-    strip_pruning,  # noqa: E402
-)
+
+import kprune
+from kprune.callbacks import MagnitudePruning
+from kprune.pruning import get_masks, strip_pruning
 
 HAN_KEPT = {
     "lenet300": {"fc1": 0.08, "fc2": 0.09, "fc3": 0.26},
@@ -100,19 +101,6 @@ def calibrate_quality(w, target_kept, cycles):
     return round((lo + hi) / 2, 4)
 
 
-def sgd(lr, steps=None):
-    rate = lr if steps is None else keras.optimizers.schedules.CosineDecay(lr, steps)
-    return keras.optimizers.SGD(rate, momentum=0.9, nesterov=True)
-
-
-def compile_model(model, optimizer):
-    model.compile(
-        optimizer,
-        keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        metrics=["accuracy"],
-    )
-
-
 def tflite_sizes(model, tmp, tag, sample):
     dense_path = os.path.join(tmp, f"{tag}.tflite")
     sparse_path = os.path.join(tmp, f"{tag}_sparse.tflite")
@@ -136,6 +124,17 @@ def kept_per_layer(model, names):
     return out
 
 
+def fit(model, x, y, args, epochs, callbacks):
+    return model.fit(
+        x,
+        y,
+        batch_size=args.batch_size,
+        epochs=epochs,
+        verbose=0,
+        callbacks=callbacks,
+    )
+
+
 def run_model(key, args, tmp):
     keras.utils.set_random_seed(args.seed)
     x, y, xt, yt = load_mnist(flat=key == "lenet300")
@@ -146,17 +145,12 @@ def run_model(key, args, tmp):
     rows = []
 
     # 1. Dense training.
-    compile_model(model, sgd(args.lr, args.dense_epochs * steps_per_epoch))
+    compile_classifier(
+        model, nesterov_sgd(args.lr, args.dense_epochs * steps_per_epoch)
+    )
     timer = EpochTimer()
     start = time.perf_counter()
-    model.fit(
-        x,
-        y,
-        batch_size=args.batch_size,
-        epochs=args.dense_epochs,
-        verbose=0,
-        callbacks=[timer],
-    )
+    fit(model, x, y, args, args.dense_epochs, [timer])
     dense_seconds = time.perf_counter() - start
     params, nonzero = count_params(model)
     dense_err = test_error(model, xt, yt)
@@ -185,30 +179,18 @@ def run_model(key, args, tmp):
     quality = _calibrate(model, aim, args.cycles)
     cycle_epochs = args.cycles * args.epochs_per_cycle
     prune_epochs = cycle_epochs + args.final_epochs
-    compile_model(model, sgd(args.lr / 10))
+    compile_classifier(model, nesterov_sgd(args.lr / 10))
     timer = EpochTimer()
     cb = MagnitudePruning(
         quality=quality, cycles=args.cycles, epochs_per_cycle=args.epochs_per_cycle
     )
     start = time.perf_counter()
-    hist = model.fit(
-        x,
-        y,
-        batch_size=args.batch_size,
-        epochs=cycle_epochs,
-        verbose=0,
-        callbacks=[cb, timer],
-    )
+    hist = fit(model, x, y, args, cycle_epochs, [cb, timer])
     if args.final_epochs:
-        compile_model(model, sgd(args.lr / 10, args.final_epochs * steps_per_epoch))
-        model.fit(
-            x,
-            y,
-            batch_size=args.batch_size,
-            epochs=args.final_epochs,
-            verbose=0,
-            callbacks=[timer],
+        compile_classifier(
+            model, nesterov_sgd(args.lr / 10, args.final_epochs * steps_per_epoch)
         )
+        fit(model, x, y, args, args.final_epochs, [timer])
     prune_seconds = time.perf_counter() - start
     masks = get_masks(model)
     pruned_err = test_error(model, xt, yt)
@@ -271,21 +253,13 @@ def markdown(result):
     for key, run in result["runs"].items():
         a = run["args"]
         lines.append(
-            f"- {key}: `{run['command']}` on {run['machine']['platform']}, "
-            f"{run['machine']['cpu_count']} CPUs, {run['machine']['date']}, "
+            f"- {key}: {run_line(run['command'], run['machine'])}, "
             f"{run['seconds']:.0f} s (dense {a['dense_epochs']} epochs at lr "
             f"{a['lr']}, then {a['cycles']} cycles x {a['epochs_per_cycle']} "
             f"epochs at lr {a['lr'] / 10:g} + {a['final_epochs']} fine-tune "
             f"epochs; batch {a['batch_size']}, L2 {a['l2']:g})."
         )
-    lines += [
-        "",
-        "| method | model | test error | params | non-zero params | compression "
-        "| kept per layer (Han) | TFLite bytes | TFLite sparse bytes | "
-        "TFLite gzip bytes | epochs | seconds | target |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- "
-        "| --- |",
-    ]
+    rows = []
     for r in result["rows"]:
         kept = ", ".join(
             f"{n} {100 * v:.1f} % ({100 * r['han_kept_per_layer'][n]:.0f} %)"
@@ -296,13 +270,39 @@ def markdown(result):
             if r["method"] == "dense"
             else (f"{r['target']}: {'met' if r['target_met'] else 'NOT met'}")
         )
-        lines.append(
-            f"| {r['method']} | {r['model']} | {100 * r['test_error']:.2f} % "
-            f"| {r['params']:,} | {r['nonzero_params']:,} | {r['compression']:.1f}x "
-            f"| {kept} | {r['tflite_bytes']:,} | {r['tflite_sparse_bytes']:,} "
-            f"| {r['tflite_gzip_bytes']:,} | {r['epochs']} | {r['seconds']:.0f} "
-            f"| {target} |"
+        rows.append(
+            [
+                r["method"],
+                r["model"],
+                f"{100 * r['test_error']:.2f} %",
+                f"{r['params']:,}",
+                f"{r['nonzero_params']:,}",
+                f"{r['compression']:.1f}x",
+                kept,
+                f"{r['tflite_bytes']:,}",
+                f"{r['tflite_sparse_bytes']:,}",
+                f"{r['tflite_gzip_bytes']:,}",
+                r["epochs"],
+                f"{r['seconds']:.0f}",
+                target,
+            ]
         )
+    header = [
+        "method",
+        "model",
+        "test error",
+        "params",
+        "non-zero params",
+        "compression",
+        "kept per layer (Han)",
+        "TFLite bytes",
+        "TFLite sparse bytes",
+        "TFLite gzip bytes",
+        "epochs",
+        "seconds",
+        "target",
+    ]
+    lines += ["", *md_table(header, rows)]
     lines += [
         "",
         "Han et al. report LeNet-300-100 267K -> 22K params (12x) at 1.59 % and "
@@ -349,17 +349,12 @@ def main(argv=None):
             "final_epochs": 6,
         },
     }
-    command = "python benchmarks/magnitude.py " + " ".join(
-        sys.argv[1:] if argv is None else argv
-    )
-    path = os.path.join(RESULTS, f"{args.name}.json")
+    command = command_line(__file__, argv)
     # Rows are kept per model: a run replaces the rows of the models it ran.
     result = {"runs": {}, "rows": []}
-    if os.path.isfile(path):
-        with open(path) as f:
-            old = json.load(f)
-        if "runs" in old:
-            result = old
+    old = read_json(os.path.join(RESULTS, f"{args.name}.json"), {})
+    if "runs" in old:
+        result = old
     with tempfile.TemporaryDirectory() as tmp:
         for key in args.models.split(","):
             if key not in BUILDERS:
@@ -379,12 +374,9 @@ def main(argv=None):
             }
     order = list(BUILDERS)
     result["rows"].sort(key=lambda r: (order.index(r["model"]), r["method"] != "dense"))
-    os.makedirs(RESULTS, exist_ok=True)
-    with open(path, "w") as f:
-        json.dump(result, f, indent=2)
-    with open(os.path.join(RESULTS, f"{args.name}.md"), "w") as f:
-        f.write(markdown(result))
-    print(markdown(result))
+    text = markdown(result)
+    write_results(args.name, result, text)
+    print(text)
 
 
 if __name__ == "__main__":

@@ -15,34 +15,15 @@ Writes benchmarks/results/rebuild_speed.json and .md.
 """
 
 import argparse
-import datetime
-import json
 import os
-import platform
-import sys
 import tempfile
 import time
 
 import keras
 import numpy as np
+from common import command_line, machine, md_table, run_line, write_results
 
 import kprune
-
-HERE = os.path.dirname(os.path.abspath(__file__))
-RESULTS = os.path.join(HERE, "results")
-
-
-def machine():
-    return {
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "python": platform.python_version(),
-        "keras": keras.__version__,
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(
-            timespec="seconds"
-        ),
-    }
 
 
 def zero_filters(model, rng, fraction=0.3):
@@ -157,46 +138,75 @@ def main(argv=None):
     args = parser.parse_args(argv)
     result = {
         "benchmark": "rebuild_speed",
-        "command": "python "
-        + " ".join(
-            [os.path.relpath(__file__, os.path.dirname(HERE))] + (argv or sys.argv[1:])
-        ),
+        "command": command_line(__file__, argv or None),
         "machine": machine(),
         "slim": [slim_timing(n, args.repeats) for n in ("ResNet50", "DenseNet121")],
         "latency": latency_ratio(args.runs, args.threads),
     }
-    os.makedirs(RESULTS, exist_ok=True)
-    with open(os.path.join(RESULTS, "rebuild_speed.json"), "w") as f:
-        json.dump(result, f, indent=2)
+    text = markdown(result)
+    write_results("rebuild_speed", result, text)
+    print(text, end="")
+
+
+def markdown(result):
+    lat = result["latency"]
     lines = [
         "# Rebuilder speed",
         "",
-        f"`{result['command']}` on {result['machine']['platform']}, "
-        f"{result['machine']['cpu_count']} CPUs, {result['machine']['date']}.",
+        run_line(result["command"], result["machine"]) + ".",
         "",
-        "| model | slim seconds (median) | params before | params after | max rel diff | target < 10 s |",
-        "| --- | --- | --- | --- | --- | --- |",
-    ]
-    for row in result["slim"]:
-        lines.append(
-            f"| {row['model']} | {row['seconds_median']:.2f} | {row['params_before']:,} | "
-            f"{row['params_after']:,} | {row['max_rel_diff']:.1e} | {'met' if row['met'] else 'NOT met'} |"
-        )
-    lat = result["latency"]
-    lines += [
+        *md_table(
+            [
+                "model",
+                "slim seconds (median)",
+                "params before",
+                "params after",
+                "max rel diff",
+                "target < 10 s",
+            ],
+            [
+                [
+                    row["model"],
+                    f"{row['seconds_median']:.2f}",
+                    f"{row['params_before']:,}",
+                    f"{row['params_after']:,}",
+                    f"{row['max_rel_diff']:.1e}",
+                    "met" if row["met"] else "NOT met",
+                ]
+                for row in result["slim"]
+            ],
+        ),
         "",
-        "| model | MACs before | MACs after | MACs reduction | LiteRT ms before | LiteRT ms after | speed-up | speed-up / MACs reduction (target >= 0.8) |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
-        f"| {lat['model']}, half the filters removed | {lat['macs_before']:,} | {lat['macs_after']:,} | "
-        f"{lat['macs_reduction']:.2f}x | {lat['latency_ms_before']:.2f} | {lat['latency_ms_after']:.2f} | "
-        f"{lat['latency_speedup']:.2f}x | {lat['speedup_over_macs_reduction']:.2f} ({'met' if lat['met'] else 'NOT met'}) |",
+        *md_table(
+            [
+                "model",
+                "MACs before",
+                "MACs after",
+                "MACs reduction",
+                "LiteRT ms before",
+                "LiteRT ms after",
+                "speed-up",
+                "speed-up / MACs reduction (target >= 0.8)",
+            ],
+            [
+                [
+                    f"{lat['model']}, half the filters removed",
+                    f"{lat['macs_before']:,}",
+                    f"{lat['macs_after']:,}",
+                    f"{lat['macs_reduction']:.2f}x",
+                    f"{lat['latency_ms_before']:.2f}",
+                    f"{lat['latency_ms_after']:.2f}",
+                    f"{lat['latency_speedup']:.2f}x",
+                    f"{lat['speedup_over_macs_reduction']:.2f} "
+                    f"({'met' if lat['met'] else 'NOT met'})",
+                ]
+            ],
+        ),
         "",
         f"LiteRT: {lat['num_threads']} thread(s), fastest of {lat['runs']} runs x "
         "5 interleaved rounds (the minimum is least disturbed by other processes).",
     ]
-    with open(os.path.join(RESULTS, "rebuild_speed.md"), "w") as f:
-        f.write("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

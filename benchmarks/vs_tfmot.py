@@ -39,46 +39,35 @@ import argparse
 import json
 import os
 import subprocess
-import sys
 import tempfile
 import time
 
 import keras
 import numpy as np
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-import kprune  # noqa: E402
-from benchmarks._magnitude_common import (
-    REPO,  # noqa: E402
-    RESULTS,  # noqa: E402
-    EpochTimer,  # noqa: E402
-    gzip_bytes,  # noqa: E402
-    lenet_300_100,  # noqa: E402
-    load_mnist,  # noqa: E402
-    machine,  # noqa: E402
-    mnist_path,  # noqa: E402
+from common import (
+    HERE,
+    REPO,
+    EpochTimer,
+    accuracy,
+    command_line,
+    compile_classifier,
+    count_params,
+    gzip_bytes,
+    lenet_300_100,
+    load_mnist,
+    machine,
+    md_table,
+    mnist_path,
+    nesterov_sgd,
+    test_error,
+    write_results,
 )
-from kprune.callbacks import MagnitudePruning  # noqa: E402
-from kprune.pruning import (
-    PolynomialDecay,  # noqa: E402
-    strip_pruning,  # noqa: E402
-)
 
-WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_tfmot_worker.py")
+import kprune
+from kprune.callbacks import MagnitudePruning
+from kprune.pruning import PolynomialDecay, strip_pruning
 
-
-def compile_model(model, optimizer):
-    model.compile(
-        optimizer,
-        keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        metrics=["accuracy"],
-    )
-
-
-def sgd(lr, steps=None):
-    rate = lr if steps is None else keras.optimizers.schedules.CosineDecay(lr, steps)
-    return keras.optimizers.SGD(rate, momentum=0.9, nesterov=True)
+WORKER = os.path.join(HERE, "_tfmot_worker.py")
 
 
 def kprune_run(weights, data, args, sparsity, end_step, tmp, seed):
@@ -86,7 +75,7 @@ def kprune_run(weights, data, args, sparsity, end_step, tmp, seed):
     keras.utils.set_random_seed(seed)
     model = lenet_300_100()
     model.set_weights(weights)
-    compile_model(model, sgd(args.lr / 10))
+    compile_classifier(model, nesterov_sgd(args.lr / 10))
     timer = EpochTimer()
     callbacks = [timer]
     if sparsity is not None:
@@ -116,14 +105,13 @@ def kprune_run(weights, data, args, sparsity, end_step, tmp, seed):
     if sparsity is None:
         return result
     stripped = strip_pruning(model)
-    logits = stripped.predict(xt, batch_size=1000, verbose=0)
-    result["test_accuracy"] = float(np.mean(np.argmax(logits, axis=1) == yt))
+    result["test_accuracy"] = accuracy(stripped, xt, yt)
     kernels = {layer.name: layer.kernel.numpy() for layer in stripped.layers}
     result["kept_per_layer"] = {
         n: float(np.count_nonzero(k)) / k.size for n, k in kernels.items()
     }
     small = kprune.surgery.slim(stripped)
-    result["slim_params"] = int(sum(np.size(w) for w in small.get_weights()))
+    result["slim_params"] = count_params(small)[0]
     result["slim_widths"] = [int(lay.kernel.shape[-1]) for lay in small.layers]
     for prefix, m in (("", stripped), ("slim_", small)):
         for tag, sparse in (("raw", False), ("sparse", True)):
@@ -214,33 +202,50 @@ def markdown(result):
         f"polynomial schedule 0 -> target by step {result['end_step']}, every "
         f"{a['frequency']} steps; seeds {a['seeds']} (accuracy: mean over seeds).",
         "",
-        "| sparsity | framework | test accuracy (per seed) | s / epoch min (median) "
-        "| TFLite raw | raw gzip | sparse-encoded | sparse gzip |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
 
-    def size_row(r, prefix=""):
-        return (
-            f"{r[f'tflite_{prefix}raw_bytes']:,} | {r[f'tflite_{prefix}raw_gzip_bytes']:,} "
-            f"| {r[f'tflite_{prefix}sparse_bytes']:,} "
-            f"| {r[f'tflite_{prefix}sparse_gzip_bytes']:,}"
-        )
+    def sizes(r, prefix=""):
+        return [
+            f"{r[f'tflite_{prefix}{kind}_bytes']:,}"
+            for kind in ("raw", "raw_gzip", "sparse", "sparse_gzip")
+        ]
 
+    rows = []
     for row in result["rows"]:
+        sparsity = f"{100 * row['sparsity']:.0f} %"
         for name in ("kprune", "tfmot"):
             runs = row[name]
             accs = ", ".join(f"{100 * r['test_accuracy']:.2f}" for r in runs)
-            lines.append(
-                f"| {100 * row['sparsity']:.0f} % | {name} "
-                f"| {100 * _mean(runs, 'test_accuracy'):.2f} % ({accs}) "
-                f"| {_min_epoch(runs):.2f} ({_median_epoch(runs):.2f}) "
-                f"| {size_row(runs[0])} |"
+            rows.append(
+                [
+                    sparsity,
+                    name,
+                    f"{100 * _mean(runs, 'test_accuracy'):.2f} % ({accs})",
+                    f"{_min_epoch(runs):.2f} ({_median_epoch(runs):.2f})",
+                    *sizes(runs[0]),
+                ]
             )
         r = row["kprune"][0]
-        lines.append(
-            f"| {100 * row['sparsity']:.0f} % | kprune + slim (widths "
-            f"{r['slim_widths']}) | same | | {size_row(r, 'slim_')} |"
+        rows.append(
+            [
+                sparsity,
+                f"kprune + slim (widths {r['slim_widths']})",
+                "same",
+                "",
+                *sizes(r, "slim_"),
+            ]
         )
+    header = [
+        "sparsity",
+        "framework",
+        "test accuracy (per seed)",
+        "s / epoch min (median)",
+        "TFLite raw",
+        "raw gzip",
+        "sparse-encoded",
+        "sparse gzip",
+    ]
+    lines += md_table(header, rows)
     d = result["dense_epoch_seconds"]
     lines += [
         "",
@@ -286,10 +291,11 @@ def main(argv=None):
 
     keras.utils.set_random_seed(seeds[0])
     dense = lenet_300_100()
-    compile_model(dense, sgd(args.lr, args.dense_epochs * steps_per_epoch))
+    compile_classifier(
+        dense, nesterov_sgd(args.lr, args.dense_epochs * steps_per_epoch)
+    )
     dense.fit(x, y, batch_size=args.batch_size, epochs=args.dense_epochs, verbose=0)
-    logits = dense.predict(xt, batch_size=1000, verbose=0)
-    dense_err = float(np.mean(np.argmax(logits, axis=1) != yt))
+    dense_err = test_error(dense, xt, yt)
     weights = [np.asarray(w) for w in dense.get_weights()]
     print(f"dense test error {dense_err:.4f}", flush=True)
 
@@ -334,8 +340,7 @@ def main(argv=None):
         for r in rows
     )
     result = {
-        "command": "python benchmarks/vs_tfmot.py "
-        + " ".join(sys.argv[1:] if argv is None else argv),
+        "command": command_line(__file__, argv),
         "machine": machine(),
         "load_average": [round(v, 1) for v in os.getloadavg()],
         "args": vars(args),
@@ -367,12 +372,9 @@ def main(argv=None):
         ],
     }
     result["total_seconds"] = time.perf_counter() - start
-    os.makedirs(RESULTS, exist_ok=True)
-    with open(os.path.join(RESULTS, f"{args.name}.json"), "w") as f:
-        json.dump(result, f, indent=2)
-    with open(os.path.join(RESULTS, f"{args.name}.md"), "w") as f:
-        f.write(markdown(result))
-    print(markdown(result))
+    text = markdown(result)
+    write_results(args.name, result, text)
+    print(text)
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ import math
 import keras
 from keras import ops
 
+from kprune._backend import bakes_variables, retrace, sync_weights
 from kprune.pruning.attach import attach_masks, prunable_layers
 from kprune.pruning.masks import global_sparsity_masks, sparsity_mask, threshold_mask
 from kprune.pruning.thresholds import global_std_threshold, std_threshold
@@ -61,6 +62,14 @@ class MagnitudePruning(keras.callbacks.Callback):
     `BackupAndRestore`). The masks stay attached after `fit` so that later
     training keeps the zeros; `kprune.pruning.strip_pruning(model)` returns a
     copy without them.
+
+    Backends: on TensorFlow (and PyTorch) the train step reads the masks at
+    run time. JAX's compiled train step bakes the masks in when it traces, so
+    on JAX every pruning event (and the start of each `fit`) recompiles the
+    train step once (`kprune._backend.retrace`); with a step schedule that is
+    one compilation per pruning event (every `frequency` steps), not per
+    step. A pruning event in the middle of a JAX epoch first writes the
+    in-flight training state back into the model (`sync_weights`).
 
     Logs (every batch and epoch): `sparsity` (fraction of pruned entries over
     the pruned kernels) and `kept/<layer>` (kept fraction per layer, when
@@ -195,9 +204,11 @@ class MagnitudePruning(keras.callbacks.Callback):
         self.verbose = int(verbose)
         self._masks = {}
         self._stats = {}
+        self._counts = {}
         self._frozen = []
         self._dropout = {}
         self._first_batch = True
+        self._steps_per_execution = 1
 
     # ------------------------------------------------------------------ setup
     @property
@@ -246,7 +257,16 @@ class MagnitudePruning(keras.callbacks.Callback):
             # A train function traced before the constraints existed (an
             # earlier `fit`) would not apply them: trace again.
             self.model.make_train_function(force=True)
+        elif bakes_variables():
+            # JAX froze the masks' values when it last traced (an earlier
+            # `fit`); they may have changed since (`load_weights`).
+            retrace(self.model)
         self._first_batch = True
+        # Read once: on JAX every `self.model` access in a batch hook writes
+        # the whole train state back into the model (Keras' Callback.model).
+        self._steps_per_execution = int(
+            getattr(self.model, "steps_per_execution", 1) or 1
+        )
         self._update_stats()
 
     def _apply_freeze(self):
@@ -275,6 +295,7 @@ class MagnitudePruning(keras.callbacks.Callback):
 
     # ----------------------------------------------------------------- events
     def _iterations(self):
+        sync_weights(self.model)  # JAX: `iterations` lives in the train state
         return int(ops.convert_to_numpy(self.model.optimizer.iterations))
 
     def on_epoch_begin(self, epoch, logs=None):
@@ -305,7 +326,7 @@ class MagnitudePruning(keras.callbacks.Callback):
                 self._prune(self.sparsity, "first step")
         else:
             first = self._epoch_base + int(batch)
-            spe = int(getattr(self.model, "steps_per_execution", 1) or 1)
+            spe = self._steps_per_execution
             should = getattr(self.sparsity, "should_prune", None)
             for step in range(first, first + spe):
                 due = should(step) if should else step % self.frequency == 0
@@ -346,11 +367,16 @@ class MagnitudePruning(keras.callbacks.Callback):
         return {n: getattr(layers[n][0], layers[n][1]) for n in self._masks}
 
     def _hold_zeros(self):
+        sync_weights(self.model)
         for name, kernel in self._kernels().items():
             mask = self._masks[name].mask
             kernel.assign(ops.multiply(kernel, ops.cast(mask, kernel.dtype)))
 
     def _prune(self, value, when):
+        # JAX, mid-epoch: the current weights are in the train state, and the
+        # model's variables are empty; write them back first. After this, the
+        # next step reads the variables again, so the assignments below count.
+        sync_weights(self.model)
         names = list(self._masks)
         kernels = self._kernels()
         weights = [kernels[n] for n in names]
@@ -374,10 +400,15 @@ class MagnitudePruning(keras.callbacks.Callback):
                 for n, w, m in zip(names, weights, old):
                     s = value[n] if isinstance(value, dict) else value
                     new.append(sparsity_mask(w, _check_fraction("sparsity", s), m))
+        before = dict(self._counts)
         for n, w, m in zip(names, weights, new):
             self._masks[n].set_mask(m)
             w.assign(ops.multiply(w, ops.cast(m, w.dtype)))
         self._update_stats()
+        if self._counts != before:
+            # JAX baked the old masks into the compiled step: compile again.
+            # (A new mask is a subset of the old one: same count, same mask.)
+            retrace(self.model)
         if self.verbose:
             kept = (
                 ", ".join(f"{n} {self._stats.get('kept/' + n, 0):.3f}" for n in names)

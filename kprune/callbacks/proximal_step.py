@@ -5,6 +5,7 @@ import warnings
 import keras
 from keras import ops
 
+from kprune._backend import bakes_variables, sync_weights
 from kprune.ops.group_sparsity import sparse_group_prox, zero_group_mask
 from kprune.regularizers.targets import (
     default_target,
@@ -94,6 +95,15 @@ class ProximalStep(keras.callbacks.Callback):
     Validation metrics of an epoch are computed by Keras before
     `on_epoch_end`, i.e. before that epoch's proximal step.
 
+    Backends: on JAX the weights live in the train state during an epoch;
+    with `every_n_steps`, each proximal step first writes that state back
+    into the model (`kprune._backend.sync_weights`: one Python-level
+    `assign` per model and optimizer variable) and the next step reads it
+    again. The step counter is then
+    tracked from the epoch's start plus the batch index, so the batches
+    without a proximal step cost no device read. The epoch-end mode needs
+    nothing extra (Keras syncs at epoch end).
+
     Args:
         every_n_steps: apply every this many optimizer steps instead of at
             epoch end; `None` (default) means epoch end.
@@ -171,6 +181,7 @@ class ProximalStep(keras.callbacks.Callback):
         self._entries = None
         self._last_iteration = None
         self._last_step_size = None
+        self._epoch_base = 0
 
     # -- targets ---------------------------------------------------------
 
@@ -258,6 +269,10 @@ class ProximalStep(keras.callbacks.Callback):
         """
         if self._entries is None:
             self._entries = self._resolve()
+        # JAX, mid-epoch: bring the in-flight weights (and the optimizer's
+        # `iterations`, which a learning-rate schedule reads) back into the
+        # variables; the next train step then reads what is assigned here.
+        sync_weights(self.model)
         t = self.current_step_size()
         for entry in self._entries:
             target = entry.target
@@ -275,6 +290,7 @@ class ProximalStep(keras.callbacks.Callback):
         return self._stats()
 
     def _stats(self):
+        sync_weights(self.model)
         zero = 0
         for entry in self._entries:
             target = entry.target
@@ -288,6 +304,8 @@ class ProximalStep(keras.callbacks.Callback):
     # -- callback hooks --------------------------------------------------
 
     def _iterations(self):
+        # Per batch on TensorFlow only; on JAX at epoch begin, when the
+        # model's variables hold the state.
         return int(ops.convert_to_numpy(self.model.optimizer.iterations))
 
     def on_train_begin(self, logs=None):
@@ -300,11 +318,17 @@ class ProximalStep(keras.callbacks.Callback):
             # Read here, after every on_train_begin (BackupAndRestore may
             # have restored `iterations` there).
             self._last_iteration = self._iterations()
+            self._epoch_base = self._last_iteration
 
     def on_train_batch_end(self, batch, logs=None):
         if self.every_n_steps is None:
             return
-        iteration = self._iterations()
+        if bakes_variables():
+            # JAX: `iterations` is in the train state mid-epoch; reading it
+            # would need a sync per batch. `batch` is the last step run.
+            iteration = self._epoch_base + int(batch) + 1
+        else:
+            iteration = self._iterations()
         if self._last_iteration is None:
             self._last_iteration = iteration
         n = self.every_n_steps

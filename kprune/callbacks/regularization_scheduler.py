@@ -1,11 +1,15 @@
 """`RegularizationScheduler`: change regularization strength during `fit`."""
 
+import warnings
+
 import keras
 from keras import ops
 
+from kprune._backend import bakes_variables, retrace
 from kprune.regularizers.targets import find_layer, group_regularizers
 
 _FREQS = ("epoch", "batch")
+_MAX_RETRACES = 10  # JAX compilations per epoch before a warning
 
 
 @keras.saving.register_keras_serializable(package="kprune")
@@ -18,12 +22,24 @@ class RegularizationScheduler(keras.callbacks.Callback):
     `keras.Variable`). A regularizer's fixed per-layer `scale` is kept, so
     layer `l` uses `lambda_l = schedule(e) * scale_l`. Both penalty-mode
     regularizers (the loss changes) and proximal-mode ones (the next
-    `ProximalStep` threshold changes) follow the schedule, without
-    retracing the train step.
+    `ProximalStep` threshold changes) follow the schedule.
 
     With `update_freq="epoch"` (default) the schedule is called with the
     0-based epoch index at the start of each epoch; with `"batch"`, with the
-    optimizer's `iterations` before each step. `schedule` may be any
+    optimizer's `iterations` before each step (on JAX: its value at the
+    start of the epoch plus the batch index, which needs no device read).
+
+    Cost per backend: TensorFlow and PyTorch read the strength variable at
+    run time, so an update costs one `assign` and never retraces. JAX's
+    compiled train step bakes the strength in when it traces, so on JAX the
+    callback recompiles the train step whenever the value *changes* (and
+    once per `fit`), never when it stays the same. With `"epoch"` that is at
+    most one compilation per epoch. With `"batch"` and a schedule that
+    changes at every step it is one compilation per step, which makes
+    training far slower: on JAX prefer `"epoch"` or a staircase schedule
+    (e.g. `keras.optimizers.schedules.ExponentialDecay(...,
+    staircase=True)` or `PiecewiseConstantDecay`). A warning is issued
+    when more than 10 compilations happen in one epoch. `schedule` may be any
     `keras.optimizers.schedules.LearningRateSchedule` or a callable
     `f(index) -> float`. The value is logged as `reg_strength`. The callback
     keeps no state of its own, so it resumes correctly under
@@ -77,6 +93,9 @@ class RegularizationScheduler(keras.callbacks.Callback):
         self.update_freq = update_freq
         self._regularizers = None
         self._value = None
+        self._epoch_base = 0
+        self._retraces = 0
+        self._warned = False
 
     def _resolve(self):
         found = group_regularizers(self.model)
@@ -107,21 +126,52 @@ class RegularizationScheduler(keras.callbacks.Callback):
 
     def _assign(self, index):
         value = self.strength_at(index)
+        baked = bakes_variables()
+        if baked and value == self._value:
+            # JAX: the compiled step already holds this value; do not
+            # recompile (TensorFlow assigns anyway: it costs nothing).
+            return
         for reg in self._regularizers:
             reg.strength.assign(value)
         self._value = value
+        if baked:
+            retrace(self.model)
+            self._retraces += 1
+            if self._retraces > _MAX_RETRACES and not self._warned:
+                self._warned = True
+                warnings.warn(
+                    f"RegularizationScheduler recompiled the JAX train step "
+                    f"{self._retraces} times in one epoch (the strength changed "
+                    "at each update). On JAX use update_freq='epoch' or a "
+                    "staircase schedule.",
+                    stacklevel=2,
+                )
+
+    def _iterations(self):
+        return int(ops.convert_to_numpy(self.model.optimizer.iterations))
 
     def on_train_begin(self, logs=None):
         self._regularizers = self._resolve()
+        # Unknown until the first assignment: JAX may have baked another
+        # value into a train step traced by an earlier `fit`.
+        self._value = None
+        self._warned = False
 
     def on_epoch_begin(self, epoch, logs=None):
+        self._retraces = 0
         if self.update_freq == "epoch":
             self._assign(epoch)
+        elif bakes_variables():
+            # The step counter is in sync with the model here; mid-epoch on
+            # JAX it lives in the train state, so batches add their index.
+            self._epoch_base = self._iterations()
 
     def on_train_batch_begin(self, batch, logs=None):
         if self.update_freq == "batch":
-            iterations = self.model.optimizer.iterations
-            self._assign(int(ops.convert_to_numpy(iterations)))
+            if bakes_variables():
+                self._assign(self._epoch_base + int(batch))
+            else:
+                self._assign(self._iterations())
 
     def on_epoch_end(self, epoch, logs=None):
         if logs is not None and self._value is not None:

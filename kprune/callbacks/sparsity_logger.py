@@ -4,6 +4,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from kprune._backend import sync_weights
 from kprune.ops.group_sparsity import zero_group_mask
 from kprune.regularizers.targets import default_target, find_layer, iter_layers
 
@@ -28,6 +29,11 @@ class SparsityLogger(keras.callbacks.Callback):
     callback after `ProximalStep` and before `CSVLogger` / `TensorBoard` in
     `callbacks`. Units whose *outgoing* weights are all zero are not counted
     as dead here (`kprune.surgery.dead_units` finds those too).
+
+    Backends: the figures are read at epoch end, when every backend has the
+    current weights in the model's variables. `compute()` may also be
+    called mid-epoch from another callback: on JAX it first writes the
+    in-flight train state back (`kprune._backend.sync_weights`).
 
     Args:
         layers: list of layer names to track; `None` tracks every Dense,
@@ -90,6 +96,7 @@ class SparsityLogger(keras.callbacks.Callback):
         """The figures this callback logs, as a dict (usable outside `fit`)."""
         if self._targets is None:
             self._targets = self._resolve()
+        sync_weights(self.model)  # no-op except mid-epoch on JAX
         stats = {}
         live_total = units_total = zero_weights = weights_total = 0
         for target in self._targets:

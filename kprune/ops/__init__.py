@@ -3,6 +3,10 @@
 Group sparsity (Alvarez & Salzmann, NeurIPS 2016): group norms, element-wise
 and group soft-thresholding, the sparse group Lasso proximal operator and
 penalties. A group is one output unit's incoming weights (and its bias).
+
+HyperSparse (Glandorf et al., ICCV-W 2023): the threshold quantile, the
+scale `s`, the factor `c`, per-kernel terms, the paper's penalty and its
+analytic gradient.
 """
 
 from kprune.ops.group_sparsity import (
@@ -17,12 +21,28 @@ from kprune.ops.group_sparsity import (
     unit_axes,
     zero_group_mask,
 )
+from kprune.ops.hypersparse import (
+    hypersparse_factor,
+    hypersparse_gradient,
+    hypersparse_penalty,
+    hypersparse_scalars,
+    hypersparse_scale,
+    hypersparse_term,
+    magnitude_quantile,
+)
 
 __all__ = [
     "group_lasso_penalty",
     "group_norms",
     "group_size",
     "group_soft_threshold",
+    "hypersparse_factor",
+    "hypersparse_gradient",
+    "hypersparse_penalty",
+    "hypersparse_scalars",
+    "hypersparse_scale",
+    "hypersparse_term",
+    "magnitude_quantile",
     "num_units",
     "soft_threshold",
     "sparse_group_lasso_penalty",

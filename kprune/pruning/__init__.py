@@ -9,8 +9,10 @@ Pure functions (keras.ops) compose into `kprune.callbacks.MagnitudePruning`:
 - schedules: `SparsitySchedule`, `ConstantSparsity`, `PolynomialDecay`.
 - `KeepMask`: the constraint that holds pruned weights at exactly zero.
 - `prunable_layers`, `attach_masks`, `get_masks`, `strip_pruning`.
+- ART (Glandorf et al. 2023): `art_strength`, `ARTWindow`.
 """
 
+from kprune.pruning.art import ARTWindow, art_strength
 from kprune.pruning.attach import (
     attach_masks,
     get_masks,
@@ -29,10 +31,12 @@ from kprune.pruning.schedules import ConstantSparsity, PolynomialDecay, Sparsity
 from kprune.pruning.thresholds import global_std_threshold, kept_std, std_threshold
 
 __all__ = [
+    "ARTWindow",
     "ConstantSparsity",
     "KeepMask",
     "PolynomialDecay",
     "SparsitySchedule",
+    "art_strength",
     "attach_masks",
     "get_masks",
     "global_sparsity_masks",

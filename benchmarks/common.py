@@ -1,0 +1,284 @@
+"""Shared helpers of the kprune benchmarks (`benchmarks/*.py`).
+
+A benchmark run as `python benchmarks/x.py` has this folder on `sys.path`
+and does `from common import ...`. Importing this module puts the
+repository first on `sys.path`, so the benchmarks measure the working
+tree's `kprune`.
+
+Keras 3 only: `benchmarks/_tfmot_worker.py` runs under tf-keras in its own
+virtualenv and stays self-contained (importing this module there would
+import Keras 3).
+"""
+
+import datetime
+import gzip
+import json
+import os
+import platform
+import shlex
+import sys
+import time
+
+import keras
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+RESULTS = os.path.join(HERE, "results")
+if REPO not in sys.path:
+    sys.path.insert(0, REPO)
+
+# ---------------------------------------------------------------- MNIST
+
+MNIST_ENV = "KPRUNE_MNIST"
+MNIST_CANDIDATES = [
+    os.path.join(REPO, ".data", "mnist.npz"),
+    os.path.join(os.path.expanduser("~"), ".keras", "datasets", "mnist.npz"),
+    os.path.join(REPO, "..", "shared", "data", "mnist.npz"),
+]
+
+
+def mnist_candidates(path=None):
+    """Where `mnist_path` looks, in order (absolute paths).
+
+    `path` (when given), then `$KPRUNE_MNIST` (when set), then
+    `MNIST_CANDIDATES`: `<repo>/.data/mnist.npz`,
+    `~/.keras/datasets/mnist.npz`, `<repo>/../shared/data/mnist.npz`.
+    """
+    first = [p for p in (path, os.environ.get(MNIST_ENV)) if p]
+    return [os.path.abspath(p) for p in first + MNIST_CANDIDATES]
+
+
+def mnist_path(path=None):
+    """The first MNIST `.npz` (keras.datasets format) found, or exit.
+
+    Args:
+        path: a file to try before the usual places (e.g. a `--data`
+            argument); see `mnist_candidates`.
+    """
+    looked = mnist_candidates(path)
+    for candidate in looked:
+        if os.path.isfile(candidate):
+            return candidate
+    raise SystemExit(
+        "MNIST not found. Looked for mnist.npz (keras.datasets format: x_train, "
+        "y_train, x_test, y_test) at:\n  "
+        + "\n  ".join(looked)
+        + f"\nSet {MNIST_ENV}=/path/to/mnist.npz or copy the file to one of these."
+    )
+
+
+def read_mnist(path):
+    """The four arrays of an MNIST `.npz` as stored: (x, y, x_test, y_test).
+
+    Read with NumPy: `keras.datasets.mnist.load_data()` checks a sha256 that
+    the shared copy does not match, deletes the file and tries to download.
+    """
+    with np.load(path, allow_pickle=False) as d:
+        return d["x_train"], d["y_train"], d["x_test"], d["y_test"]
+
+
+def load_mnist(flat):
+    """Full MNIST as float32 in [0, 1]: (x_train, y_train, x_test, y_test).
+
+    Images are `(n, 784)` when `flat`, else `(n, 28, 28, 1)`; labels int64.
+    """
+    x, y, xt, yt = read_mnist(mnist_path())
+    shape = (-1, 784) if flat else (-1, 28, 28, 1)
+    x = x.reshape(shape).astype("float32") / 255.0
+    xt = xt.reshape(shape).astype("float32") / 255.0
+    return x, y.astype("int64"), xt, yt.astype("int64")
+
+
+# ------------------------------------------------------ run record
+
+
+def now():
+    """UTC time, ISO 8601 to the second."""
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def machine():
+    """Where and when a benchmark ran: platform, CPUs, versions, backend, date.
+
+    With the JAX backend also `jax_devices` (as strings); with TensorFlow,
+    its version. TensorFlow is not imported under another backend.
+    """
+    import kprune
+
+    backend = keras.backend.backend()
+    info = {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "python": platform.python_version(),
+        "keras": keras.__version__,
+        "date": now(),
+        "backend": backend,
+        "kprune": kprune.__version__,
+    }
+    if backend == "jax":
+        import jax
+
+        info["jax"] = jax.__version__
+        info["jax_devices"] = [str(d) for d in jax.devices()]
+    elif backend == "tensorflow":
+        import tensorflow as tf
+
+        info["tensorflow"] = tf.__version__
+    return info
+
+
+def command_line(script, argv=None):
+    """The command that ran `script`: `python benchmarks/x.py ARGS`.
+
+    Args:
+        script: the benchmark's `__file__`.
+        argv: its arguments; `sys.argv[1:]` when None.
+    """
+    argv = sys.argv[1:] if argv is None else argv
+    return "python " + shlex.join([os.path.relpath(script, REPO), *argv])
+
+
+def run_line(command, info, date=None):
+    """Markdown "`command` on PLATFORM, N CPUs, DATE" (`info` from `machine()`).
+
+    `date` replaces the machine's date when given.
+    """
+    return (
+        f"`{command}` on {info.get('platform')}, {info.get('cpu_count')} CPUs, "
+        f"{date or info.get('date')}"
+    )
+
+
+def md_table(header, rows):
+    """Markdown table lines: the header, the `---` rule, one line per row.
+
+    Cells are written with `str`; an empty cell as a single space.
+    """
+
+    def line(cells):
+        return "|" + "".join(f" {c} |" if str(c) else " |" for c in cells)
+
+    return [line(header), line("---" for _ in header)] + [line(r) for r in rows]
+
+
+def read_json(path, default=None):
+    """The JSON in `path`, or `default` when there is no such file."""
+    if not os.path.isfile(path):
+        return default
+    with open(path) as f:
+        return json.load(f)
+
+
+def write_results(name, result, markdown, out=RESULTS, indent=2):
+    """Writes `out/<name>.json` and `out/<name>.md`; returns both paths."""
+    os.makedirs(out, exist_ok=True)
+    json_path = os.path.join(out, f"{name}.json")
+    md_path = os.path.join(out, f"{name}.md")
+    with open(json_path, "w") as f:
+        json.dump(result, f, indent=indent)
+    with open(md_path, "w") as f:
+        f.write(markdown)
+    return json_path, md_path
+
+
+# ------------------------------------------------- models, training
+
+
+def _l2(l2):
+    return keras.regularizers.L2(l2) if l2 else None
+
+
+def lenet_300_100(l2=0.0):
+    """LeNet-300-100: Dense 300, 100 (ReLU), 10 logits (fc1, fc2, fc3)."""
+    return keras.Sequential(
+        [
+            keras.Input((784,)),
+            keras.layers.Dense(300, "relu", kernel_regularizer=_l2(l2), name="fc1"),
+            keras.layers.Dense(100, "relu", kernel_regularizer=_l2(l2), name="fc2"),
+            keras.layers.Dense(10, kernel_regularizer=_l2(l2), name="fc3"),
+        ],
+        name="lenet_300_100",
+    )
+
+
+def lenet_5(l2=0.0):
+    """Caffe's LeNet-5: conv 20 5x5, pool, conv 50 5x5, pool, fc 500, fc 10."""
+    return keras.Sequential(
+        [
+            keras.Input((28, 28, 1)),
+            keras.layers.Conv2D(20, 5, kernel_regularizer=_l2(l2), name="conv1"),
+            keras.layers.MaxPooling2D(2),
+            keras.layers.Conv2D(50, 5, kernel_regularizer=_l2(l2), name="conv2"),
+            keras.layers.MaxPooling2D(2),
+            keras.layers.Flatten(),
+            keras.layers.Dense(500, "relu", kernel_regularizer=_l2(l2), name="fc1"),
+            keras.layers.Dense(10, kernel_regularizer=_l2(l2), name="fc2"),
+        ],
+        name="lenet_5",
+    )
+
+
+def compile_classifier(model, optimizer):
+    """Compiles for integer labels and logits (accuracy metric); returns it."""
+    model.compile(
+        optimizer=optimizer,
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
+    return model
+
+
+def nesterov_sgd(lr, steps=None):
+    """SGD, Nesterov momentum 0.9; cosine decay to 0 over `steps` if given."""
+    rate = lr if steps is None else keras.optimizers.schedules.CosineDecay(lr, steps)
+    return keras.optimizers.SGD(rate, momentum=0.9, nesterov=True)
+
+
+class EpochTimer(keras.callbacks.Callback):
+    """Wall time of each epoch's training (not validation)."""
+
+    def __init__(self):
+        super().__init__()
+        self.seconds = []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._start = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.seconds.append(time.perf_counter() - self._start)
+
+
+# ------------------------------------------------------- measures
+
+
+def count_params(model):
+    """(all weights, non-zero weights) of `model`."""
+    total = 0
+    nonzero = 0
+    for w in model.weights:
+        v = keras.ops.convert_to_numpy(w)
+        total += v.size
+        nonzero += int(np.count_nonzero(v))
+    return total, nonzero
+
+
+def _predicted(model, x, batch_size):
+    return np.argmax(model.predict(x, batch_size=batch_size, verbose=0), axis=-1)
+
+
+def test_error(model, xt, yt, batch_size=1000):
+    """Fraction of `xt` whose arg-max output is not `yt`."""
+    return float(np.mean(_predicted(model, xt, batch_size) != yt))
+
+
+def accuracy(model, x, y, batch_size=1000):
+    """Fraction of `x` whose arg-max output is `y`."""
+    return float(np.mean(_predicted(model, x, batch_size) == y))
+
+
+def gzip_bytes(path):
+    """Bytes of `path` gzipped (level 9, no timestamp)."""
+    with open(path, "rb") as f:
+        return len(gzip.compress(f.read(), compresslevel=9, mtime=0))

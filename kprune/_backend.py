@@ -1,0 +1,79 @@
+"""Backend differences that training-time callbacks must respect.
+
+Keras 3 trains on TensorFlow, JAX or PyTorch. Two differences matter to a
+callback that changes variables during `fit`:
+
+- **Where the weights live during an epoch.** TensorFlow and PyTorch update
+  the model's variables in place. JAX keeps the training state (weights,
+  optimizer slots) outside the variables during an epoch and writes it back
+  at the epoch's end. A callback that reads or assigns model weights in the
+  middle of an epoch must first call `sync_weights(model)`; after it, the
+  next train step reads the variables again, so assignments take effect.
+  (Keras' `Callback.model` property already syncs on JAX, on every access;
+  so a batch hook should not touch `self.model` on batches where it does
+  nothing, or every step pays a full state sync. Read what it needs, such
+  as `steps_per_execution` or the step counter, at `on_epoch_begin`.)
+- **Variables that are not the model's.** A regularizer's strength or a
+  constraint's mask is read at run time by TensorFlow's and PyTorch's train
+  step, but JAX's compiled step bakes its value in when it traces. After
+  assigning such a variable, call `retrace(model)` (a no-op on TensorFlow and
+  PyTorch): the next step recompiles with the new value.
+"""
+
+import keras
+
+
+def bakes_variables():
+    """Whether the compiled train step freezes non-model variables at trace time.
+
+    True on the JAX backend, False on TensorFlow and PyTorch.
+
+    Returns:
+        A bool.
+
+    Example:
+
+    >>> isinstance(bakes_variables(), bool)
+    True
+    """
+    return keras.backend.backend() == "jax"
+
+
+def sync_weights(model):
+    """Write the in-flight training state back into the model's variables.
+
+    A no-op outside a JAX `fit` (and on other backends). After it, reading
+    `layer.kernel` gives the current weights, and assigning it changes what
+    the next train step uses.
+
+    Args:
+        model: the `keras.Model` being trained.
+
+    Example:
+
+    >>> model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    >>> sync_weights(model)
+    """
+    sync = getattr(model, "jax_state_sync", None)
+    if sync is not None:
+        sync()
+
+
+def retrace(model):
+    """Recompile the train step where it has frozen non-model variables.
+
+    Call after assigning a variable that the train step reads but the model
+    does not own (regularizer strengths, constraint masks). A no-op unless
+    `bakes_variables()`.
+
+    Args:
+        model: the `keras.Model` being trained.
+
+    Example:
+
+    >>> model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    >>> model.compile("sgd", "mse")
+    >>> retrace(model)
+    """
+    if bakes_variables() and getattr(model, "compiled", False):
+        model.make_train_function(force=True)
