@@ -5,7 +5,7 @@ import warnings
 import keras
 from keras import ops
 
-from kprune._backend import bakes_variables, sync_weights
+from kprune._backend import sync_weights
 from kprune.ops.group_sparsity import sparse_group_prox, zero_group_mask
 from kprune.regularizers.targets import (
     default_target,
@@ -95,14 +95,18 @@ class ProximalStep(keras.callbacks.Callback):
     Validation metrics of an epoch are computed by Keras before
     `on_epoch_end`, i.e. before that epoch's proximal step.
 
+    With `every_n_steps`, the step counter is read once per epoch and
+    advanced by the batch index, and the proximal step runs in
+    `on_train_batch_begin` (before the first batch after each multiple of
+    `n`, or at the epoch's end): batches without a proximal step do no
+    device read, and the callback is `async_safe` (Keras may run its
+    batch-end hook on its callback thread, on the JAX and PyTorch backends).
+    The batch logs of the batch after a proximal step carry its figures.
+
     Backends: on JAX the weights live in the train state during an epoch;
-    with `every_n_steps`, each proximal step first writes that state back
-    into the model (`kprune._backend.sync_weights`: one Python-level
-    `assign` per model and optimizer variable) and the next step reads it
-    again. The step counter is then
-    tracked from the epoch's start plus the batch index, so the batches
-    without a proximal step cost no device read. The epoch-end mode needs
-    nothing extra (Keras syncs at epoch end).
+    each mid-epoch proximal step first writes that state back into the model
+    (`kprune._backend.sync_weights`: one Python-level `assign` per model and
+    optimizer variable) and the next train step reads it again.
 
     Args:
         every_n_steps: apply every this many optimizer steps instead of at
@@ -177,11 +181,13 @@ class ProximalStep(keras.callbacks.Callback):
         self.include_bias = bool(include_bias)
         # Epoch-end mode does nothing per batch: let Keras dispatch batch
         # callbacks asynchronously. Step mode must run in step with training.
-        self.async_safe = every_n_steps is None
+        # Batch hooks only copy cached floats into `logs`.
+        self.async_safe = True
         self._entries = None
         self._last_iteration = None
         self._last_step_size = None
         self._epoch_base = 0
+        self._pending = {}
 
     # -- targets ---------------------------------------------------------
 
@@ -304,45 +310,56 @@ class ProximalStep(keras.callbacks.Callback):
     # -- callback hooks --------------------------------------------------
 
     def _iterations(self):
-        # Per batch on TensorFlow only; on JAX at epoch begin, when the
-        # model's variables hold the state.
+        # At epoch boundaries only, when the model's variables hold the state.
         return int(ops.convert_to_numpy(self.model.optimizer.iterations))
 
     def on_train_begin(self, logs=None):
         self._entries = self._resolve()
         self._last_step_size = None
         self._last_iteration = None
+        self._pending = {}
 
     def on_epoch_begin(self, epoch, logs=None):
         if self.every_n_steps is not None:
-            # Read here, after every on_train_begin (BackupAndRestore may
-            # have restored `iterations` there).
-            self._last_iteration = self._iterations()
-            self._epoch_base = self._last_iteration
+            # One read of the step counter per epoch, after every
+            # on_train_begin (BackupAndRestore may have restored `iterations`
+            # there); batches add their index, so batches without a proximal step
+            # do no device read.
+            self._epoch_base = self._iterations()
+            if self._last_iteration is None:
+                self._last_iteration = self._epoch_base
+            self._maybe_apply(self._epoch_base)  # crossed by the last epoch
+
+    def _maybe_apply(self, done):
+        """Apply when `done` steps crossed a multiple of `every_n_steps`."""
+        n = self.every_n_steps
+        applied = done // n > self._last_iteration // n
+        self._last_iteration = done
+        return self.apply() if applied else None
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if self.every_n_steps is not None:
+            # `batch` steps of this epoch are done before this one runs.
+            stats = self._maybe_apply(self._epoch_base + int(batch))
+            if stats is not None:
+                self._pending[int(batch)] = stats
 
     def on_train_batch_end(self, batch, logs=None):
-        if self.every_n_steps is None:
-            return
-        if bakes_variables():
-            # JAX: `iterations` is in the train state mid-epoch; reading it
-            # would need a sync per batch. `batch` is the last step run.
-            iteration = self._epoch_base + int(batch) + 1
-        else:
-            iteration = self._iterations()
-        if self._last_iteration is None:
-            self._last_iteration = iteration
-        n = self.every_n_steps
-        if iteration // n > self._last_iteration // n:
-            stats = self.apply()
+        # Runs on Keras' async callback thread: it only moves the figures of
+        # a proximal step applied before this batch into its logs.
+        done = [b for b in list(self._pending) if b <= batch]
+        for b in sorted(done):
+            stats = self._pending.pop(b)
             if logs is not None:
                 logs.update(stats)
-        self._last_iteration = iteration
 
     def on_epoch_end(self, epoch, logs=None):
         if self.every_n_steps is None:
             stats = self.apply()
         else:
-            stats = self._stats()
+            # A multiple of n reached by the epoch's last step is applied
+            # here, not one step later.
+            stats = self._maybe_apply(self._iterations()) or self._stats()
         if logs is not None:
             logs.update(stats)
 

@@ -3,6 +3,7 @@
 - `dead_units(model)`: units whose removal cannot change the outputs.
 - `remove_units(model, plan)`: a new, smaller model (coupled channels follow).
 - `slim(model)`: `remove_units(model, dead_units(model))`, exact.
+- `drop_input_features(model)`: stop reading input features no Dense uses.
 - `PruningPlan`: a plan `{layer: indices}` plus coupled groups, as JSON.
 - `register_handler(layer_class, handler)`: teach kprune a custom layer.
 """
@@ -23,6 +24,7 @@ from kprune.surgery.handlers import (
     get_handler,
     register_handler,
 )
+from kprune.surgery.inputs import SelectFeatures, drop_input_features
 from kprune.surgery.layers import ChannelwiseHandler, MixingHandler, ProducerHandler
 from kprune.surgery.plan import PruningPlan
 from kprune.surgery.rebuild import plan_removal, remove_units, slim
@@ -38,11 +40,13 @@ __all__ = [
     "MixingHandler",
     "ProducerHandler",
     "PruningPlan",
+    "SelectFeatures",
     "SurgeryError",
     "UnsupportedLayerError",
     "UnsupportedModelError",
     "cut_points",
     "dead_units",
+    "drop_input_features",
     "find_blocks",
     "get_handler",
     "plan_removal",

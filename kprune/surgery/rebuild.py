@@ -72,7 +72,7 @@ def remove_units(model, plan, allow_empty=False):
     return _rebuild(analysis, _plan(analysis, plan, allow_empty))
 
 
-def slim(model):
+def slim(model, prune_inputs=False):
     """Remove every dead unit; the outputs do not change.
 
     `slim(model)` is `remove_units(model, dead_units(model))`: it removes the
@@ -80,8 +80,14 @@ def slim(model):
     output folded into the consumers' biases), so the result computes the
     same function (float32, up to rounding) with fewer parameters and MACs.
 
+    With `prune_inputs=True` it then calls `drop_input_features`: model
+    inputs of shape `(batch, n)` read only by Dense layers stop being read
+    where every reader's kernel row is zero (a `SelectFeatures` layer
+    gathers the rest; the model still takes `n` features).
+
     Args:
         model: a Functional or Sequential `keras.Model` (not modified).
+        prune_inputs: also drop input features nothing reads.
 
     Returns:
         A new, smaller `keras.Model`.
@@ -103,7 +109,12 @@ def slim(model):
     True
     """
     analysis = ChannelAnalysis(model)
-    return _rebuild(analysis, dead_plan(analysis))
+    small = _rebuild(analysis, dead_plan(analysis))
+    if prune_inputs:
+        from kprune.surgery.inputs import drop_input_features
+
+        small = drop_input_features(small)
+    return small
 
 
 def _rebuild(analysis, plan):
