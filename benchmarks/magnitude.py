@@ -342,11 +342,11 @@ def main(argv=None):
             "final_epochs": 10,
         },
         "lenet5": {
-            "lr": 0.03,
-            "dense_epochs": 15,
+            "lr": 0.05,
+            "dense_epochs": 20,
             "cycles": 4,
             "epochs_per_cycle": 2,
-            "final_epochs": 6,
+            "final_epochs": 8,
         },
     }
     command = command_line(__file__, argv)
