@@ -2,11 +2,7 @@
 under BackupAndRestore and MirroredStrategy."""
 
 import csv
-import json
 import math
-import os
-import subprocess
-import sys
 import textwrap
 
 import keras
@@ -15,6 +11,7 @@ import numpy as np
 import kprune
 from kprune.callbacks import ProximalStep, RegularizationScheduler, SparsityLogger
 from kprune.sparsity import apply_group_sparsity
+from kprune.testing import TWO_CPUS, InterruptAt, run_script
 
 
 def to_np(x):
@@ -188,21 +185,6 @@ class SparsityLoggerTest(kprune.testing.TestCase):
             SparsityLogger(layers="a")
 
 
-class Interrupt(keras.callbacks.Callback):
-    """Raises once, in the middle of epoch `epoch`."""
-
-    def __init__(self, epoch, batch):
-        super().__init__()
-        self.epoch, self.batch, self._current = epoch, batch, None
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self._current = epoch
-
-    def on_train_batch_end(self, batch, logs=None):
-        if self._current == self.epoch and batch == self.batch:
-            raise RuntimeError("interrupted")
-
-
 class BackupAndRestoreTest(kprune.testing.TestCase):
     def _fit(self, init, backup_dir, extra=(), epochs=4):
         x, y = data(n=48)
@@ -233,7 +215,7 @@ class BackupAndRestoreTest(kprune.testing.TestCase):
         reference, ref_history = self._fit(init, self.tmp_path("a"))
         backup = self.tmp_path("b")
         with self.assertRaisesRegex(RuntimeError, "interrupted"):
-            self._fit(init, backup, extra=[Interrupt(epoch=2, batch=3)])
+            self._fit(init, backup, extra=[InterruptAt(epoch=2, batch=3)])
         resumed, history = self._fit(init, backup)
         # Only epochs 2 and 3 ran after the restore.
         self.assertEqual(len(history.history["loss"]), 2)
@@ -249,14 +231,9 @@ class BackupAndRestoreTest(kprune.testing.TestCase):
             np.testing.assert_array_equal(a, b)
 
 
-_MIRRORED_SCRIPT = textwrap.dedent(
+_MIRRORED_SCRIPT = TWO_CPUS + textwrap.dedent(
     """
-    import json, os, sys
-    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
-    import tensorflow as tf
-    cpu = tf.config.list_physical_devices("CPU")[0]
-    tf.config.set_logical_device_configuration(
-        cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+    import json
     import keras, numpy as np, kprune, kprune.sparsity
 
     strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
@@ -301,22 +278,7 @@ class MirroredStrategyTest(kprune.testing.TestCase):
     def test_callbacks_under_mirrored_strategy_with_two_cpus(self):
         # Logical devices must be configured before TF initializes, which
         # other tests in this process already did: use a subprocess.
-        root = os.path.dirname(os.path.dirname(os.path.abspath(kprune.__file__)))
-        path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)
-        env = dict(os.environ, CUDA_VISIBLE_DEVICES="", PYTHONPATH=path)
-        proc = subprocess.run(
-            [sys.executable, "-c", _MIRRORED_SCRIPT],
-            capture_output=True,
-            text=True,
-            timeout=300,
-            env=env,
-        )
-        lines = [
-            line for line in proc.stdout.splitlines() if line.startswith("RESULT ")
-        ]
-        self.assertEqual(proc.returncode, 0, proc.stderr[-3000:])
-        self.assertEqual(len(lines), 1, proc.stdout[-3000:])
-        result = json.loads(lines[0][len("RESULT ") :])
+        result = run_script(_MIRRORED_SCRIPT)
         self.assertEqual(result["replicas"], 2)
         for every in ("None", "2"):
             run = result[every]

@@ -3,8 +3,6 @@
 import json
 import math
 import os
-import subprocess
-import sys
 import textwrap
 
 import keras
@@ -21,6 +19,7 @@ from kprune.ops import (
 )
 from kprune.pruning import ARTWindow, KeepMask, art_strength
 from kprune.regularizers import HyperSparse, MagnitudePenalty, refresh_hypersparse
+from kprune.testing import TWO_CPUS, InterruptAt, run_script
 
 
 def cnn():
@@ -410,19 +409,6 @@ class AdaptiveRegularizationTest(kprune.testing.TestCase):
         self.assertEqual(copy.window, 5)
 
 
-class Interrupt(keras.callbacks.Callback):
-    def __init__(self, epoch, batch):
-        super().__init__()
-        self.epoch, self.batch = epoch, batch
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self._current = epoch
-
-    def on_train_batch_end(self, batch, logs=None):
-        if self._current == self.epoch and batch == self.batch:
-            raise RuntimeError("interrupted")
-
-
 class BackupAndRestoreTest(kprune.testing.TestCase):
     def _fit(self, init, backup_dir, extra=()):
         x, y = data()
@@ -454,7 +440,7 @@ class BackupAndRestoreTest(kprune.testing.TestCase):
         backup = self.tmp_path("b")
         for epoch in (2, 5):
             with self.assertRaisesRegex(RuntimeError, "interrupted"):
-                self._fit(init, backup, extra=[Interrupt(epoch=epoch, batch=1)])
+                self._fit(init, backup, extra=[InterruptAt(epoch=epoch, batch=1)])
         resumed, h = self._fit(init, backup)
         self.assertEqual(h["art_phase"], ref["art_phase"][5:])
         self.assertEqual(h["art_best_epoch"], ref["art_best_epoch"][5:])
@@ -463,14 +449,9 @@ class BackupAndRestoreTest(kprune.testing.TestCase):
         self.assertFalse(os.path.exists(os.path.join(backup, "kprune_art_state.npz")))
 
 
-_MIRRORED_SCRIPT = textwrap.dedent(
+_MIRRORED_SCRIPT = TWO_CPUS + textwrap.dedent(
     """
-    import json, os
-    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
-    import tensorflow as tf
-    cpu = tf.config.list_physical_devices("CPU")[0]
-    tf.config.set_logical_device_configuration(
-        cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+    import json
     import keras, numpy as np, kprune
 
     strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
@@ -508,20 +489,7 @@ _MIRRORED_SCRIPT = textwrap.dedent(
 
 class MirroredStrategyTest(kprune.testing.TestCase):
     def test_art_under_mirrored_strategy_with_two_cpus(self):
-        root = os.path.dirname(os.path.dirname(os.path.abspath(kprune.__file__)))
-        path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)
-        env = dict(os.environ, CUDA_VISIBLE_DEVICES="", PYTHONPATH=path)
-        proc = subprocess.run(
-            [sys.executable, "-c", _MIRRORED_SCRIPT],
-            capture_output=True,
-            text=True,
-            timeout=300,
-            env=env,
-        )
-        lines = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
-        self.assertEqual(proc.returncode, 0, proc.stderr[-3000:])
-        self.assertEqual(len(lines), 1, proc.stdout[-3000:])
-        result = json.loads(lines[0][len("RESULT ") :])
+        result = run_script(_MIRRORED_SCRIPT)
         self.assertEqual(result["replicas"], 2)
         self.assertEqual(result["phase"], [1.0, 1.0, 2.0, 2.0])
         self.assertEqual(result["lambda"], [1e-3, 2e-3, 0.0, 0.0])
