@@ -162,9 +162,10 @@ class AdaptiveRegularization(keras.callbacks.Callback):
             )
         if not float(growth) >= 1.0:
             raise ValueError(f"`growth` must be >= 1. Received: growth={growth}")
-        for name, value in (("warmup_epochs", warmup_epochs),):
-            if int(value) < 0:
-                raise ValueError(f"`{name}` must be >= 0. Received: {name}={value}")
+        if int(warmup_epochs) < 0:
+            raise ValueError(
+                f"`warmup_epochs` must be >= 0. Received: warmup_epochs={warmup_epochs}"
+            )
         for name, value in (
             ("max_art_epochs", max_art_epochs),
             ("fine_tune_epochs", fine_tune_epochs),
