@@ -9,10 +9,6 @@ weights live in the train state during an epoch, and non-model variables
 """
 
 import importlib.util
-import json
-import os
-import subprocess
-import sys
 
 import pytest
 
@@ -21,7 +17,6 @@ import kprune
 if importlib.util.find_spec("jax") is None:
     pytest.skip("jax is not installed", allow_module_level=True)
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 SCRIPT = r"""
 import json, sys
@@ -187,25 +182,9 @@ print("RESULT " + json.dumps(out))
 
 def jax_result():
     """Run the script under `KERAS_BACKEND=jax`; its parsed JSON result."""
-    env = dict(os.environ)
-    env["KERAS_BACKEND"] = "jax"
-    env["JAX_PLATFORMS"] = "cpu"
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (ROOT, env.get("PYTHONPATH")) if p)
-    proc = subprocess.run(
-        [sys.executable, "-c", SCRIPT],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
+    return kprune.testing.run_script(
+        SCRIPT, env={"KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu"}
     )
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
-    if proc.returncode != 0 or not lines:
-        raise AssertionError(
-            f"JAX subprocess failed (rc={proc.returncode}):\n"
-            f"{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
-        )
-    return json.loads(lines[-1][len("RESULT ") :])
 
 
 class JaxBackendTest(kprune.testing.TestCase):
