@@ -25,6 +25,11 @@ schedule (SGD, momentum 0.9, cosine decay):
   proximal operators run one after the other (a splitting of the sum of
   both penalties, not its exact proximal operator).
 
+- LeNet-300-100 only, `small` (a capacity check, not a pruning method): a
+  plain MLP of a >= 10x-smaller shape (`widths`), reading the `pixels`
+  highest-variance pixels (a `SelectFeatures` gather), trained from scratch
+  with the same recipe; run on the validation split only;
+
 then slims each model (`kprune.surgery.slim(model, prune_inputs=True)`: input
 pixels whose fc1 row is zero are no longer read; the model still takes 784
 pixels, a `SelectFeatures` gather feeds fc1 the kept ones) and reports test
@@ -106,6 +111,7 @@ METHOD_NAMES = {
     "prox_light": "GroupLasso+ProximalStep, smaller lambda",
     "prox_out": "GroupLasso(outgoing)+ProximalStep",
     "prox_px": "GroupLasso units + pixel groups+ProximalStep",
+    "small": "small dense MLP from scratch (capacity check)",
 }
 
 # Shared training recipe per model (all methods of a model use it).
@@ -146,6 +152,9 @@ HPARAMS = {
             "pixel_strength": 0.2,
             "finetune_epochs": 8,
         },
+        # No sparsity: a plain MLP of a >= 10x-smaller shape, reading the
+        # `pixels` highest-variance pixels, trained with the same recipe.
+        "small": {"pixels": 370, "widths": [60, 30]},
     },
     "lenet5": {
         "prox": {
@@ -262,8 +271,22 @@ class PixelGroupStep(keras.callbacks.Callback):
             logs["pixels_alive"] = self.alive
 
 
-def build(model_name, method, hp):
+def small_model(hp, x):
+    """784 -> the `pixels` highest-variance pixels -> Dense widths -> 10."""
+    order = np.argsort(-np.var(x, axis=0), kind="stable")
+    pixels = np.sort(order[: hp["pixels"]]).tolist()
+    inputs = keras.Input((784,), name="pixels")
+    h = kprune.surgery.SelectFeatures(pixels, name="select")(inputs)
+    for i, width in enumerate(hp["widths"]):
+        h = keras.layers.Dense(width, activation="relu", name=f"fc{i + 1}")(h)
+    outputs = keras.layers.Dense(10, name="logits")(h)
+    return keras.Model(inputs, outputs, name="small")
+
+
+def build(model_name, method, hp, x=None):
     """The model to train for `method` and its kprune callbacks."""
+    if method == "small":
+        return small_model(hp, x), []
     if method == "prox_out":
         return outgoing_model(hp), [kprune.callbacks.ProximalStep(PROX_EVERY)]
     model = BUILDERS[model_name]()
@@ -290,11 +313,14 @@ def build(model_name, method, hp):
     return model, callbacks
 
 
-def compile_model(model, recipe, steps):
+def compile_model(model, recipe, steps, weight_decay=None):
     schedule = keras.optimizers.schedules.CosineDecay(
         recipe["learning_rate"], decay_steps=steps, alpha=0.02
     )
-    compile_classifier(model, keras.optimizers.SGD(schedule, momentum=0.9))
+    optimizer = keras.optimizers.SGD(
+        schedule, momentum=0.9, weight_decay=weight_decay or None
+    )
+    compile_classifier(model, optimizer)
 
 
 def error_rate(model, x, y):
@@ -313,10 +339,10 @@ def pixels_kept(model):
     return None
 
 
-def finetune(model, x, y, epochs, learning_rate, batch_size):
-    """Plain SGD on an already slimmed model (no regularization)."""
+def finetune(model, x, y, epochs, learning_rate, batch_size, weight_decay=0.0):
+    """Plain SGD on an already slimmed model (optionally with weight decay)."""
     steps = epochs * math.ceil(len(x) / batch_size)
-    compile_model(model, {"learning_rate": learning_rate}, steps)
+    compile_model(model, {"learning_rate": learning_rate}, steps, weight_decay)
     model.fit(x, y, batch_size=batch_size, epochs=epochs, verbose=0)
     return model
 
@@ -328,14 +354,14 @@ def run(model_name, method, data, epochs, seed, hp_override=None):
     if hp_override:
         hp.update(hp_override)
     ft_epochs = int(hp.get("finetune_epochs", 0))
-    if ft_epochs and method in ("plain", "penalty"):
+    if ft_epochs and method in ("plain", "penalty", "small"):
         raise ValueError(f"finetune_epochs is for the proximal methods, not {method}")
     if ft_epochs >= epochs:
         raise ValueError(f"finetune_epochs={ft_epochs} must be < epochs={epochs}")
     sparse_epochs = epochs - ft_epochs
     steps = sparse_epochs * math.ceil(len(x) / recipe["batch_size"])
     keras.utils.set_random_seed(seed)
-    model, callbacks = build(model_name, method, hp)
+    model, callbacks = build(model_name, method, hp, x)
     compile_model(model, recipe, steps)
     if callbacks:
         callbacks.append(kprune.callbacks.SparsityLogger(per_layer=False))
@@ -365,6 +391,8 @@ def run(model_name, method, data, epochs, seed, hp_override=None):
             )
             near_zero[layer.name] = int(np.sum(norms <= 0.01 * norms.max()))
     before = kprune.report.summary(model)
+    if method == "small":  # reductions relative to the full-size model
+        before = kprune.report.summary(BUILDERS[model_name]())
     slim = kprune.surgery.slim(model, prune_inputs=True)
     after = kprune.report.summary(slim)
     out_model = keras.ops.convert_to_numpy(model.predict(x_eval, 2000, verbose=0))
@@ -414,6 +442,7 @@ def run(model_name, method, data, epochs, seed, hp_override=None):
             ft_epochs,
             hp.get("finetune_lr", 0.01),
             recipe["batch_size"],
+            hp.get("finetune_weight_decay", 0.0),
         )
         seconds += time.perf_counter() - start
         row["test_error_before_finetune"] = error

@@ -52,8 +52,12 @@ from common import (
 
 import kprune
 from kprune.callbacks import MagnitudePruning
-from kprune.pruning import get_masks, strip_pruning
+from kprune.pruning import PolynomialDecay, get_masks, strip_pruning
 
+METHODS = {
+    "han": "han-quality (kprune.MagnitudePruning)",
+    "gradual-global": "gradual global (kprune.MagnitudePruning, scope=global)",
+}
 HAN_KEPT = {
     "lenet300": {"fc1": 0.08, "fc2": 0.09, "fc3": 0.26},
     "lenet5": {"conv1": 0.66, "conv2": 0.12, "fc1": 0.08, "fc2": 0.19},
@@ -172,18 +176,61 @@ def run_model(key, args, tmp):
     )
     print(json.dumps(rows[-1]), flush=True)
 
-    # 2. Iterative prune -> retrain at lr / 10, then fine-tune the survivors
-    #    with a cosine decay from lr / 10 (the masks stay attached, so the
-    #    zeros hold without the callback).
-    aim = {n: args.kept_scale * v for n, v in HAN_KEPT[key].items()}
-    quality = _calibrate(model, aim, args.cycles)
+    dense_weights = [np.asarray(w) for w in model.get_weights()]
+    for method in args.methods.split(","):
+        keras.utils.set_random_seed(args.seed)
+        model = BUILDERS[key](args.l2)
+        model.set_weights(dense_weights)
+        rows.append(
+            prune_model(
+                model, method, key, args, (x, y, xt, yt), tmp, params, dense_seconds
+            )
+        )
+        print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+def prune_model(model, method, key, args, data, tmp, params, dense_seconds):
+    """Prune a trained dense model with `method`; the row of the results."""
+    x, y, xt, yt = data
+    names = list(HAN_KEPT[key])
+    sample = xt[:16]
+    steps_per_epoch = int(np.ceil(len(x) / args.batch_size))
+    # 2. Prune -> retrain at lr / 10, then fine-tune the survivors with a
+    #    cosine decay from lr / 10 (the masks stay attached, so the zeros
+    #    hold without the callback).
+    #    han: `cycles` rounds of the per-layer quality x std rule;
+    #    gradual-global: one magnitude ranking over all layers, sparsity
+    #    raised along Zhu & Gupta's cubic schedule over the same epochs.
     cycle_epochs = args.cycles * args.epochs_per_cycle
     prune_epochs = cycle_epochs + args.final_epochs
+    aim = {n: args.kept_scale * v for n, v in HAN_KEPT[key].items()}
+    quality = None
+    if method == "han":
+        quality = _calibrate(model, aim, args.cycles)
+        cb = MagnitudePruning(
+            quality=quality,
+            cycles=args.cycles,
+            epochs_per_cycle=args.epochs_per_cycle,
+        )
+    elif method == "gradual-global":
+        # The kernel sparsity that leaves params / compression non-zero
+        # parameters (biases are not pruned).
+        kernel_size = sum(int(np.prod(model.get_layer(n).kernel.shape)) for n in names)
+        others = params - kernel_size
+        kept = (params / args.compression - others) / kernel_size
+        schedule = PolynomialDecay(
+            0.0,
+            round(1.0 - kept, 5),
+            begin_step=0,
+            end_step=(cycle_epochs - 1) * steps_per_epoch,
+            frequency=100,
+        )
+        cb = MagnitudePruning(sparsity=schedule, scope="global")
+    else:
+        raise SystemExit(f"unknown method {method!r}; choose from {list(METHODS)}")
     compile_classifier(model, nesterov_sgd(args.lr / 10))
     timer = EpochTimer()
-    cb = MagnitudePruning(
-        quality=quality, cycles=args.cycles, epochs_per_cycle=args.epochs_per_cycle
-    )
     start = time.perf_counter()
     hist = fit(model, x, y, args, cycle_epochs, [cb, timer])
     if args.final_epochs:
@@ -211,7 +258,8 @@ def run_model(key, args, tmp):
     )
     p_small, nz_small = count_params(small)
     row = {
-        "method": "han-quality (kprune.MagnitudePruning)",
+        "method": METHODS[method],
+        "method_key": method,
         "model": key,
         "test_error": small_err,
         "test_error_before_slim": pruned_err,
@@ -223,6 +271,7 @@ def run_model(key, args, tmp):
         "han_kept_per_layer": HAN_KEPT[key],
         "quality": quality,
         "calibrated_to_kept": {n: round(v, 4) for n, v in aim.items()},
+        "final_sparsity": None if quality else float(schedule.final_sparsity),
         "sparsity_per_epoch": [round(s, 4) for s in hist.history["sparsity"]],
         "slim_seconds": round(slim_seconds, 2),
         "slim_max_abs_diff": max_diff,
@@ -240,9 +289,7 @@ def run_model(key, args, tmp):
         "target_met": bool(params / nz_small >= 12 and small_err <= TARGET_ERROR[key]),
         "han": HAN_RESULT[key],
     }
-    rows.append(row)
-    print(json.dumps(row), flush=True)
-    return rows
+    return row
 
 
 def markdown(result):
@@ -311,6 +358,15 @@ def markdown(result):
         "removed by `kprune.surgery.slim`); compression = dense params / "
         "non-zero params.",
     ]
+    if any(r.get("method_key") == "gradual-global" for r in result["rows"]):
+        lines.append(
+            "gradual global: from the same dense weights, the same epochs and "
+            "learning rates; the sparsity of all kernels together rises along "
+            "Zhu & Gupta's cubic schedule (every 100 steps, reaching its final "
+            "value one epoch before the cycle epochs end) to the value that "
+            "leaves dense params / `--compression` non-zero, with one magnitude "
+            "ranking over all layers (`scope='global'`)."
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -330,6 +386,18 @@ def main(argv=None):
         type=float,
         default=0.95,
         help="calibrate qualities to this x Han's kept fractions",
+    )
+    parser.add_argument(
+        "--methods",
+        default="han",
+        help="comma list of " + ", ".join(METHODS) + " (each starts from the "
+        "same dense weights)",
+    )
+    parser.add_argument(
+        "--compression",
+        type=float,
+        default=12.5,
+        help="gradual-global: prune to this many times fewer non-zero params",
     )
     parser.add_argument("--name", default="magnitude")
     args = parser.parse_args(argv)

@@ -203,8 +203,8 @@ def markdown(result):
             ],
         ),
         "",
-        f"LiteRT: {lat['num_threads']} thread(s), fastest of {lat['runs']} runs x "
-        "5 interleaved rounds (the minimum is least disturbed by other processes).",
+        f"LiteRT: {lat['num_threads']} thread(s); latency = median over 3 "
+        f"interleaved rounds of each round's median of {lat['runs']} runs.",
     ]
     return "\n".join(lines) + "\n"
 

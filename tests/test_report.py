@@ -120,6 +120,55 @@ class LayerMacsTest(TestCase):
         self.assertEqual(macs_of(layer, (7, 5)), 7 * 5 * 6)
 
 
+def attention_model(query_shape, value_shape=None, key_shape=None, **kwargs):
+    """A model calling one MultiHeadAttention (2 heads, key 4, value 3)."""
+    kwargs = {"num_heads": 2, "key_dim": 4, "value_dim": 3, **kwargs}
+    query = keras.Input(query_shape)
+    inputs, args = [query], [query, query]
+    if value_shape is not None:
+        args[1] = keras.Input(value_shape)
+        inputs.append(args[1])
+    call_kwargs = {}
+    if key_shape is not None:
+        call_kwargs["key"] = keras.Input(key_shape)
+        inputs.append(call_kwargs["key"])
+    out = keras.layers.MultiHeadAttention(**kwargs)(*args, **call_kwargs)
+    return keras.Model(inputs, out)
+
+
+class AttentionMacsTest(TestCase):
+    # Kernels: W_q (16, 2, 4) = 128, W_o (2, 3, 16) = 96; W_k / W_v read
+    # the key / value features.
+
+    def test_self_attention(self):
+        # 6 x (128 + 128 + 96 + 96) projections + 2 x 6 x 6 x (4 + 3).
+        s = report.summary(attention_model((6, 16)))
+        self.assertEqual(s["macs"], 6 * 448 + 2 * 6 * 6 * 7)
+
+    def test_cross_attention_reads_value_and_key_shapes(self):
+        # Value (9, 12): W_k (12, 2, 4) = 96, W_v (12, 2, 3) = 72.
+        s = report.summary(attention_model((6, 16), (9, 12)))
+        self.assertEqual(s["macs"], 6 * 128 + 9 * 96 + 9 * 72 + 2 * 6 * 9 * 7 + 6 * 96)
+        # A separate key (9, 10): W_k (10, 2, 4) = 80.
+        s = report.summary(attention_model((6, 16), (9, 12), (9, 10)))
+        self.assertEqual(s["macs"], 6 * 128 + 9 * 80 + 9 * 72 + 2 * 6 * 9 * 7 + 6 * 96)
+
+    def test_attention_axes(self):
+        # (3, 5, 8) attending along axis 2 only: 15 query positions, each
+        # against 5 keys; one head, key = value dim 4, all kernels 32.
+        model = attention_model(
+            (3, 5, 8), num_heads=1, value_dim=None, attention_axes=(2,)
+        )
+        self.assertEqual(report.summary(model)["macs"], 15 * 32 * 4 + 15 * 5 * 8)
+
+    def test_layer_macs_assumes_self_attention(self):
+        layer = attention_model((6, 16)).layers[-1]
+        self.assertEqual(
+            report.layer_macs(layer, (None, 6, 16), (None, 6, 16)), 2688 + 504
+        )
+        self.assertIsNone(report.attention_macs(layer, (None, None, 16)))
+
+
 class SummaryTest(TestCase):
     def test_nonzero_and_sparsity(self):
         model = keras.Sequential([keras.Input((10,)), keras.layers.Dense(4)])

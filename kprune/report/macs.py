@@ -53,6 +53,66 @@ def _einsum_macs(layer, input_shape, output_shape):
     return _prod(sizes[letter] for letter in letters)
 
 
+def _positions(shape):
+    """Positions of a `(batch, positions..., features)` shape."""
+    if shape is None or len(shape) < 2 or any(d is None for d in shape[1:-1]):
+        return None
+    return _prod(shape[1:-1])
+
+
+def attention_macs(layer, query_shape, value_shape=None, key_shape=None):
+    """Multiply-accumulates of one `MultiHeadAttention` call, per sample.
+
+    With `T_q`, `T_v`, `T_k` the positions of query, value and key (all axes
+    between batch and features), `H` heads, `d_k` / `d_v` the key / value
+    dims and `T_a` the key positions along the attention axes:
+
+    `MACs = T_q |W_q| + T_k |W_k| + T_v |W_v| + H T_q T_a (d_k + d_v)
+    + T_q |W_o|`
+
+    (the four projections, the scores `QK^T` and the weighted sum of the
+    values; `|W|` is a kernel's size). Softmax, scaling, dropout and bias
+    additions are not counted.
+
+    Args:
+        layer: a built `keras.layers.MultiHeadAttention`.
+        query_shape: shape of the query, batch axis included.
+        value_shape: shape of the value (default: the query's, i.e.
+            self-attention).
+        key_shape: shape of the key (default: the value's).
+
+    Returns:
+        An int, or None when a needed dimension is unknown.
+
+    Example:
+
+    >>> mha = keras.layers.MultiHeadAttention(num_heads=2, key_dim=4)
+    >>> _ = mha(keras.ops.zeros((1, 5, 8)), keras.ops.zeros((1, 5, 8)))
+    >>> attention_macs(mha, (None, 5, 8))  # 4 x 5 x 64 + 2 x 5 x 5 x 8
+    1680
+    """
+    value_shape = query_shape if value_shape is None else value_shape
+    key_shape = value_shape if key_shape is None else key_shape
+    t_q, t_v, t_k = (_positions(s) for s in (query_shape, value_shape, key_shape))
+    if None in (t_q, t_v, t_k) or not layer.built:
+        return None
+    axes = getattr(layer, "_attention_axes", None)
+    if axes is None:
+        t_a = t_k
+    else:
+        t_a = _prod(key_shape[a] for a in axes)
+    heads = int(layer.num_heads)
+    key_dim = int(layer.key_dim)
+    value_dim = int(layer.value_dim or layer.key_dim)
+    return (
+        t_q * _kernel_size(layer.query_dense.kernel)
+        + t_k * _kernel_size(layer.key_dense.kernel)
+        + t_v * _kernel_size(layer.value_dense.kernel)
+        + heads * t_q * t_a * (key_dim + value_dim)
+        + t_q * _kernel_size(layer.output_dense.kernel)
+    )
+
+
 def layer_macs(layer, input_shape, output_shape):
     """Multiply-accumulates of one call of `layer`, per sample.
 
@@ -70,10 +130,13 @@ def layer_macs(layer, input_shape, output_shape):
     - DepthwiseConv1D/2D: `output positions * kernel.size`.
     - SeparableConv1D/2D: `output positions * (depthwise_kernel.size +
       pointwise_kernel.size)`.
+    - MultiHeadAttention: `attention_macs` (projections, scores and the
+      weighted sum), as self-attention; `kprune.report.summary` passes the
+      value and key shapes of each call.
     - Everything else 0: Embedding (a lookup), BatchNormalization (folded
       into the preceding convolution by the TFLite converter), activations,
-      pooling, element-wise merges, normalization, attention score products
-      inside MultiHeadAttention. Bias additions are not counted.
+      pooling, element-wise merges, normalization. Bias additions are not
+      counted.
 
     Args:
         layer: a built Keras layer.
@@ -118,6 +181,8 @@ def layer_macs(layer, input_shape, output_shape):
         return (out_size // layer.filters) * _kernel_size(layer.kernel)
     if isinstance(layer, keras.layers.EinsumDense):
         return _einsum_macs(layer, input_shape, output_shape)
+    if isinstance(layer, keras.layers.MultiHeadAttention):
+        return attention_macs(layer, input_shape)
     if isinstance(layer, keras.layers.Dense):
         if out_size is None:
             return None

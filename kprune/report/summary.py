@@ -3,7 +3,7 @@
 import keras
 import numpy as np
 
-from kprune.report.macs import layer_macs, layer_width
+from kprune.report.macs import attention_macs, layer_macs, layer_width
 
 
 def _is_graph_model(layer):
@@ -23,8 +23,31 @@ def _shape(tensors):
     return tuple(flat[0].shape)
 
 
+def _attention_shapes(node):
+    """(query, value, key) shapes of a MultiHeadAttention call node."""
+    arguments = getattr(node, "arguments", None)
+    if arguments is None:
+        return None
+    args, kwargs = list(arguments.args), dict(arguments.kwargs)
+    names = ("query", "value", "key")
+    values = [
+        args[i] if i < len(args) else kwargs.get(name) for i, name in enumerate(names)
+    ]
+    return tuple(None if v is None else _shape(v) for v in values)
+
+
+def _node_macs(layer, node):
+    """MACs of one graph node of `layer` (None: unknown)."""
+    in_shape, out_shape = _shape(node.input_tensors), _shape(node.output_tensors)
+    if isinstance(layer, keras.layers.MultiHeadAttention):
+        shapes = _attention_shapes(node)
+        if shapes is not None and shapes[0] is not None:
+            return attention_macs(layer, *shapes)
+    return layer_macs(layer, in_shape, out_shape)
+
+
 def _calls(parent, layer):
-    """(input_shape, output_shape) of every call of `layer` inside `parent`.
+    """(input_shape, output_shape, macs) of every call of `layer` in `parent`.
 
     Reads the parent's graph nodes (so a shared layer called twice counts
     twice); falls back to `layer.input` / `layer.output` (its first call).
@@ -37,13 +60,20 @@ def _calls(parent, layer):
     for nodes in nodes_by_depth.values():
         for node in nodes:
             if getattr(node, "operation", None) is layer:
-                calls.append((_shape(node.input_tensors), _shape(node.output_tensors)))
+                calls.append(
+                    (
+                        _shape(node.input_tensors),
+                        _shape(node.output_tensors),
+                        _node_macs(layer, node),
+                    )
+                )
     if calls:
         return calls
     try:
-        return [(_shape(layer.input), _shape(layer.output))]
+        shapes = _shape(layer.input), _shape(layer.output)
     except (AttributeError, ValueError):
         return []
+    return [(*shapes, layer_macs(layer, *shapes))]
 
 
 def _count(weights):
@@ -93,8 +123,7 @@ def _rows(model, shape_model):
         output_shape = calls[0][1] if calls else None
         if not calls and layer_macs(layer, None, None) != 0:
             unknown.append(path)
-        for input_shape, out_shape in calls:
-            count = layer_macs(layer, input_shape, out_shape)
+        for _, _, count in calls:
             if count is None:
                 unknown.append(path)
                 count = 0
