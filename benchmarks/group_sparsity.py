@@ -17,13 +17,11 @@ schedule (SGD, momentum 0.9, cosine decay):
   too;
 - LeNet-300-100 only, `GroupLasso units + pixel groups+ProximalStep`: the
   paper's unit groups on fc1 and fc2 (as `GroupLasso+ProximalStep`) plus one
-  group per input pixel (its row of fc1's kernel, `P` = 300 weights), whose
-  proximal step (`kprune.ops.group_soft_threshold(kernel, t * lambda_px *
-  sqrt(P), axis=0)`, `PixelGroupStep` below) runs at the same steps as
-  ProximalStep's (every 50). A kernel carries one kprune regularizer, so
-  this second grouping of fc1 is applied by that small callback; the two
-  proximal operators run one after the other (a splitting of the sum of
-  both penalties, not its exact proximal operator).
+  group per input pixel (its row of fc1's kernel, `P` = 300 weights):
+  `ProximalStep(50, input_groups={"fc1": lambda_px})` shrinks the rows by
+  `t * lambda_px * sqrt(P)` just before the unit step (the two proximal
+  operators one after the other: a splitting of the sum of both penalties,
+  not its exact proximal operator).
 
 - LeNet-300-100 only, `small` (a capacity check, not a pruning method): a
   plain MLP of a >= 10x-smaller shape (`widths`), reading the `pixels`
@@ -230,47 +228,6 @@ def outgoing_model(hp, mode="proximal"):
     return keras.Model(inputs, outputs, name="lenet300")
 
 
-class PixelGroupStep(keras.callbacks.Callback):
-    """Group soft-thresholding of a Dense kernel's rows (its input features).
-
-    Every `every_n_steps` optimizer steps (the steps where `ProximalStep`
-    runs; the step counter is read once per epoch, so batches stay async):
-    `W[i] <- W[i] * max(1 - t * lambda * sqrt(P) / ||W[i]||_2, 0)`, with
-    `t` the current learning rate and `P` the row length (the layer's units):
-    the proximal step of `lambda * sqrt(P) * sum_i ||W[i]||_2`. Rows that
-    reach zero are input pixels nobody reads. Logs `pixels_alive`.
-    """
-
-    def __init__(self, layer_name, strength, every_n_steps):
-        super().__init__()
-        self.layer_name = layer_name
-        self.strength = float(strength)
-        self.every_n_steps = every_n_steps
-        self.alive = None
-        self._base = 0
-
-    def apply(self):
-        kernel = self.model.get_layer(self.layer_name).kernel
-        lr = self.model.optimizer.learning_rate
-        t = float(keras.ops.convert_to_numpy(lr))
-        tau = t * self.strength * math.sqrt(kernel.shape[1])
-        kernel.assign(kprune.ops.group_soft_threshold(kernel, tau, axis=0))
-        rows = keras.ops.convert_to_numpy(kernel)
-        self.alive = int(np.count_nonzero(np.any(rows != 0, axis=1)))
-
-    def on_epoch_begin(self, epoch, logs=None):
-        iterations = self.model.optimizer.iterations
-        self._base = int(keras.ops.convert_to_numpy(iterations))
-
-    def on_train_batch_end(self, batch, logs=None):
-        if (self._base + batch + 1) % self.every_n_steps == 0:
-            self.apply()
-
-    def on_epoch_end(self, epoch, logs=None):
-        if logs is not None and self.alive is not None:
-            logs["pixels_alive"] = self.alive
-
-
 def small_model(hp, x):
     """784 -> the `pixels` highest-variance pixels -> Dense widths -> 10."""
     order = np.argsort(-np.var(x, axis=0), kind="stable")
@@ -292,9 +249,9 @@ def build(model_name, method, hp, x=None):
     model = BUILDERS[model_name]()
     if method == "plain":
         return model, []
-    pixels = None
+    input_groups = None
     if method == "prox_px":
-        pixels = PixelGroupStep("fc1", hp["pixel_strength"], PROX_EVERY)
+        input_groups = {"fc1": hp["pixel_strength"]}
         method = "prox"
     if method == "prox_light":
         method = "prox"
@@ -307,9 +264,10 @@ def build(model_name, method, hp, x=None):
         strength_per_layer={k: strength * s for k, s in hp["scales"].items()},
         mode=mode,
     )
-    callbacks = [] if mode == "penalty" else [kprune.callbacks.ProximalStep(PROX_EVERY)]
-    if pixels is not None:
-        callbacks.append(pixels)
+    callbacks = []
+    if mode != "penalty":
+        step = kprune.callbacks.ProximalStep(PROX_EVERY, input_groups=input_groups)
+        callbacks.append(step)
     return model, callbacks
 
 
@@ -378,9 +336,6 @@ def run(model_name, method, data, epochs, seed, hp_override=None):
     prox = [c for c in callbacks if isinstance(c, kprune.callbacks.ProximalStep)]
     if prox and steps % PROX_EVERY:
         prox[0].apply()  # end on a proximal step
-        for c in callbacks:
-            if isinstance(c, PixelGroupStep):
-                c.apply()
     seconds = time.perf_counter() - start
 
     near_zero = {}

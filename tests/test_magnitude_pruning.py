@@ -239,6 +239,33 @@ class MagnitudePruningTest(TestCase):
         zeros = sum(int((_np(lay.kernel) == 0).sum()) for lay in model.layers)
         self.assertEqual(zeros, round(0.8 * total))
 
+    def test_steps_per_execution_gives_the_same_masks(self):
+        # Keras calls the batch hooks once per 4 steps: the schedule's
+        # pruning steps inside each execution must still be taken.
+        x, y = _data(n=64)
+        masks = []
+        for spe in (1, 4):
+            keras.utils.set_random_seed(1)
+            model = _mlp()
+            model.compile(
+                keras.optimizers.SGD(0.01),
+                keras.losses.SparseCategoricalCrossentropy(True),
+                steps_per_execution=spe,
+            )
+            sched = PolynomialDecay(0.0, 0.8, begin_step=0, end_step=20, frequency=5)
+            hist = model.fit(
+                x,
+                y,
+                batch_size=8,
+                epochs=3,
+                verbose=0,
+                callbacks=[MagnitudePruning(sparsity=sched)],
+            )
+            masks.append(get_masks(model))
+            self.assertAlmostEqual(hist.history["sparsity"][-1], 0.8, delta=0.01)
+        for name in masks[0]:
+            np.testing.assert_array_equal(masks[0][name], masks[1][name])
+
     def test_global_scope_and_logs(self):
         x, y = _data(n=32)
         model = _compile(_mlp(), keras.optimizers.Adam(0.01))

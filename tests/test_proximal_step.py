@@ -119,6 +119,24 @@ class ProximalStepFitTest(kprune.testing.TestCase):
         # on its async callback thread (JAX, PyTorch backends).
         self.assertTrue(callback.async_safe)
 
+    def test_every_n_steps_with_steps_per_execution(self):
+        # Batch hooks run once per 4 steps: each step that crosses a multiple
+        # of 6 gets its proximal step at the next hook; none is skipped.
+        x, y = data(n=64)
+        model = apply_group_sparsity(mlp(), 0.01)
+        model.compile(keras.optimizers.SGD(0.05), "mse", steps_per_execution=4)
+        callback = ProximalStep(every_n_steps=6)
+        calls = []
+        original = callback.apply
+
+        def counting_apply():
+            calls.append(int(to_np(model.optimizer.iterations)))
+            return original()
+
+        callback.apply = counting_apply
+        model.fit(x, y, batch_size=8, epochs=3, verbose=0, callbacks=[callback])
+        self.assertEqual(calls, [8, 12, 20, 24])  # 24 steps, hooks every 4
+
     def test_step_size_override_and_named_layers(self):
         model = mlp()
         model.compile(keras.optimizers.SGD(0.01), "mse")
@@ -316,3 +334,100 @@ class ProximalStepConfigTest(kprune.testing.TestCase):
         live = ~np.all(kernel == 0.0, axis=0)
         self.assertTrue(np.any(live))
         self.assertGreater(float(np.mean(kernel[:, live] == 0.0)), 0.0)
+
+
+def np_group_shrink(kernel, tau, axis):
+    """Group soft-threshold of the slices along `axis` (NumPy reference)."""
+    moved = np.moveaxis(kernel.astype(np.float64), axis, 0)
+    flat = moved.reshape(moved.shape[0], -1)
+    norms = np.linalg.norm(flat, axis=1)
+    factor = np.where(norms > tau, 1 - tau / np.maximum(norms, 1e-30), 0.0)
+    return np.moveaxis((flat * factor[:, None]).reshape(moved.shape), 0, axis)
+
+
+class InputGroupsTest(kprune.testing.TestCase):
+    def test_units_then_inputs_match_reference(self):
+        model = apply_group_sparsity(mlp(), 0.05)
+        model.compile(keras.optimizers.SGD(0.1), "mse")
+        h1 = model.get_layer("h1")
+        rng = np.random.default_rng(0)
+        kernel = rng.normal(size=(10, 24)).astype("float32")
+        kernel[:4] *= 0.05  # weak inputs 0-3
+        h1.kernel.assign(kernel)
+        bias = to_np(h1.bias)
+        callback = ProximalStep(input_groups={"h1": 0.6})
+        callback.set_model(model)
+        stats = callback.apply()
+        # Inputs first (rows, P = 24), then units (columns + bias, P = 11).
+        rows = np_group_shrink(kernel, 0.1 * 0.6 * math.sqrt(24), axis=0)
+        want, _ = np_prox_dense(rows, bias, 0.1, 0.05, 0.0)
+        np.testing.assert_allclose(to_np(h1.kernel), want, atol=1e-6)
+        zero_rows = int(np.sum(np.all(want == 0, axis=1)))
+        self.assertGreaterEqual(zero_rows, 4)
+        self.assertLess(zero_rows, 10)
+        self.assertEqual(stats["prox_zero_inputs"], zero_rows)
+
+    def test_fit_then_slim_stops_reading_inputs(self):
+        x, y = data(n=64)
+        model = mlp()
+        model.compile(keras.optimizers.SGD(0.05), "mse")
+        callback = ProximalStep(layers={"h1": 0.0}, input_groups={"h1": 0.8})
+        history = model.fit(
+            x, y, epochs=10, batch_size=16, verbose=0, callbacks=[callback]
+        )
+        zero = np.all(to_np(model.get_layer("h1").kernel) == 0, axis=1)
+        self.assertEqual(history.history["prox_zero_inputs"][-1], int(zero.sum()))
+        # The targets read inputs 0-2 only: the other seven are dropped.
+        self.assertTrue(np.all(zero[3:]))
+        self.assertFalse(np.all(zero[:3]))
+        small = kprune.surgery.slim(model, prune_inputs=True)
+        select = [
+            layer
+            for layer in small.layers
+            if isinstance(layer, kprune.surgery.SelectFeatures)
+        ]
+        self.assertEqual(list(select[0].indices), np.flatnonzero(~zero).tolist())
+        self.assertSameOutputs(model, small, x)
+
+    def test_conv_input_channels(self):
+        inputs = keras.Input((6, 6, 4))
+        conv = keras.layers.Conv2D(3, 3, name="conv")
+        outputs = keras.layers.Dense(1)(keras.layers.Flatten()(conv(inputs)))
+        model = keras.Model(inputs, outputs)
+        kernel = np.ones((3, 3, 4, 3), "float32")
+        kernel[:, :, 1] *= 0.01  # input channel 1: norm 0.09
+        conv.kernel.assign(kernel)
+        callback = ProximalStep(
+            step_size=1.0, layers={"conv": 0.0}, input_groups={"conv": 0.1}
+        )
+        callback.set_model(model)
+        stats = callback.apply()  # tau = 0.1 x sqrt(27)
+        got = to_np(conv.kernel)
+        np.testing.assert_array_equal(got[:, :, 1], 0.0)
+        want = np_group_shrink(kernel, 0.1 * math.sqrt(27), axis=-2)
+        np.testing.assert_allclose(got, want, atol=1e-6)
+        self.assertEqual(stats["prox_zero_inputs"], 1)
+
+    def test_bad_input_groups(self):
+        with self.assertRaisesRegex(ValueError, "Received: input_groups="):
+            ProximalStep(input_groups=["h1"])
+        with self.assertRaisesRegex(ValueError, r"input_groups\['h1'\]"):
+            ProximalStep(input_groups={"h1": -1.0})
+        inputs = keras.Input((6, 6, 2))
+        x = keras.layers.DepthwiseConv2D(3, name="dw")(inputs)
+        model = keras.Model(inputs, keras.layers.Flatten()(x))
+        callback = ProximalStep(
+            step_size=0.1, layers={"dw": 0.1}, input_groups={"dw": 0.1}
+        )
+        callback.set_model(model)
+        with self.assertRaisesRegex(ValueError, "inputs of layer 'dw'"):
+            callback.apply()
+        callback = ProximalStep(step_size=0.1, input_groups={"nope": 0.1})
+        callback.set_model(mlp())
+        with self.assertRaisesRegex(ValueError, "input_groups containing 'nope'"):
+            callback.apply()
+
+    def test_config_round_trip(self):
+        callback = ProximalStep(every_n_steps=3, input_groups={"h1": 0.2})
+        copy = self.run_serialization_test(callback)
+        self.assertEqual(copy.input_groups, {"h1": 0.2})

@@ -8,11 +8,32 @@ from keras import ops
 from kprune._backend import sync_weights
 from kprune.ops.group_sparsity import sparse_group_prox, zero_group_mask
 from kprune.regularizers.targets import (
+    GroupTarget,
     default_target,
     find_layer,
     iter_layers,
     regularized_targets,
 )
+
+_TRANSPOSE = (
+    keras.layers.Conv1DTranspose,
+    keras.layers.Conv2DTranspose,
+    keras.layers.Conv3DTranspose,
+)
+_CONV = (keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Conv3D)
+
+
+def _input_axis(layer):
+    """Kernel axis indexing `layer`'s input features, or None if unsupported."""
+    if isinstance(layer, _TRANSPOSE):
+        return -1
+    if isinstance(layer, _CONV) and not isinstance(
+        layer, (keras.layers.DepthwiseConv1D, keras.layers.DepthwiseConv2D)
+    ):
+        return -2
+    if isinstance(layer, keras.layers.Dense):
+        return 0
+    return None
 
 
 class _Entry:
@@ -119,6 +140,19 @@ class ProximalStep(keras.callbacks.Callback):
             regularizer's (`0` without one).
         include_bias: join each unit's bias to its group (the paper's
             grouping). If `False`, biases are untouched.
+        input_groups: `None`, or a dict `{layer_name: strength}`: a second
+            grouping of those layers' kernels, one group per *input*
+            feature (a Dense kernel's row, a convolution's input-channel
+            slice; `P` = its weights, no bias), shrunk by the group
+            soft-threshold `t * strength * sqrt(P)` just before the unit
+            step (the two proximal operators in turn: a splitting of the
+            sum of both penalties; shrinking the inputs first also shrinks
+            the unit groups, so units die sooner than in the other order).
+            Zero input groups of the first layer are input features
+            `kprune.surgery.slim(model, prune_inputs=True)` stops reading;
+            of a later layer, units of the layer before it that `slim`
+            removes. Logged as `prox_zero_inputs`.
+            Supported: Dense, Conv*D, Conv*DTranspose.
 
     Example:
 
@@ -134,6 +168,20 @@ class ProximalStep(keras.callbacks.Callback):
     >>> history.history["prox_zero_groups"][-1]  # huge strength: all units zero
     16
 
+    Input features and units together (Dense inputs are pixels here):
+
+    >>> model = keras.Sequential([
+    ...     keras.Input((6,)),
+    ...     keras.layers.Dense(8, activation="relu", name="fc1"),
+    ...     keras.layers.Dense(1)])
+    >>> model.compile("sgd", "mse")
+    >>> step = kprune.callbacks.ProximalStep(
+    ...     layers={"fc1": 0.0}, input_groups={"fc1": 100.0})
+    >>> history = model.fit(keras.ops.ones((8, 6)), keras.ops.ones((8, 1)),
+    ...     epochs=1, verbose=0, callbacks=[step])
+    >>> history.history["prox_zero_inputs"][-1]  # every input row is zero
+    6
+
     Reference:
         Alvarez & Salzmann, "Learning the Number of Neurons in Deep
         Networks", NeurIPS 2016 (arXiv 1611.06321).
@@ -147,6 +195,7 @@ class ProximalStep(keras.callbacks.Callback):
         strength=None,
         alpha=None,
         include_bias=True,
+        input_groups=None,
     ):
         super().__init__()
         if every_n_steps is not None:
@@ -178,12 +227,24 @@ class ProximalStep(keras.callbacks.Callback):
             else:
                 layers = [str(name) for name in layers]
         self.layers = layers
+        if input_groups is not None:
+            if not isinstance(input_groups, dict):
+                raise ValueError(
+                    "`input_groups` must be None or a dict {layer_name: "
+                    f"strength}}. Received: input_groups={input_groups!r}"
+                )
+            input_groups = {
+                str(k): _check_number(v, f"input_groups['{k}']")
+                for k, v in input_groups.items()
+            }
+        self.input_groups = input_groups
         self.include_bias = bool(include_bias)
         # Epoch-end mode does nothing per batch: let Keras dispatch batch
         # callbacks asynchronously. Step mode must run in step with training.
         # Batch hooks only copy cached floats into `logs`.
         self.async_safe = True
         self._entries = None
+        self._input_entries = None
         self._last_iteration = None
         self._last_step_size = None
         self._epoch_base = 0
@@ -191,9 +252,32 @@ class ProximalStep(keras.callbacks.Callback):
 
     # -- targets ---------------------------------------------------------
 
+    def _resolve_inputs(self):
+        """One kernel-only `_Entry` per `input_groups` layer (its input axis)."""
+        entries = []
+        for name, strength in (self.input_groups or {}).items():
+            layer = find_layer(self.model, name, argument="input_groups")
+            axis = _input_axis(layer)
+            if axis is None:
+                raise ValueError(
+                    f"ProximalStep cannot group the inputs of layer '{name}' "
+                    f"({type(layer).__name__}): supported are Dense, Conv*D and "
+                    f"Conv*DTranspose. Received: input_groups containing {name!r}"
+                )
+            target = GroupTarget(layer, "kernel", axis, with_bias=False)
+            if target.kernel.trainable:
+                entries.append(_Entry(target, strength, 0.0))
+        return entries
+
     def _resolve(self):
         model = self.model
         entries = []
+        if (
+            self.layers is None
+            and self.input_groups
+            and not any(regularized_targets(layer) for layer in iter_layers(model))
+        ):
+            return []  # input groups only
         if self.layers is None:
             for layer in iter_layers(model):
                 for target in regularized_targets(layer):
@@ -275,11 +359,20 @@ class ProximalStep(keras.callbacks.Callback):
         """
         if self._entries is None:
             self._entries = self._resolve()
+            self._input_entries = self._resolve_inputs()
         # JAX, mid-epoch: bring the in-flight weights (and the optimizer's
         # `iterations`, which a learning-rate schedule reads) back into the
         # variables; the next train step then reads what is assigned here.
         sync_weights(self.model)
         t = self.current_step_size()
+        for entry in self._input_entries:
+            target = entry.target
+            if entry.strength() == 0.0:
+                continue
+            kernel, _ = sparse_group_prox(
+                target.kernel, None, t, entry.strength(), axis=target.axis
+            )
+            target.kernel.assign(kernel)
         for entry in self._entries:
             target = entry.target
             lam = entry.strength()
@@ -305,7 +398,22 @@ class ProximalStep(keras.callbacks.Callback):
         step = self._last_step_size
         if step is None:
             step = self.current_step_size()
-        return {"prox_zero_groups": zero, "prox_step_size": step}
+        stats = {"prox_zero_groups": zero, "prox_step_size": step}
+        if self.input_groups:
+            stats["prox_zero_inputs"] = sum(
+                int(
+                    ops.convert_to_numpy(
+                        ops.sum(
+                            ops.cast(
+                                zero_group_mask(e.target.kernel, axis=e.target.axis),
+                                "int32",
+                            )
+                        )
+                    )
+                )
+                for e in self._input_entries
+            )
+        return stats
 
     # -- callback hooks --------------------------------------------------
 
@@ -315,6 +423,7 @@ class ProximalStep(keras.callbacks.Callback):
 
     def on_train_begin(self, logs=None):
         self._entries = self._resolve()
+        self._input_entries = self._resolve_inputs()
         self._last_step_size = None
         self._last_iteration = None
         self._pending = {}
@@ -378,6 +487,9 @@ class ProximalStep(keras.callbacks.Callback):
             "strength": self.strength,
             "alpha": self.alpha,
             "include_bias": self.include_bias,
+            "input_groups": (
+                None if self.input_groups is None else dict(self.input_groups)
+            ),
         }
 
     @classmethod
