@@ -36,6 +36,19 @@ def mlp(d=10, k=3):
     )
 
 
+def record_applies(callback, model):
+    """The optimizer step at each `callback.apply()` (a list, filled in fit)."""
+    calls = []
+    original = callback.apply
+
+    def counting_apply():
+        calls.append(int(to_np(model.optimizer.iterations)))
+        return original()
+
+    callback.apply = counting_apply
+    return calls
+
+
 def np_prox_dense(kernel, bias, t, lam, alpha):
     groups = np.concatenate([kernel, bias[None, :]], axis=0).astype(np.float64)
     p = groups.shape[0]
@@ -101,14 +114,7 @@ class ProximalStepFitTest(kprune.testing.TestCase):
         model = apply_group_sparsity(mlp(), 0.01)
         model.compile(keras.optimizers.SGD(0.05), "mse")
         callback = ProximalStep(every_n_steps=3)
-        calls = []
-        original = callback.apply
-
-        def counting_apply():
-            calls.append(int(to_np(model.optimizer.iterations)))
-            return original()
-
-        callback.apply = counting_apply
+        calls = record_applies(callback, model)
         history = model.fit(
             x, y, batch_size=8, epochs=2, verbose=0, callbacks=[callback]
         )  # 16 steps
@@ -126,14 +132,7 @@ class ProximalStepFitTest(kprune.testing.TestCase):
         model = apply_group_sparsity(mlp(), 0.01)
         model.compile(keras.optimizers.SGD(0.05), "mse", steps_per_execution=4)
         callback = ProximalStep(every_n_steps=6)
-        calls = []
-        original = callback.apply
-
-        def counting_apply():
-            calls.append(int(to_np(model.optimizer.iterations)))
-            return original()
-
-        callback.apply = counting_apply
+        calls = record_applies(callback, model)
         model.fit(x, y, batch_size=8, epochs=3, verbose=0, callbacks=[callback])
         self.assertEqual(calls, [8, 12, 20, 24])  # 24 steps, hooks every 4
 

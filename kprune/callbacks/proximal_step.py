@@ -11,29 +11,10 @@ from kprune.regularizers.targets import (
     GroupTarget,
     default_target,
     find_layer,
+    input_axis,
     iter_layers,
     regularized_targets,
 )
-
-_TRANSPOSE = (
-    keras.layers.Conv1DTranspose,
-    keras.layers.Conv2DTranspose,
-    keras.layers.Conv3DTranspose,
-)
-_CONV = (keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Conv3D)
-
-
-def _input_axis(layer):
-    """Kernel axis indexing `layer`'s input features, or None if unsupported."""
-    if isinstance(layer, _TRANSPOSE):
-        return -1
-    if isinstance(layer, _CONV) and not isinstance(
-        layer, (keras.layers.DepthwiseConv1D, keras.layers.DepthwiseConv2D)
-    ):
-        return -2
-    if isinstance(layer, keras.layers.Dense):
-        return 0
-    return None
 
 
 class _Entry:
@@ -257,7 +238,7 @@ class ProximalStep(keras.callbacks.Callback):
         entries = []
         for name, strength in (self.input_groups or {}).items():
             layer = find_layer(self.model, name, argument="input_groups")
-            axis = _input_axis(layer)
+            axis = input_axis(layer)
             if axis is None:
                 raise ValueError(
                     f"ProximalStep cannot group the inputs of layer '{name}' "

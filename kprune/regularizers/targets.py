@@ -60,6 +60,30 @@ def default_slot(layer):
     return None
 
 
+def input_axis(layer):
+    """The kernel axis indexing `layer`'s input features, or `None`.
+
+    Dense `(in, units)`: 0; Conv1D/2D/3D `(*k, in, filters)`: -2;
+    Conv*DTranspose `(*k, filters, in)`: -1. Depthwise and separable
+    convolutions (whose inputs map to their own outputs) are not supported.
+
+    Args:
+        layer: a Keras layer.
+
+    Returns:
+        An int, or `None`.
+    """
+    if isinstance(layer, _TRANSPOSE):
+        return -1
+    if isinstance(layer, _DEPTHWISE + _SEPARABLE):
+        return None
+    if isinstance(layer, _CONV):
+        return -2
+    if isinstance(layer, keras.layers.Dense):
+        return 0
+    return None
+
+
 def is_groupable(layer):
     """Whether kprune knows the output-unit groups of `layer`'s kernel."""
     return default_slot(layer) is not None
