@@ -12,28 +12,7 @@ import kprune
 from kprune.callbacks import ProximalStep, RegularizationScheduler, SparsityLogger
 from kprune.sparsity import apply_group_sparsity
 from kprune.testing import TWO_CPUS, InterruptAt, run_script
-
-
-def to_np(x):
-    return keras.ops.convert_to_numpy(x)
-
-
-def data(n=64, d=10, k=3, seed=0):
-    rng = np.random.default_rng(seed)
-    x = rng.normal(size=(n, d)).astype("float32")
-    y = (x[:, :3] @ rng.normal(size=(3, k))).astype("float32")
-    return x, y
-
-
-def mlp(d=10, k=3):
-    return keras.Sequential(
-        [
-            keras.Input((d,)),
-            keras.layers.Dense(24, activation="relu", name="h1"),
-            keras.layers.Dense(12, activation="relu", name="h2"),
-            keras.layers.Dense(k, name="out"),
-        ]
-    )
+from tests.sparsity_models import data, mlp, to_np
 
 
 @keras.saving.register_keras_serializable(package="kprune_tests")
