@@ -31,6 +31,12 @@ class _Entry:
         return self.target.regularizer.effective_strength()
 
 
+def _zero_groups(target):
+    """How many of `target`'s kernel groups are exactly zero."""
+    mask = zero_group_mask(target.kernel, axis=target.axis)
+    return int(ops.convert_to_numpy(ops.sum(ops.cast(mask, "int32"))))
+
+
 def _check_number(value, name, minimum=0.0, maximum=None, allow_zero=True):
     if value is None:
         return None
@@ -347,12 +353,10 @@ class ProximalStep(keras.callbacks.Callback):
         sync_weights(self.model)
         t = self.current_step_size()
         for entry in self._input_entries:
-            target = entry.target
-            if entry.strength() == 0.0:
+            target, lam = entry.target, entry.strength()
+            if lam == 0.0:
                 continue
-            kernel, _ = sparse_group_prox(
-                target.kernel, None, t, entry.strength(), axis=target.axis
-            )
+            kernel, _ = sparse_group_prox(target.kernel, None, t, lam, axis=target.axis)
             target.kernel.assign(kernel)
         for entry in self._entries:
             target = entry.target
@@ -371,28 +375,14 @@ class ProximalStep(keras.callbacks.Callback):
 
     def _stats(self):
         sync_weights(self.model)
-        zero = 0
-        for entry in self._entries:
-            target = entry.target
-            mask = zero_group_mask(target.kernel, axis=target.axis)
-            zero += int(ops.convert_to_numpy(ops.sum(ops.cast(mask, "int32"))))
+        zero = sum(_zero_groups(e.target) for e in self._entries)
         step = self._last_step_size
         if step is None:
             step = self.current_step_size()
         stats = {"prox_zero_groups": zero, "prox_step_size": step}
         if self.input_groups:
             stats["prox_zero_inputs"] = sum(
-                int(
-                    ops.convert_to_numpy(
-                        ops.sum(
-                            ops.cast(
-                                zero_group_mask(e.target.kernel, axis=e.target.axis),
-                                "int32",
-                            )
-                        )
-                    )
-                )
-                for e in self._input_entries
+                _zero_groups(e.target) for e in self._input_entries
             )
         return stats
 

@@ -36,9 +36,8 @@ def _attention_shapes(node):
     return tuple(None if v is None else _shape(v) for v in values)
 
 
-def _node_macs(layer, node):
+def _node_macs(layer, node, in_shape, out_shape):
     """MACs of one graph node of `layer` (None: unknown)."""
-    in_shape, out_shape = _shape(node.input_tensors), _shape(node.output_tensors)
     if isinstance(layer, keras.layers.MultiHeadAttention):
         shapes = _attention_shapes(node)
         if shapes is not None and shapes[0] is not None:
@@ -60,13 +59,8 @@ def _calls(parent, layer):
     for nodes in nodes_by_depth.values():
         for node in nodes:
             if getattr(node, "operation", None) is layer:
-                calls.append(
-                    (
-                        _shape(node.input_tensors),
-                        _shape(node.output_tensors),
-                        _node_macs(layer, node),
-                    )
-                )
+                shapes = _shape(node.input_tensors), _shape(node.output_tensors)
+                calls.append((*shapes, _node_macs(layer, node, *shapes)))
     if calls:
         return calls
     try:
