@@ -228,7 +228,7 @@ def prune_model(model, method, key, args, data, tmp, params, dense_seconds):
         )
         cb = MagnitudePruning(sparsity=schedule, scope="global")
     else:
-        raise SystemExit(f"unknown method {method!r}; choose from {list(METHODS)}")
+        raise ValueError(f"unknown method {method!r}; choose from {list(METHODS)}")
     compile_classifier(model, nesterov_sgd(args.lr / 10))
     timer = EpochTimer()
     start = time.perf_counter()
@@ -401,6 +401,11 @@ def main(argv=None):
     )
     parser.add_argument("--name", default="magnitude")
     args = parser.parse_args(argv)
+    unknown = set(args.methods.split(",")) - set(METHODS)
+    if unknown:  # before minutes of dense training
+        parser.error(
+            f"unknown --methods {sorted(unknown)}; choose from {list(METHODS)}"
+        )
     defaults = {
         "lenet300": {
             "lr": 0.1,
