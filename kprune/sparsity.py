@@ -15,6 +15,7 @@ from kprune.regularizers.group_lasso import (
     is_group_regularizer,
 )
 from kprune.regularizers.targets import default_slot, is_groupable, iter_layers
+from kprune.surgery.compiling import not_compiled
 
 _MODES = ("proximal", "penalty")
 
@@ -296,9 +297,10 @@ def apply_group_sparsity(
             config[reg_attr] = reg
         return layer.__class__.from_config(config)
 
-    clone = keras.models.clone_model(
-        model, clone_function=clone_function, recursive=True
-    )
+    with not_compiled(model):
+        clone = keras.models.clone_model(
+            model, clone_function=clone_function, recursive=True
+        )
     weights = model.get_weights()
     clone_shapes = [tuple(w.shape) for w in clone.weights]
     if clone_shapes != [tuple(w.shape) for w in weights]:

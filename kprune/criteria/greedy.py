@@ -15,6 +15,7 @@ from kprune.criteria.baselines import l1_scores, mean_activation_scores
 from kprune.criteria.car import measure
 from kprune.criteria.metrics import importance, resolve_metric
 from kprune.surgery import ChannelAnalysis, plan_removal, remove_units
+from kprune.surgery.compiling import compile_like
 from kprune.surgery.plan import producer_nodes
 
 CRITERIA = ("car", "l1", "mean_activation", "random")
@@ -341,7 +342,7 @@ def greedy_prune(
         state.model = remove_units(model, {})
     if not state.model.compiled and model.compiled:
         # Ready for `evaluate`, like the original (a fresh optimizer).
-        state.model.compile_from_config(model.get_compile_config())
+        compile_like(state.model, model)
     plan = _original_plan(model, state)
     return state.model, plan, history
 
@@ -399,8 +400,7 @@ def _fine_tuner(model, fine_tune, train_data, fit_kwargs):
             "`train_data=(x_train, y_train)`. Received: train_data="
             f"{type(train_data).__name__}"
         )
-    config = model.get_compile_config() if model.compiled else None
-    if config is None:
+    if not model.compiled:
         raise ValueError(
             "Fine-tuning for a number of epochs compiles the pruned model like "
             "the original one, but the original model is not compiled. "
@@ -411,7 +411,7 @@ def _fine_tuner(model, fine_tune, train_data, fit_kwargs):
     kwargs.setdefault("verbose", 0)
 
     def tune(pruned):
-        pruned.compile_from_config(config)
+        compile_like(pruned, model)
         pruned.fit(train_data[0], train_data[1], epochs=int(fine_tune), **kwargs)
         return pruned
 

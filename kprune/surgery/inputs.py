@@ -10,6 +10,7 @@ feed the full input.
 import keras
 import numpy as np
 
+from kprune.surgery.compiling import compile_like, not_compiled
 from kprune.surgery.graph import Graph
 from kprune.surgery.handlers import LayerHandler, register_handler
 from kprune.surgery.rebuild import _carry_keep_mask, _copy_layer
@@ -251,9 +252,13 @@ class _InputCloner:
         if isinstance(self.model, keras.Sequential):
             return self._clone_sequential()
         call_function = self._call if self.new_to_plan or self.select_of else None
-        new = keras.models.clone_model(
-            self.model, clone_function=self._clone_layer, call_function=call_function
-        )
+        with not_compiled(self.model):
+            new = keras.models.clone_model(
+                self.model,
+                clone_function=self._clone_layer,
+                call_function=call_function,
+            )
+        compile_like(new, self.model)
         self._set_weights()
         return new
 
@@ -266,6 +271,7 @@ class _InputCloner:
             [keras.Input(batch_shape=x.shape, dtype=x.dtype), *layers],
             name=self.model.name,
         )
+        compile_like(new, self.model)
         self._set_weights()
         return new
 
@@ -276,7 +282,8 @@ class _InputCloner:
             config["indices"] = self.replaced[key]
             return SelectFeatures.from_config(config)
         if isinstance(layer, keras.Model):
-            new = keras.models.clone_model(layer)
+            with not_compiled(layer):
+                new = keras.models.clone_model(layer)
             self.weights.append((new, layer.get_weights()))
             return new
         if not isinstance(layer, keras.layers.Layer):  # a keras.ops op

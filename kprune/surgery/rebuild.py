@@ -4,6 +4,7 @@ import keras
 import numpy as np
 
 from kprune.surgery.analysis import ChannelAnalysis
+from kprune.surgery.compiling import compile_like, not_compiled
 from kprune.surgery.dead import dead_plan
 from kprune.surgery.handlers import LayerChange, get_handler
 from kprune.surgery.plan import PruningPlan, build_plan, removed_groups
@@ -56,7 +57,8 @@ def remove_units(model, plan, allow_empty=False):
         allow_empty: allow a plan that removes every unit of a layer.
 
     Returns:
-        A new `keras.Model` of the same kind.
+        A new `keras.Model` of the same kind, compiled like `model` (with a
+        fresh optimizer) when `model` is compiled.
 
     Example:
 
@@ -90,7 +92,8 @@ def slim(model, prune_inputs=False):
         prune_inputs: also drop input features nothing reads.
 
     Returns:
-        A new, smaller `keras.Model`.
+        A new, smaller `keras.Model`, compiled like `model` (with a fresh
+        optimizer) when `model` is compiled.
 
     Example:
 
@@ -194,7 +197,9 @@ class _Cloner:
         self.weights = []
 
     def clone(self, model):
-        new_model = keras.models.clone_model(model, clone_function=self)
+        with not_compiled(model):
+            new_model = keras.models.clone_model(model, clone_function=self)
+        compile_like(new_model, model)
         for layer, values in self.weights:
             if isinstance(values, dict):
                 values = [values[w.name] for w in layer.weights]
@@ -229,10 +234,10 @@ class _Cloner:
             for shape, x in zip(shapes, model.inputs)
         ]
         if isinstance(model, keras.Sequential):
+            structure = inputs[0]
+        else:
+            structure = keras.tree.pack_sequence_as(model.input, inputs)
+        with not_compiled(model):
             return keras.models.clone_model(
-                model, input_tensors=inputs[0], clone_function=self
+                model, input_tensors=structure, clone_function=self
             )
-        structure = keras.tree.pack_sequence_as(model.input, inputs)
-        return keras.models.clone_model(
-            model, input_tensors=structure, clone_function=self
-        )
