@@ -77,7 +77,8 @@ runs, with both strengths then multiplied by 50/60 for the full training
 set (60k images make 20 % more proximal steps than the 50k of the
 validation runs; the first test run, without that factor, is published
 too). `--label-smoothing` (validation runs only: it made the group-sparse
-networks worse) sets the recipe's label smoothing. The
+networks worse) sets the recipe's label smoothing (the hyper-parameter
+`finetune_label_smoothing` sets it for the fine-tuning only). The
 proximal rows end with a few epochs of plain fine-tuning of the slimmed
 model (`finetune_epochs`, counted in `epochs`).
 
@@ -299,9 +300,10 @@ def build(model_name, method, hp, x=None):
 
 
 def smoothed_crossentropy(label_smoothing, classes=10):
-    """Cross-entropy of logits against integer labels smoothed by `eps`.
+    """Cross-entropy of logits against smoothed integer labels.
 
-    `(1 - eps) * one_hot(y) + eps / classes` as the target distribution.
+    Target distribution `(1 - eps) * one_hot(y) + eps / classes`, with
+    `eps = label_smoothing`.
     """
 
     def loss(y_true, logits):
@@ -321,13 +323,14 @@ def compile_model(model, recipe, steps, weight_decay=None):
     optimizer = keras.optimizers.SGD(
         schedule, momentum=0.9, weight_decay=weight_decay or None
     )
-    compile_classifier(model, optimizer)
-    if recipe.get("label_smoothing"):
-        model.compile(
-            optimizer=optimizer,
-            loss=smoothed_crossentropy(recipe["label_smoothing"]),
-            metrics=["sparse_categorical_accuracy"],
-        )
+    if not recipe.get("label_smoothing"):
+        compile_classifier(model, optimizer)
+        return
+    model.compile(
+        optimizer=optimizer,
+        loss=smoothed_crossentropy(recipe["label_smoothing"]),
+        metrics=["sparse_categorical_accuracy"],
+    )
 
 
 def error_rate(model, x, y):
