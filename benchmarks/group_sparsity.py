@@ -56,7 +56,7 @@ published results came from:
     python benchmarks/group_sparsity.py --model lenet5 --methods penalty,plain
     python benchmarks/group_sparsity.py --model all --timing-only
     python benchmarks/group_sparsity.py --model lenet300 --epochs 200 \
-        --methods plain,prox_px_long                          # ~9 min [*]
+        --methods plain,prox_px_long              # ~5 min a method [*]
 
 [*] run here as two processes side by side, one thread each
 (TF_NUM_INTRAOP_THREADS=1 TF_NUM_INTEROP_THREADS=1), one method each, and

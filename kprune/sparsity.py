@@ -15,7 +15,7 @@ from kprune.regularizers.group_lasso import (
     is_group_regularizer,
 )
 from kprune.regularizers.targets import default_slot, is_groupable, iter_layers
-from kprune.surgery.compiling import not_compiled
+from kprune.surgery.compiling import clone_model
 
 _MODES = ("proximal", "penalty")
 
@@ -297,10 +297,9 @@ def apply_group_sparsity(
             config[reg_attr] = reg
         return layer.__class__.from_config(config)
 
-    with not_compiled(model):
-        clone = keras.models.clone_model(
-            model, clone_function=clone_function, recursive=True
-        )
+    clone = clone_model(
+        model, compile=False, clone_function=clone_function, recursive=True
+    )
     weights = model.get_weights()
     clone_shapes = [tuple(w.shape) for w in clone.weights]
     if clone_shapes != [tuple(w.shape) for w in weights]:

@@ -75,6 +75,15 @@ class CompileLikeTest(TestCase):
             )
             self.assertTrue(model.compiled)  # the user's model is left as it was
 
+    def test_summary_with_input_shape(self):
+        model = keras.Sequential(
+            [keras.Input((None, 3)), keras.layers.Conv1D(4, 3, name="conv")]
+        )
+        model.compile("sgd", loss=half_mse)
+        summary = kprune.report.summary(model, input_shape=(10, 3))
+        self.assertEqual(summary["macs"], 8 * 4 * 3 * 3)
+        self.assertTrue(model.compiled)
+
     def test_apply_group_sparsity_returns_an_uncompiled_copy(self):
         model = _model()
         sparse = kprune.sparsity.apply_group_sparsity(model, 0.1)

@@ -4,7 +4,7 @@ import keras
 from keras import ops
 
 from kprune.pruning.keep_mask import KeepMask
-from kprune.surgery.compiling import compile_like, not_compiled
+from kprune.surgery.compiling import clone_model
 
 # (weight attribute, constraint attribute) pairs that kprune knows how to mask.
 _PRUNABLE_ATTRS = (
@@ -192,13 +192,11 @@ def strip_pruning(model):
         return layer.__class__.from_config(config)
 
     try:
-        with not_compiled(model):
-            new = keras.models.clone_model(model, clone_function=clone)
+        new = clone_model(model, clone_function=clone)
     except ValueError as e:
         raise ValueError(
             "strip_pruning supports Sequential and Functional models "
             f"({e}). Received: model={model.__class__.__name__}"
         ) from e
-    compile_like(new, model)
     new.set_weights(model.get_weights())
     return new

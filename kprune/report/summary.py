@@ -4,6 +4,7 @@ import keras
 import numpy as np
 
 from kprune.report.macs import attention_macs, layer_macs, layer_width
+from kprune.surgery.compiling import clone_model
 
 
 def _is_graph_model(layer):
@@ -160,7 +161,7 @@ def _with_input_shape(model, input_shape):
     except (AttributeError, ValueError):
         struct = new_inputs
     packed = keras.tree.pack_sequence_as(struct, new_inputs)
-    return keras.models.clone_model(model, input_tensors=packed)
+    return clone_model(model, compile=False, input_tensors=packed)
 
 
 def summary(model, input_shape=None):

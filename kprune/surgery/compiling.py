@@ -27,10 +27,26 @@ def not_compiled(model):
     if compiled:
         model.compiled = False
     try:
-        yield compiled
+        yield
     finally:
         if compiled:
             model.compiled = compiled
+
+
+def clone_model(model, compile=True, **kwargs):
+    """`keras.models.clone_model(model, **kwargs)`, then `compile_like`.
+
+    Args:
+        model: the model to clone (not modified).
+        compile: compile the copy like `model` (`compile_like`); `False`
+            returns it uncompiled.
+        **kwargs: passed to `keras.models.clone_model`.
+    """
+    with not_compiled(model):
+        new = keras.models.clone_model(model, **kwargs)
+    if compile:
+        compile_like(new, model)
+    return new
 
 
 def _fresh(obj):

@@ -10,7 +10,7 @@ feed the full input.
 import keras
 import numpy as np
 
-from kprune.surgery.compiling import compile_like, not_compiled
+from kprune.surgery.compiling import clone_model, compile_like
 from kprune.surgery.graph import Graph
 from kprune.surgery.handlers import LayerHandler, register_handler
 from kprune.surgery.rebuild import _carry_keep_mask, _copy_layer
@@ -252,13 +252,9 @@ class _InputCloner:
         if isinstance(self.model, keras.Sequential):
             return self._clone_sequential()
         call_function = self._call if self.new_to_plan or self.select_of else None
-        with not_compiled(self.model):
-            new = keras.models.clone_model(
-                self.model,
-                clone_function=self._clone_layer,
-                call_function=call_function,
-            )
-        compile_like(new, self.model)
+        new = clone_model(
+            self.model, clone_function=self._clone_layer, call_function=call_function
+        )
         self._set_weights()
         return new
 
@@ -282,8 +278,7 @@ class _InputCloner:
             config["indices"] = self.replaced[key]
             return SelectFeatures.from_config(config)
         if isinstance(layer, keras.Model):
-            with not_compiled(layer):
-                new = keras.models.clone_model(layer)
+            new = clone_model(layer, compile=False)
             self.weights.append((new, layer.get_weights()))
             return new
         if not isinstance(layer, keras.layers.Layer):  # a keras.ops op

@@ -4,7 +4,7 @@ import keras
 import numpy as np
 
 from kprune.surgery.analysis import ChannelAnalysis
-from kprune.surgery.compiling import compile_like, not_compiled
+from kprune.surgery.compiling import clone_model
 from kprune.surgery.dead import dead_plan
 from kprune.surgery.handlers import LayerChange, get_handler
 from kprune.surgery.plan import PruningPlan, build_plan, removed_groups
@@ -197,9 +197,7 @@ class _Cloner:
         self.weights = []
 
     def clone(self, model):
-        with not_compiled(model):
-            new_model = keras.models.clone_model(model, clone_function=self)
-        compile_like(new_model, model)
+        new_model = clone_model(model, clone_function=self)
         for layer, values in self.weights:
             if isinstance(values, dict):
                 values = [values[w.name] for w in layer.weights]
@@ -237,7 +235,6 @@ class _Cloner:
             structure = inputs[0]
         else:
             structure = keras.tree.pack_sequence_as(model.input, inputs)
-        with not_compiled(model):
-            return keras.models.clone_model(
-                model, input_tensors=structure, clone_function=self
-            )
+        return clone_model(
+            model, compile=False, input_tensors=structure, clone_function=self
+        )
