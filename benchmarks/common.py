@@ -250,6 +250,62 @@ class EpochTimer(keras.callbacks.Callback):
         self.seconds.append(time.perf_counter() - self._start)
 
 
+def shift_images(images, dy, dx):
+    """`images` (N, H, W, ...) moved down `dy` and right `dx` pixels, zero fill."""
+    out = np.zeros_like(images)
+    h, w = images.shape[1:3]
+    out[:, max(dy, 0) : h + min(dy, 0), max(dx, 0) : w + min(dx, 0)] = images[
+        :, max(-dy, 0) : h + min(-dy, 0), max(-dx, 0) : w + min(-dx, 0)
+    ]
+    return out
+
+
+class ShiftedImages(keras.utils.PyDataset):
+    """Training batches of images, each moved by a random whole-pixel shift.
+
+    Every epoch, each image is moved by its own `(dy, dx)`, both drawn
+    uniformly from `-max_shift..max_shift` (zero fill at the border), and
+    the set is reshuffled. `x` may be flat (`image_shape` says how to read
+    it); the batches keep `x`'s shape.
+    """
+
+    def __init__(self, x, y, batch_size, max_shift=1, image_shape=(28, 28), seed=0):
+        super().__init__()
+        self.x, self.y = np.asarray(x), np.asarray(y)
+        self.batch_size, self.max_shift = batch_size, int(max_shift)
+        self.image_shape = tuple(image_shape)
+        self.rng = np.random.default_rng(seed)
+        self.on_epoch_end()
+
+    def __len__(self):
+        return -(-len(self.x) // self.batch_size)
+
+    def on_epoch_end(self):
+        n, s = len(self.x), self.max_shift
+        images = self.x.reshape((n, *self.image_shape, -1))
+        dy = self.rng.integers(-s, s + 1, n)
+        dx = self.rng.integers(-s, s + 1, n)
+        shifted = np.empty_like(images)
+        for a in range(-s, s + 1):
+            for b in range(-s, s + 1):
+                pick = (dy == a) & (dx == b)
+                shifted[pick] = shift_images(images[pick], a, b)
+        order = self.rng.permutation(n)
+        self._x = shifted.reshape(self.x.shape)[order]
+        self._y = self.y[order]
+
+    def __getitem__(self, index):
+        batch = slice(index * self.batch_size, (index + 1) * self.batch_size)
+        return self._x[batch], self._y[batch]
+
+
+def training_data(x, y, batch_size, max_shift=0, seed=0):
+    """`model.fit` arguments for (x, y): plain, or `ShiftedImages` if shifting."""
+    if not max_shift:
+        return {"x": x, "y": y, "batch_size": batch_size}
+    return {"x": ShiftedImages(x, y, batch_size, max_shift, seed=seed)}
+
+
 # ------------------------------------------------------- measures
 
 
