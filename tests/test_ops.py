@@ -11,6 +11,10 @@ import kprune
 from kprune import ops as kops
 
 
+def to_np(x):
+    return keras.ops.convert_to_numpy(x)
+
+
 def np_groups(kernel, axis):
     """(units, P) matrix: row n is unit n's group, in output-channel order."""
     axes = kops.unit_axes(kernel.ndim, axis)
@@ -33,11 +37,12 @@ def np_prox(kernel, bias, t, lam, alpha, axis):
     if bias is not None:
         groups = np.concatenate([groups, bias.astype(np.float64)[:, None]], axis=1)
     p = groups.shape[1]
+    lams = np.broadcast_to(np.asarray(lam, np.float64), (len(groups),))
     out = np.empty_like(groups)
     for n, g in enumerate(groups):
-        u = np.sign(g) * np.maximum(np.abs(g) - t * alpha * lam, 0.0)
+        u = np.sign(g) * np.maximum(np.abs(g) - t * alpha * lams[n], 0.0)
         norm = np.linalg.norm(u)
-        tau = t * (1 - alpha) * lam * math.sqrt(p)
+        tau = t * (1 - alpha) * lams[n] * math.sqrt(p)
         out[n] = 0.0 if norm <= tau else u * (1 - tau / norm)
     new_bias = None
     if bias is not None:
@@ -241,6 +246,71 @@ class SparseGroupProxTest(kprune.testing.TestCase):
         got_k, got_b = kops.sparse_group_prox(kernel, bias, t, lam, alpha)
         np.testing.assert_allclose(keras.ops.convert_to_numpy(got_k), want_k, atol=1e-4)
         np.testing.assert_allclose(keras.ops.convert_to_numpy(got_b), want_b, atol=1e-4)
+
+
+class ReweightedTest(kprune.testing.TestCase):
+    def test_weights_match_numpy_for_each_kernel_kind(self):
+        rng = np.random.default_rng(7)
+        for name, shape, axis in CASES:
+            with self.subTest(name):
+                kernel = rng.normal(size=shape).astype("float32")
+                groups, _, _ = np_groups(kernel, axis)
+                kernel_groups = groups.copy()
+                kernel_groups[0] = 0.0  # a dead group does not count in the mean
+                kernel = np_ungroup(kernel_groups, shape, *np_groups(kernel, axis)[1:])
+                bias = rng.normal(size=len(groups)).astype("float32")
+                bias[0] = 0.0
+                joint = np.concatenate([kernel_groups, bias[:, None]], axis=1)
+                norms = np.linalg.norm(joint.astype(np.float64), axis=1)
+                mean = norms[1:].mean()
+                want = mean / (norms + 0.2 * mean)
+                got = kops.group_reweights(kernel, 0.2, axis=axis, bias=bias)
+                np.testing.assert_allclose(to_np(got), want, rtol=1e-5)
+                self.assertAlmostEqual(float(to_np(got)[0]), 5.0, places=4)
+
+    def test_all_zero_kernel_and_bad_delta(self):
+        got = to_np(kops.group_reweights(np.zeros((3, 2)), 0.5))
+        np.testing.assert_allclose(got, [2.0, 2.0])
+        for delta in (0.0, -1.0):
+            with self.assertRaisesRegex(ValueError, "delta"):
+                kops.group_reweights(np.ones((2, 2)), delta)
+
+    def test_per_unit_strengths_match_reference(self):
+        rng = np.random.default_rng(8)
+        for name, shape, axis in CASES:
+            for alpha in (0.0, 0.5):
+                with self.subTest(name=name, alpha=alpha):
+                    kernel = rng.normal(size=shape).astype("float32")
+                    units = kops.num_units(shape, axis)
+                    bias = rng.normal(size=units).astype("float32")
+                    lam = rng.uniform(0.0, 3.0, size=units).astype("float32")
+                    want_k, want_b = np_prox(kernel, bias, 0.2, lam, alpha, axis)
+                    got_k, got_b = kops.sparse_group_prox(
+                        kernel, bias, 0.2, lam, alpha, axis
+                    )
+                    np.testing.assert_allclose(to_np(got_k), want_k, atol=1e-5)
+                    np.testing.assert_allclose(to_np(got_b), want_b, atol=1e-5)
+
+    def test_reweighting_spares_strong_groups_and_kills_weak_ones(self):
+        # Norms 5 and 0.5; plain threshold 0.4 keeps both. Reweighted (same
+        # lambda) the weak group dies and the strong one shrinks less.
+        kernel = np.array([[3.0, 0.3], [4.0, 0.4]], "float32")
+        t, lam = 1.0, 0.4 / math.sqrt(2)
+        plain, _ = kops.sparse_group_prox(kernel, None, t, lam)
+        weights = kops.group_reweights(kernel, 0.1)
+        reweighted, _ = kops.sparse_group_prox(kernel, None, t, lam * weights)
+        plain, reweighted = to_np(plain), to_np(reweighted)
+        self.assertTrue(np.all(plain[:, 1] != 0.0))
+        np.testing.assert_array_equal(reweighted[:, 1], 0.0)
+        self.assertGreater(
+            np.linalg.norm(reweighted[:, 0]), np.linalg.norm(plain[:, 0])
+        )
+
+    def test_bad_strength_shape_raises(self):
+        with self.assertRaisesRegex(ValueError, "one entry per output unit"):
+            kops.sparse_group_prox(np.ones((2, 3)), None, 0.1, np.ones(2))
+        with self.assertRaisesRegex(ValueError, "scalar or 1-D"):
+            kops.sparse_group_prox(np.ones((2, 3)), None, 0.1, np.ones((2, 3)))
 
 
 class PenaltyTest(kprune.testing.TestCase):

@@ -218,7 +218,15 @@ class ProximalStepConfigTest(kprune.testing.TestCase):
             self.assertEqual(copy.get_config(), callback.get_config())
         self.assertEqual(ProximalStep(layers=("x",)).get_config()["layers"], ["x"])
 
+    def test_reweight_config_round_trip(self):
+        callback = ProximalStep(input_groups={"a": 0.1}, reweight=0.25)
+        copy = self.run_serialization_test(callback)
+        self.assertEqual(copy.get_config()["reweight"], 0.25)
+
     def test_bad_arguments(self):
+        for reweight in (0.0, -0.1, "x"):
+            with self.assertRaisesRegex(ValueError, "reweight"):
+                ProximalStep(reweight=reweight)
         with self.assertRaisesRegex(ValueError, "every_n_steps"):
             ProximalStep(every_n_steps=0)
         with self.assertRaisesRegex(ValueError, "step_size"):
@@ -343,6 +351,43 @@ class InputGroupsTest(kprune.testing.TestCase):
         self.assertGreaterEqual(zero_rows, 4)
         self.assertLess(zero_rows, 10)
         self.assertEqual(stats["prox_zero_inputs"], zero_rows)
+
+    def test_reweighted_units_and_inputs_match_reference(self):
+        model = apply_group_sparsity(mlp(), 0.05)
+        model.compile(keras.optimizers.SGD(0.1), "mse")
+        h1 = model.get_layer("h1")
+        rng = np.random.default_rng(1)
+        kernel = rng.normal(size=(10, 24)).astype("float32")
+        kernel[:4] *= 0.05
+        h1.kernel.assign(kernel)
+        bias = to_np(h1.bias)
+        callback = ProximalStep(input_groups={"h1": 0.3}, reweight=0.1)
+        callback.set_model(model)
+        callback.apply()
+
+        def weights(groups):  # rows of `groups` are the groups
+            norms = np.linalg.norm(groups.astype(np.float64), axis=1)
+            mean = norms[norms > 0].mean()
+            return mean / (norms + 0.1 * mean)
+
+        # Inputs first, each row with its own threshold, then the units.
+        w_in = weights(kernel)
+        taus = 0.1 * 0.3 * w_in * math.sqrt(24)
+        norms = np.linalg.norm(kernel.astype(np.float64), axis=1)
+        factor = np.where(norms > taus, 1 - taus / norms, 0.0)
+        rows = kernel * factor[:, None]
+        w_units = weights(np.concatenate([rows, bias[None, :]], axis=0).T)
+        want, _ = np_prox_dense(rows, bias, 0.1, 0.0, 0.0)
+        for n in range(24):
+            col, _ = np_prox_dense(
+                rows[:, n : n + 1], bias[n : n + 1], 0.1, 0.05 * w_units[n], 0.0
+            )
+            want[:, n] = col[:, 0]
+        np.testing.assert_allclose(to_np(h1.kernel), want, atol=1e-6)
+        # The weak inputs die at a strength that leaves them alive unweighted.
+        self.assertTrue(np.all(want[:4] == 0.0))
+        plain = np_group_shrink(kernel, 0.1 * 0.3 * math.sqrt(24), axis=0)
+        self.assertTrue(np.all(np.any(plain[:4] != 0.0, axis=1)))
 
     def test_fit_then_slim_stops_reading_inputs(self):
         x, y = data(n=64)

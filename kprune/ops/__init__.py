@@ -1,7 +1,8 @@
 """kprune.ops: pure `keras.ops` math shared by regularizers and callbacks.
 
 Group sparsity (Alvarez & Salzmann, NeurIPS 2016): group norms, element-wise
-and group soft-thresholding, the sparse group Lasso proximal operator and
+and group soft-thresholding, the sparse group Lasso proximal operator (one
+strength, or one per group), its reweighting (the log penalty) and
 penalties. A group is one output unit's incoming weights (and its bias).
 
 HyperSparse (Glandorf et al., ICCV-W 2023): the threshold quantile, the
@@ -12,6 +13,7 @@ analytic gradient.
 from kprune.ops.group_sparsity import (
     group_lasso_penalty,
     group_norms,
+    group_reweights,
     group_size,
     group_soft_threshold,
     num_units,
@@ -34,6 +36,7 @@ from kprune.ops.hypersparse import (
 __all__ = [
     "group_lasso_penalty",
     "group_norms",
+    "group_reweights",
     "group_size",
     "group_soft_threshold",
     "hypersparse_factor",

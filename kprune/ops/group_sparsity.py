@@ -258,7 +258,9 @@ def sparse_group_prox(kernel, bias, t, lam, alpha=0.0, axis=-1, group_size=None)
         kernel: the kernel tensor.
         bias: the bias (one entry per unit) or `None`.
         t: the step size (for SGD, the learning rate).
-        lam: the regularization strength `lambda >= 0`.
+        lam: the regularization strength `lambda >= 0`: a scalar, or one
+            `lambda_n` per unit (1-D, output-channel order) for a weighted
+            group Lasso such as `group_reweights` gives.
         alpha: L1 share in `[0, 1]`; `0` is the group Lasso.
         axis: axis (or axes) indexing output units.
         group_size: `P`; defaults to the group's kernel entries plus one when
@@ -289,11 +291,26 @@ def sparse_group_prox(kernel, bias, t, lam, alpha=0.0, axis=-1, group_size=None)
     if group_size is None:
         group_size = _default_group_size(kernel.shape, axis, bias is not None)
     t = ops.cast(t, kernel.dtype)
-    lam = ops.cast(lam, kernel.dtype)
+    lam = ops.convert_to_tensor(lam, dtype=kernel.dtype)
+    lam_bias = lam  # per-unit: one entry per bias entry
+    if len(lam.shape) == 1:
+        n = num_units(kernel.shape, axis)
+        if int(lam.shape[0]) != n:
+            raise ValueError(
+                f"A 1-D `lam` must have one entry per output unit ({n} for a "
+                f"kernel of shape {tuple(kernel.shape)} and axis={axis!r}). "
+                f"Received: lam.shape={tuple(lam.shape)}"
+            )
+        lam = ops.reshape(lam, _bias_shape(kernel.shape, axis))
+    elif len(lam.shape) != 0:
+        raise ValueError(
+            "`lam` must be a scalar or 1-D (one entry per unit). "
+            f"Received: lam.shape={tuple(lam.shape)}"
+        )
     if alpha > 0.0:
         kernel = soft_threshold(kernel, t * alpha * lam)
         if bias is not None:
-            bias = soft_threshold(bias, t * alpha * lam)
+            bias = soft_threshold(bias, t * alpha * lam_bias)
     if alpha < 1.0:
         tau = t * (1.0 - alpha) * lam * math.sqrt(group_size)
         factor = _shrink_factor(_group_sq_norms(kernel, bias, axis), tau)
@@ -301,6 +318,61 @@ def sparse_group_prox(kernel, bias, t, lam, alpha=0.0, axis=-1, group_size=None)
         if bias is not None:
             bias = bias * ops.reshape(factor, (-1,))
     return kernel, bias
+
+
+def group_reweights(kernel, delta, axis=-1, bias=None):
+    """Per-unit weights of the reweighted group Lasso (log penalty).
+
+    `w_n = m / (||theta_n||_2 + delta * m)`, where `m` is the mean norm of
+    the groups that are not zero (`w = 1 / delta` everywhere when all are).
+
+    The log penalty `lambda * sqrt(P) * m * sum_n log(||theta_n||_2 +
+    delta * m)` is concave in the group norms, so it is majorized at the
+    current `theta` by its tangent, a *weighted* group Lasso with
+    `lambda_n = lambda * w_n`: one proximal step with those strengths
+    (`sparse_group_prox(kernel, bias, t, lam * w)`) is one
+    majorize-minimize step of the log penalty. Weak groups get up to
+    `1 / delta` times the threshold, a group of the mean norm
+    `1 / (1 + delta)` times, and the strongest ones less: pruning pushes
+    on the groups that are dying and barely shrinks the ones the network
+    uses (the shrinkage bias of the plain group Lasso). Normalizing by `m`
+    makes `w` scale-free, so `lambda` keeps its meaning and `delta` is
+    relative to a typical group. The weights are recomputed at every step
+    and treated as constants (no gradient).
+
+    Args:
+        kernel: the kernel tensor.
+        delta: the offset relative to the mean group norm, `> 0`; smaller
+            is closer to counting the groups (`L0`), larger closer to the
+            plain group Lasso (`w_n -> 1 / delta` for every group).
+        axis: axis (or axes) indexing output units.
+        bias: optional bias, one entry per unit, joined to its unit's group.
+
+    Returns:
+        A 1-D tensor of length `num_units(kernel.shape, axis)`.
+
+    Example:
+
+    >>> w = [[3.0, 0.3, 0.0], [4.0, 0.4, 0.0]]  # norms 5, 0.5, 0 (mean 2.75)
+    >>> weights = ops.convert_to_numpy(group_reweights(w, delta=0.1))
+    >>> weights.astype("float64").round(3).tolist()
+    [0.521, 3.548, 10.0]
+
+    Reference:
+        Candes, Wakin & Boyd, "Enhancing Sparsity by Reweighted l1
+        Minimization", J. Fourier Anal. Appl. 2008 (arXiv 0711.1612); for
+        groups, Wang & Leng, "A note on adaptive group lasso", Comput.
+        Stat. Data Anal. 2008.
+    """
+    delta = float(delta)
+    if not delta > 0.0:
+        raise ValueError(f"`delta` must be > 0. Received: delta={delta}")
+    norms = group_norms(kernel, axis=axis, bias=bias)
+    norms = ops.stop_gradient(norms)
+    live = ops.cast(norms > 0, norms.dtype)
+    count = ops.sum(live)
+    mean = ops.where(count > 0, ops.sum(norms) / ops.maximum(count, 1.0), 1.0)
+    return mean / (norms + delta * mean)
 
 
 def _default_group_size(shape, axis, has_bias):
