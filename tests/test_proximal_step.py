@@ -331,15 +331,18 @@ def np_group_shrink(kernel, tau, axis):
 
 
 class InputGroupsTest(kprune.testing.TestCase):
-    def test_units_then_inputs_match_reference(self):
+    def weak_inputs_model(self, seed):
+        """A compiled group-sparse MLP whose h1 has weak inputs 0-3."""
         model = apply_group_sparsity(mlp(), 0.05)
         model.compile(keras.optimizers.SGD(0.1), "mse")
         h1 = model.get_layer("h1")
-        rng = np.random.default_rng(0)
-        kernel = rng.normal(size=(10, 24)).astype("float32")
-        kernel[:4] *= 0.05  # weak inputs 0-3
+        kernel = np.random.default_rng(seed).normal(size=(10, 24)).astype("float32")
+        kernel[:4] *= 0.05
         h1.kernel.assign(kernel)
-        bias = to_np(h1.bias)
+        return model, h1, kernel, to_np(h1.bias)
+
+    def test_units_then_inputs_match_reference(self):
+        model, h1, kernel, bias = self.weak_inputs_model(0)
         callback = ProximalStep(input_groups={"h1": 0.6})
         callback.set_model(model)
         stats = callback.apply()
@@ -353,14 +356,7 @@ class InputGroupsTest(kprune.testing.TestCase):
         self.assertEqual(stats["prox_zero_inputs"], zero_rows)
 
     def test_reweighted_units_and_inputs_match_reference(self):
-        model = apply_group_sparsity(mlp(), 0.05)
-        model.compile(keras.optimizers.SGD(0.1), "mse")
-        h1 = model.get_layer("h1")
-        rng = np.random.default_rng(1)
-        kernel = rng.normal(size=(10, 24)).astype("float32")
-        kernel[:4] *= 0.05
-        h1.kernel.assign(kernel)
-        bias = to_np(h1.bias)
+        model, h1, kernel, bias = self.weak_inputs_model(1)
         callback = ProximalStep(input_groups={"h1": 0.3}, reweight=0.1)
         callback.set_model(model)
         callback.apply()
@@ -377,7 +373,7 @@ class InputGroupsTest(kprune.testing.TestCase):
         factor = np.where(norms > taus, 1 - taus / norms, 0.0)
         rows = kernel * factor[:, None]
         w_units = weights(np.concatenate([rows, bias[None, :]], axis=0).T)
-        want, _ = np_prox_dense(rows, bias, 0.1, 0.0, 0.0)
+        want = np.empty_like(rows)
         for n in range(24):
             col, _ = np_prox_dense(
                 rows[:, n : n + 1], bias[n : n + 1], 0.1, 0.05 * w_units[n], 0.0
