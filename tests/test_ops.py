@@ -253,14 +253,14 @@ class ReweightedTest(kprune.testing.TestCase):
         rng = np.random.default_rng(7)
         for name, shape, axis in CASES:
             with self.subTest(name):
-                kernel = rng.normal(size=shape).astype("float32")
-                groups, _, _ = np_groups(kernel, axis)
-                kernel_groups = groups.copy()
-                kernel_groups[0] = 0.0  # a dead group does not count in the mean
-                kernel = np_ungroup(kernel_groups, shape, *np_groups(kernel, axis)[1:])
+                groups, axes, rest = np_groups(
+                    rng.normal(size=shape).astype("float32"), axis
+                )
+                groups[0] = 0.0  # a dead group does not count in the mean
+                kernel = np_ungroup(groups, shape, axes, rest)
                 bias = rng.normal(size=len(groups)).astype("float32")
                 bias[0] = 0.0
-                joint = np.concatenate([kernel_groups, bias[:, None]], axis=1)
+                joint = np.concatenate([groups, bias[:, None]], axis=1)
                 norms = np.linalg.norm(joint.astype(np.float64), axis=1)
                 mean = norms[1:].mean()
                 want = mean / (norms + 0.2 * mean)
