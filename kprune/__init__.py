@@ -5,6 +5,7 @@ Modules:
     constraints: proximal operators and keep-mask constraints.
     callbacks: training-time pruning (proximal steps, magnitude pruning, logging).
     criteria: per-unit importance scores.
+    losses: training losses that compose with the callbacks (distillation).
     surgery: the rebuilder that physically removes units/filters.
     export: TFLite (LiteRT) export and verification.
     report: parameter / MAC / width summaries.
@@ -19,6 +20,7 @@ from kprune import (
     constraints,  # noqa: E402
     criteria,  # noqa: E402
     export,  # noqa: E402
+    losses,  # noqa: E402
     ops,  # noqa: E402
     regularizers,  # noqa: E402
     report,  # noqa: E402
@@ -33,6 +35,7 @@ __all__ = [
     "constraints",
     "criteria",
     "export",
+    "losses",
     "ops",
     "pruning",
     "regularizers",

@@ -1,4 +1,4 @@
-"""kprune's training callbacks on Keras 3's JAX backend.
+"""kprune's training callbacks and losses on Keras 3's JAX backend.
 
 One subprocess runs with `KERAS_BACKEND=jax` (the backend is fixed when Keras
 is first imported, and this process runs TensorFlow), trains tiny models and
@@ -10,9 +10,11 @@ weights live in the train state during an epoch, and non-model variables
 
 import importlib.util
 
+import numpy as np
 import pytest
 
 import kprune
+from tests.test_distillation import reference
 
 if importlib.util.find_spec("jax") is None:
     pytest.skip("jax is not installed", allow_module_level=True)
@@ -175,6 +177,21 @@ def prox_run(every_n_steps, strength):
 
 out["prox_epoch"] = prox_run(None, 3.0)
 out["prox_steps"] = prox_run(3, 1.0)
+
+# The distillation loss, on a fixed batch and inside a compiled train step.
+from kprune.losses import Distillation
+labels = rng.integers(0, 4, 16)
+teacher = rng.normal(scale=3.0, size=(16, 4)).astype("float32")
+student = rng.normal(scale=3.0, size=(16, 4)).astype("float32")
+packed = np.concatenate([labels[:, None], teacher], axis=1).astype("float32")
+net = keras.Sequential([keras.Input((8,)), keras.layers.Dense(4)])
+net.compile(keras.optimizers.SGD(0.1), loss=Distillation(2.0, 0.5))
+h = net.fit(x[:16], packed, epochs=3, verbose=0)
+out["distill"] = {
+    "loss": float(Distillation(2.0, 0.5)(packed, student)),
+    "labels": labels.tolist(), "teacher": teacher.tolist(),
+    "student": student.tolist(), "fit_loss": h.history["loss"],
+}
 out["tf_at_end"] = "tensorflow" in sys.modules
 print("RESULT " + json.dumps(out))
 """
@@ -242,6 +259,18 @@ class JaxBackendTest(kprune.testing.TestCase):
                 self.assertLess(r["kernel_zero_groups"], 16)
                 self.assertEqual(r["logged"][-1], r["kernel_zero_groups"])
                 self.assertTrue(r["bias_zero"])
+
+    def test_distillation_loss(self):
+        r = self.r["distill"]
+        want = reference(
+            np.array(r["labels"]),
+            np.array(r["teacher"], "float32"),
+            np.array(r["student"], "float32"),
+            2.0,
+            0.5,
+        ).mean()
+        self.assertAlmostEqual(r["loss"], float(want), places=4)
+        self.assertLess(r["fit_loss"][-1], r["fit_loss"][0])
 
     def test_sparsity_logger_counts(self):
         for key in ("prox_epoch", "prox_steps"):

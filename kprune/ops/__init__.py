@@ -8,8 +8,12 @@ penalties. A group is one output unit's incoming weights (and its bias).
 HyperSparse (Glandorf et al., ICCV-W 2023): the threshold quantile, the
 scale `s`, the factor `c`, per-kernel terms, the paper's penalty and its
 analytic gradient.
+
+Distillation (Hinton et al. 2015): the per-example loss of a student
+against hard labels and a teacher's soft targets.
 """
 
+from kprune.ops.distillation import distillation_loss
 from kprune.ops.group_sparsity import (
     group_lasso_penalty,
     group_norms,
@@ -34,6 +38,7 @@ from kprune.ops.hypersparse import (
 )
 
 __all__ = [
+    "distillation_loss",
     "group_lasso_penalty",
     "group_norms",
     "group_reweights",
