@@ -57,10 +57,10 @@ class Distillation(keras.losses.Loss):
     `loss = alpha * CE(label, softmax(y_pred))
             + (1 - alpha) * T**2 * KL(softmax(t / T) || softmax(y_pred / T))`.
 
-    A plain Keras loss, so it composes with every kprune callback
-    (`ProximalStep`, `MagnitudePruning`, ...), with `tf.distribute` and
-    with `BackupAndRestore`: the group-sparse student learns from a dense
-    teacher, then `slim` removes its dead units as usual. Soft targets keep
+    A plain, stateless Keras loss, so kprune's callbacks need nothing
+    special for it: the group-sparse student learns from a dense teacher
+    under `ProximalStep`, then `slim` removes its dead units as usual
+    (tested on TensorFlow and JAX). Soft targets keep
     more units alive than hard labels, so a stronger sparsity `lambda` is
     usually needed for the same width.
 
