@@ -80,7 +80,7 @@ published results came from:
     python benchmarks/group_sparsity.py --model lenet300 --epochs 200 \
         --methods prox_px_rw_long                 # [*], seeds 0-3
     python benchmarks/group_sparsity.py --model lenet300 \
-        --methods prox_px_rw_kd                   # ~2 min, seeds 0-3 [*]
+        --methods prox_px_rw_kd                   # ~2 min, seeds 0-7 [*]
 
 [*] run here as two processes side by side, one thread each
 (TF_NUM_INTRAOP_THREADS=1 TF_NUM_INTEROP_THREADS=1), one method each, and
