@@ -139,7 +139,7 @@ class SurgeryApiTest(TestCase):
             x = np.random.default_rng(0).normal(size=(2, 6, 6, 2)).astype("float32")
             self.assertSameOutputs(model, small, x)
         finally:
-            kprune.surgery.handlers._REGISTRY.pop(ChannelScale, None)
+            kprune.surgery.unregister_handler(ChannelScale)
 
     def test_untouched_lambda_is_fine(self):
         inputs = keras.Input((5,))

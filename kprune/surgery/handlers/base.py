@@ -1,4 +1,6 @@
-"""Per-layer handlers: how each layer class moves, uses and loses channels.
+"""The handler registry and the base class of per-layer handlers.
+
+Handlers say how each layer class moves, uses and loses channels.
 
 A handler answers four questions about a layer call (a node):
 
@@ -27,13 +29,24 @@ kprune.surgery.register_handler(MyScale, MyScaleHandler())
 import numpy as np
 
 _REGISTRY = {}
+_NAMED = {}
+
+
+def _qualified(cls):
+    return f"{cls.__module__}.{cls.__qualname__}"
 
 
 def register_handler(layer_class, handler):
     """Register the handler used for `layer_class` (and its subclasses).
 
+    A subclass that overrides `call` does not inherit the handler (its
+    `call` may do something else: kprune traces it instead) unless the
+    handler's `inherit` attribute is True.
+
     Args:
-        layer_class: a `keras.layers.Layer` subclass.
+        layer_class: a `keras.layers.Layer` subclass, or its qualified name
+            (`"package.module.ClassName"`) for a class from a package that
+            should not be imported just to register it.
         handler: a `LayerHandler` instance.
 
     Example:
@@ -44,26 +57,64 @@ def register_handler(layer_class, handler):
     ...         return 2.0 * x
     >>> kprune.surgery.register_handler(Scale, kprune.surgery.ChannelwiseHandler())
     """
-    if not isinstance(layer_class, type):
-        raise TypeError(
-            "`layer_class` must be a layer class. "
-            f"Received: layer_class={layer_class!r}"
-        )
     if not isinstance(handler, LayerHandler):
         raise TypeError(
             "`handler` must be a kprune.surgery.LayerHandler instance. "
             f"Received: handler={handler!r}"
         )
+    if isinstance(layer_class, str):
+        _NAMED[layer_class] = handler
+        return
+    if not isinstance(layer_class, type):
+        raise TypeError(
+            "`layer_class` must be a layer class or its qualified name. "
+            f"Received: layer_class={layer_class!r}"
+        )
     _REGISTRY[layer_class] = handler
 
 
+def unregister_handler(layer_class):
+    """Forget the handler registered for `layer_class` (class or name).
+
+    Args:
+        layer_class: what was passed to `register_handler`.
+
+    Returns:
+        The handler that was registered, or None.
+    """
+    if isinstance(layer_class, str):
+        return _NAMED.pop(layer_class, None)
+    return _REGISTRY.pop(layer_class, None)
+
+
+def _registered(cls):
+    handler = _REGISTRY.get(cls)
+    if handler is None and _NAMED:
+        handler = _NAMED.get(_qualified(cls))
+    return handler
+
+
 def get_handler(layer):
-    """The handler for `layer`: the most specific registered class wins."""
-    for cls in type(layer).__mro__:
-        handler = _REGISTRY.get(cls)
-        if handler is not None:
+    """The handler for `layer`: the most specific registered class wins.
+
+    A handler registered for a base class applies to a subclass only when
+    the subclass keeps the base class's `call` or the handler's `inherit`
+    is True; otherwise the layer has no handler (`OPAQUE`), and kprune
+    traces its `call` instead.
+    """
+    own = type(layer)
+    for cls in own.__mro__:
+        handler = _registered(cls)
+        if handler is None:
+            continue
+        if cls is own or handler.inherit or _same_call(own, cls):
             return handler
+        return OPAQUE
     return OPAQUE
+
+
+def _same_call(cls, base):
+    return getattr(cls, "call", None) is getattr(base, "call", None)
 
 
 class LayerChange:
@@ -112,6 +163,9 @@ class LayerHandler:
     #: True for layers whose output units are their own (Dense, Conv, ...):
     #: the keys of a removal plan.
     produces_units = False
+
+    #: True when subclasses that override `call` keep this handler.
+    inherit = False
 
     def connect(self, node, ctx):
         """Declare ties and pins for one call. Default: pin everything."""

@@ -1,0 +1,218 @@
+"""Layers whose output units are their own: Dense, Conv*, SeparableConv*.
+
+Also DepthwiseConv (channel-wise with a depth multiplier) and the
+transposed convolutions. A producer's units are the keys of a removal plan;
+its kernel's input axis is shrunk when upstream channels leave, with the
+constant value of a removed input channel folded into the bias.
+"""
+
+import keras
+import numpy as np
+
+from kprune.surgery.handlers.base import LayerHandler
+from kprune.surgery.handlers.channelwise import _channels_first
+
+
+class ProducerHandler(LayerHandler):
+    """A layer with a kernel whose output units are its own.
+
+    Args:
+        units_key: the config key of the output width.
+        in_axis / out_axis: kernel axes of input channels and output units;
+            all other kernel axes are spatial taps.
+    """
+
+    produces_units = True
+
+    def __init__(self, units_key, in_axis=-2, out_axis=-1, kernel="kernel"):
+        self.units_key = units_key
+        self.in_axis = in_axis
+        self.out_axis = out_axis
+        self.kernel = kernel
+
+    def check(self, node):
+        config = node.layer.get_config()
+        if _channels_first(node.layer):
+            return "data_format='channels_first' is not supported"
+        if config.get("groups", 1) != 1:
+            return f"grouped convolution (groups={config['groups']})"
+        if config.get("lora_rank"):
+            return "LoRA-enabled layers are not supported"
+        if self.kernel not in {w.name for w in node.layer.weights}:
+            return f"it has no '{self.kernel}' weight (quantized?)"
+        return None
+
+    def connect(self, node, ctx):
+        reason = self.check(node)
+        if reason:
+            ctx.pin_node(node, reason)
+        for tensor in node.inputs[1:]:
+            ctx.pin(tensor, f"extra input of layer '{node.path}'")
+
+    def matrix(self, weights):
+        """Kernel summed over taps, as (in_channels, out_units)."""
+        kernel = weights[self.kernel]
+        kernel = np.moveaxis(kernel, (self.in_axis, self.out_axis), (-2, -1))
+        return kernel.reshape(-1, *kernel.shape[-2:])
+
+    def fold_exact(self, node):
+        """Whether a constant input folds exactly into the bias."""
+        config = node.layer.get_config()
+        padding = config.get("padding", "valid")
+        if padding == "valid":
+            return True
+        return all(k == 1 for k in config.get("kernel_size", (1,)))
+
+    def uses(self, node, weights):
+        taps = self.matrix(weights)
+        nonzero = np.any(taps != 0, axis=0)
+        return [(0, nonzero, self.fold_exact(node))]
+
+    def constant_mask(self, node, in_valid, weights):
+        nonzero = self.uses(node, weights)[0][1]
+        # A unit is constant when every input feeding it is constant.
+        feeds_from_varying = nonzero[~in_valid[0]].any(axis=0)
+        return [~feeds_from_varying]
+
+    def fold(self, weights, removed, fill):
+        """Bias change from constant removed inputs: fill @ sum_taps(W)."""
+        if not len(removed):
+            return None
+        values = fill[removed]
+        if not np.any(values):
+            return None
+        taps = self.matrix(weights).sum(axis=0)
+        return values @ taps[removed]
+
+    def rebuild(self, change):
+        weights = dict(change.weights)
+        kernel = weights[self.kernel]
+        size_in = kernel.shape[self.in_axis]
+        size_out = kernel.shape[self.out_axis]
+        kept_in = change.kept(size_in, change.in_removed[0])
+        kept_out = change.kept(size_out, change.out_removed[0])
+        delta = self.fold(change.weights, change.in_removed[0], change.in_fill[0])
+        kernel = np.take(kernel, kept_in, axis=self.in_axis)
+        weights[self.kernel] = np.take(kernel, kept_out, axis=self.out_axis)
+        if delta is not None:
+            bias = weights.get("bias", np.zeros(size_out, kernel.dtype))
+            weights["bias"] = (bias + delta).astype(kernel.dtype)
+            change.config["use_bias"] = True
+        if "bias" in weights:
+            weights["bias"] = weights["bias"][kept_out]
+        change.config[self.units_key] = len(kept_out)
+        return change.config, weights
+
+
+class ConvTransposeHandler(ProducerHandler):
+    """Conv*DTranspose: kernel is (*taps, out, in); constants never fold."""
+
+    def __init__(self):
+        super().__init__("filters", in_axis=-1, out_axis=-2)
+
+    def fold_exact(self, node):
+        return False
+
+
+class SeparableConvHandler(ProducerHandler):
+    """SeparableConv: per-channel depthwise taps, then a pointwise mix."""
+
+    def __init__(self):
+        super().__init__("filters", kernel="pointwise_kernel")
+
+    def _parts(self, weights):
+        depthwise = weights["depthwise_kernel"]  # (*taps, in, mult)
+        pointwise = weights["pointwise_kernel"]  # (1.., in*mult, out)
+        size_in, mult = depthwise.shape[-2:]
+        pointwise = pointwise.reshape(size_in, mult, -1)
+        return depthwise.reshape(-1, size_in, mult), pointwise
+
+    def matrix(self, weights):
+        depthwise, pointwise = self._parts(weights)
+        # Effective (in, out) kernel per tap: sum_m dw[t, c, m] * pw[c, m, o].
+        return np.einsum("tcm,cmo->tco", depthwise, pointwise)
+
+    def uses(self, node, weights):
+        depthwise, pointwise = self._parts(weights)
+        nonzero = np.einsum(
+            "cm,cmo->co",
+            np.any(depthwise != 0, axis=0).astype(np.float32),
+            (pointwise != 0).astype(np.float32),
+        )
+        return [(0, nonzero > 0, self.fold_exact(node))]
+
+    def rebuild(self, change):
+        weights = dict(change.weights)
+        depthwise, pointwise = (
+            weights["depthwise_kernel"],
+            weights["pointwise_kernel"],
+        )
+        size_in, mult = depthwise.shape[-2:]
+        size_out = pointwise.shape[-1]
+        kept_in = change.kept(size_in, change.in_removed[0])
+        kept_out = change.kept(size_out, change.out_removed[0])
+        delta = self.fold(change.weights, change.in_removed[0], change.in_fill[0])
+        weights["depthwise_kernel"] = depthwise[..., kept_in, :]
+        rows = (kept_in[:, None] * mult + np.arange(mult)).reshape(-1)
+        pointwise = pointwise[..., rows, :]
+        weights["pointwise_kernel"] = pointwise[..., kept_out]
+        if delta is not None:
+            bias = weights.get("bias", np.zeros(size_out, pointwise.dtype))
+            weights["bias"] = (bias + delta).astype(pointwise.dtype)
+            change.config["use_bias"] = True
+        if "bias" in weights:
+            weights["bias"] = weights["bias"][kept_out]
+        change.config["filters"] = len(kept_out)
+        return change.config, weights
+
+
+class DepthwiseConvHandler(LayerHandler):
+    """DepthwiseConv: output `c * m + k` comes from input channel `c` only."""
+
+    def connect(self, node, ctx):
+        source, out = node.inputs[0], node.outputs[0]
+        if _channels_first(node.layer):
+            ctx.pin_node(node, "data_format='channels_first' is not supported")
+            return
+        mult = node.layer.get_config()["depth_multiplier"]
+        ctx.tie_indices(
+            source,
+            np.repeat(np.arange(source.channels), mult),
+            out,
+            np.arange(out.channels),
+        )
+
+    def constant_mask(self, node, in_valid, weights):
+        kernel = weights["kernel"]  # (*taps, in, mult)
+        zero = ~np.any(kernel.reshape(-1, *kernel.shape[-2:]) != 0, axis=0)
+        mult = kernel.shape[-1]
+        return [(np.repeat(in_valid[0], mult) | zero.reshape(-1))]
+
+    def rebuild(self, change):
+        weights = dict(change.weights)
+        kernel = weights["kernel"]
+        size_in, mult = kernel.shape[-2:]
+        kept_in = change.kept(size_in, change.in_removed[0])
+        weights["kernel"] = kernel[..., kept_in, :]
+        if "bias" in weights:
+            rows = (kept_in[:, None] * mult + np.arange(mult)).reshape(-1)
+            weights["bias"] = weights["bias"][rows]
+        return change.config, weights
+
+
+def _register():
+    from kprune.surgery.handlers.base import register_handler
+
+    layers = keras.layers
+    register_handler(layers.Dense, ProducerHandler("units", in_axis=0, out_axis=-1))
+    for name in ("Conv1D", "Conv2D", "Conv3D"):
+        register_handler(getattr(layers, name), ProducerHandler("filters"))
+    for name in ("Conv1DTranspose", "Conv2DTranspose", "Conv3DTranspose"):
+        register_handler(getattr(layers, name), ConvTransposeHandler())
+    for name in ("SeparableConv1D", "SeparableConv2D"):
+        register_handler(getattr(layers, name), SeparableConvHandler())
+    for name in ("DepthwiseConv1D", "DepthwiseConv2D"):
+        register_handler(getattr(layers, name), DepthwiseConvHandler())
+
+
+_register()
