@@ -80,6 +80,8 @@ class NodeInfo:
         arguments: `(args, kwargs)` of the call with a `Slot` in place of
             each tensor argument (None: one positional argument per input).
         parent: the `CompositeCall` this call was traced from, if any.
+        internal: dict name -> `TensorInfo` of units inside the layer
+            (attention heads), set by its handler during the analysis.
     """
 
     layer: object
@@ -88,6 +90,21 @@ class NodeInfo:
     outputs: list
     arguments: tuple = None
     parent: object = None
+    internal: dict = dataclasses.field(default_factory=dict)
+
+    def argument(self, name, position=None):
+        """The input `TensorInfo` passed as `name` (or at `position`)."""
+        if self.arguments is None:
+            if position is not None and position < len(self.inputs):
+                return self.inputs[position]
+            return None
+        args, kwargs = self.arguments
+        value = kwargs.get(name)
+        if value is None and position is not None and position < len(args):
+            value = args[position]
+        if isinstance(value, Slot):
+            return self.inputs[value.index]
+        return None
 
     def call(self, values, **kwargs):
         """Call the layer with `values` in place of the input tensors."""

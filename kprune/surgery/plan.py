@@ -104,18 +104,36 @@ class PruningPlan:
             return cls.from_json(f.read())
 
 
-def producer_nodes(analysis):
-    """Layer path -> first call, for every unit-producing layer."""
+def unit_sources(analysis):
+    """Plan key -> `(node, tensor)` for every set of removable units.
+
+    Most unit-producing layers have one set, keyed by the layer's path:
+    their output channels. Layers with units inside (attention heads) name
+    more through their handler's `unit_tensors`.
+    """
     found = {}
     for node in analysis.graph.nodes:
-        if get_handler(node.layer).produces_units and node.outputs[0].channels:
-            found.setdefault(node.path, node)
+        handler = get_handler(node.layer)
+        if not handler.produces_units:
+            continue
+        for key, tensor in handler.unit_tensors(node, analysis):
+            if tensor.channels:
+                found.setdefault(key, (node, tensor))
     return found
+
+
+def producer_nodes(analysis):
+    """Layer path -> first call, for every layer whose outputs are its units."""
+    return {
+        key: node
+        for key, (node, tensor) in unit_sources(analysis).items()
+        if node.outputs and tensor is node.outputs[0]
+    }
 
 
 def removed_groups(analysis, units):
     """Validate a `{layer: indices}` request; return the coupled group ids."""
-    producers = producer_nodes(analysis)
+    producers = unit_sources(analysis)
     groups = set()
     for path, indices in units.items():
         if path not in producers:
@@ -131,7 +149,7 @@ def removed_groups(analysis, units):
                 "own: it passes channels through. Remove units of the layer that "
                 f"produces them. Received: units[{path!r}]"
             )
-        tensor = producers[path].outputs[0]
+        tensor = producers[path][1]
         indices = np.asarray(indices, dtype=np.int64).reshape(-1)
         bad = indices[(indices < 0) | (indices >= tensor.channels)]
         if len(bad):
@@ -155,10 +173,10 @@ def build_plan(analysis, groups, allow_empty=False):
     """Expand coupled groups into a `PruningPlan` (and check no layer empties)."""
     is_removed = np.zeros(analysis.num_groups, dtype=bool)
     is_removed[list(groups)] = True
-    producers = producer_nodes(analysis)
+    producers = unit_sources(analysis)
 
-    def comps_of(node):
-        tensor = node.outputs[0]
+    def comps_of(source):
+        tensor = source[1]
         return analysis.component[tensor.offset : tensor.offset + tensor.channels]
 
     while True:

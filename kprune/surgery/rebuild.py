@@ -5,8 +5,11 @@ import numpy as np
 
 from kprune.surgery.analysis import ChannelAnalysis
 from kprune.surgery.compiling import clone_model
+from kprune.surgery.composite import ChannelSets, rebuild_composite
+from kprune.surgery.copying import carry_keep_mask, copy_layer
 from kprune.surgery.dead import dead_plan
 from kprune.surgery.handlers import LayerChange, get_handler
+from kprune.surgery.inputs import drop_input_features
 from kprune.surgery.plan import PruningPlan, build_plan, removed_groups
 
 
@@ -114,8 +117,6 @@ def slim(model, prune_inputs=False):
     analysis = ChannelAnalysis(model)
     small = _rebuild(analysis, dead_plan(analysis))
     if prune_inputs:
-        from kprune.surgery.inputs import drop_input_features
-
         small = drop_input_features(small)
     return small
 
@@ -128,70 +129,107 @@ def _rebuild(analysis, plan):
     removed = is_removed[analysis.component]
     fill = np.where(analysis.const_valid, analysis.const_value, 0.0)
 
+    def removed_of(tensor):
+        return np.flatnonzero(analysis.values(removed, tensor))
+
     changes = {}
     for nodes in graph.layer_nodes.values():
         node = nodes[0]
-        in_removed = [np.flatnonzero(analysis.values(removed, t)) for t in node.inputs]
-        out_removed = [
-            np.flatnonzero(analysis.values(removed, t)) for t in node.outputs
-        ]
-        in_fill = [analysis.values(fill, t) for t in node.inputs]
+        if not isinstance(node.layer, keras.layers.Layer):
+            continue  # keras.ops calls have no weights or config to change
         change = LayerChange(
             node.layer,
             node,
             analysis.weights(node.layer),
-            in_removed,
-            out_removed,
-            in_fill,
+            [removed_of(t) for t in node.inputs],
+            [removed_of(t) for t in node.outputs],
+            [analysis.values(fill, t) for t in node.inputs],
+            {name: removed_of(t) for name, t in node.internal.items()},
         )
         if change.changed:
             changes[id(node.layer)] = get_handler(node.layer).rebuild(change)
+    composites = _rebuild_composites(graph, changes, removed_of)
 
     new_shapes = {}
     for call in graph.model_calls[1:]:
         new_shapes.setdefault(
-            id(call.model),
-            [
-                t.shape[:-1]
-                + (t.channels - len(np.flatnonzero(analysis.values(removed, t))),)
-                if t.channels
-                else t.shape
-                for t in call.inputs
-            ],
+            id(call.model), [_new_shape(t, removed_of(t)) for t in call.inputs]
         )
-    return _Cloner(changes, new_shapes).clone(graph.model)
+    return _Cloner(changes, composites, new_shapes).clone(graph.model)
 
 
-def _carry_keep_mask(layer):
-    """Give a resized layer's `KeepMask` a mask again.
-
-    `KeepMask` keeps its mask out of the config, so a rebuilt layer's
-    constraint starts empty. Pruned weights are exactly zero, so the new
-    kernel's zero pattern is the sliced mask.
-    """
-    constraint = getattr(layer, "kernel_constraint", None)
-    if type(constraint).__name__ != "KeepMask" or constraint.mask is not None:
-        return
-    kernel = keras.ops.convert_to_numpy(layer.kernel)
-    constraint.set_mask((kernel != 0).astype("float32"))
+def _new_shape(tensor, removed):
+    if not tensor.channels:
+        return tuple(tensor.shape)
+    return tuple(tensor.shape[:-1]) + (tensor.channels - len(removed),)
 
 
-def _copy_layer(layer):
-    """A fresh copy of an unchanged layer (weights are set afterwards)."""
-    if isinstance(layer, keras.layers.Lambda):
-        # The user's own in-memory Lambda: its Python function is trusted, and
-        # Keras refuses to rebuild it from a config in safe mode.
-        return keras.saving.deserialize_keras_object(
-            keras.saving.serialize_keras_object(layer), safe_mode=False
+def _int_pairs(old_config, new_config):
+    """`(old, new)` for the int config entries that differ."""
+    return [
+        (old_config[k], v)
+        for k, v in new_config.items()
+        if isinstance(v, int)
+        and not isinstance(v, bool)
+        and isinstance(old_config.get(k), int)
+        and old_config[k] != v
+    ]
+
+
+def _rebuild_composites(graph, changes, removed_of):
+    """id(composite layer) -> its rebuilt copy, innermost first."""
+    rebuilt = {}
+    done = set()
+    for call in reversed(graph.composites):
+        key = id(call.layer)
+        if key in done:
+            continue  # a shared composite: its first call decides
+        done.add(key)
+        children = [n for n in graph.nodes if n.parent is call]
+        inner = [c for c in graph.composites if c.parent is call]
+        new_values = {}
+        pairs = []
+        replaced = []
+        for node in children:
+            change = changes.get(id(node.layer))
+            if change is None or any(node.layer is c for c, _ in replaced):
+                continue
+            config, weights = change
+            pairs += _int_pairs(node.layer.get_config(), config)
+            serialized = keras.saving.serialize_keras_object(node.layer)
+            serialized["config"] = config
+            replaced.append((node.layer, serialized))
+            if isinstance(weights, dict):
+                weights = [weights[w.name] for w in node.layer.weights]
+            for w, value in zip(node.layer.weights, weights):
+                new_values[id(w)] = np.asarray(value)
+        for child in inner:
+            new = rebuilt.get(id(child.layer))
+            if new is None:
+                continue
+            pairs += _int_pairs(child.layer.get_config(), new.get_config())
+            replaced.append((child.layer, keras.saving.serialize_keras_object(new)))
+            for old_w, new_w in zip(child.layer.weights, new.weights):
+                new_values[id(old_w)] = keras.ops.convert_to_numpy(new_w.value)
+        removed = [removed_of(t) for t in call.inputs + call.outputs]
+        if not new_values and not any(len(r) for r in removed):
+            continue
+        channels = ChannelSets(
+            [(t.channels, r) for t, r in zip(call.inputs + call.outputs, removed)]
         )
-    return layer.__class__.from_config(layer.get_config())
+        shapes = [_new_shape(t, removed_of(t)) for t in call.inputs]
+        rebuilt[key] = rebuild_composite(
+            call, new_values, pairs, replaced, channels, shapes
+        )
+    return rebuilt
 
 
 class _Cloner:
     """Clone a model with `keras.models.clone_model`, swapping changed layers."""
 
-    def __init__(self, changes, new_shapes):
+    def __init__(self, changes, composites, new_shapes):
         self.changes = changes
+        self.composites = composites
         self.new_shapes = new_shapes
         self.memo = {}
         self.weights = []
@@ -202,7 +240,7 @@ class _Cloner:
             if isinstance(values, dict):
                 values = [values[w.name] for w in layer.weights]
             layer.set_weights(values)
-            _carry_keep_mask(layer)
+            carry_keep_mask(layer)
         return new_model
 
     def __call__(self, layer):
@@ -211,17 +249,14 @@ class _Cloner:
             return self.memo[key]
         if isinstance(layer, keras.Model):
             new = self._clone_nested(layer)
+        elif key in self.composites:
+            new = self.composites[key]
+        elif key in self.changes:
+            config, weights = self.changes[key]
+            new = layer.__class__.from_config(config)
+            self.weights.append((new, weights))
         else:
-            change = self.changes.get(key)
-            if not isinstance(layer, keras.layers.Layer):  # a keras.ops op
-                new = layer.__class__.from_config(layer.get_config())
-            elif change is None:
-                new = _copy_layer(layer)
-                self.weights.append((new, layer.get_weights()))
-            else:
-                config, weights = change
-                new = layer.__class__.from_config(config)
-                self.weights.append((new, weights))
+            new = copy_layer(layer)
         self.memo[key] = new
         return new
 

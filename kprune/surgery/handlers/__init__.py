@@ -27,10 +27,12 @@ kprune.surgery.register_handler(MyScale, MyScaleHandler())
 ```
 """
 
+from kprune.surgery.handlers.attention import MultiHeadAttentionHandler
 from kprune.surgery.handlers.base import (
     OPAQUE,
     LayerChange,
     LayerHandler,
+    Use,
     get_handler,
     register_handler,
     unregister_handler,
@@ -83,6 +85,7 @@ __all__ = [
     "LayerScaleHandler",
     "MergeHandler",
     "MixingHandler",
+    "MultiHeadAttentionHandler",
     "NormalizationHandler",
     "PermuteHandler",
     "ProducerHandler",
@@ -90,6 +93,7 @@ __all__ = [
     "RescalingHandler",
     "SeparableConvHandler",
     "SoftmaxHandler",
+    "Use",
     "get_handler",
     "register_handler",
     "unregister_handler",

@@ -129,9 +129,24 @@ class LayerChange:
         out_removed: per output, sorted indices of removed channels.
         in_fill: per input, the value each removed channel carried (a
             constant to fold into the consumer's bias; 0 where unknown).
+        internal_removed: dict name -> sorted removed indices of the units
+            that live inside the layer (attention heads), if it has any.
+
+    A handler's `rebuild` returns `(config, weights)` with `weights` a dict
+    weight name -> array, or a list of arrays in `layer.weights` order (for
+    layers whose sublayers repeat weight names).
     """
 
-    def __init__(self, layer, node, weights, in_removed, out_removed, in_fill):
+    def __init__(
+        self,
+        layer,
+        node,
+        weights,
+        in_removed,
+        out_removed,
+        in_fill,
+        internal_removed=None,
+    ):
         self.layer = layer
         self.node = node
         self.config = layer.get_config()
@@ -139,11 +154,14 @@ class LayerChange:
         self.in_removed = in_removed
         self.out_removed = out_removed
         self.in_fill = in_fill
+        self.internal_removed = dict(internal_removed or {})
 
     @property
     def changed(self):
-        return any(len(r) for r in self.in_removed) or any(
-            len(r) for r in self.out_removed
+        return (
+            any(len(r) for r in self.in_removed)
+            or any(len(r) for r in self.out_removed)
+            or any(len(r) for r in self.internal_removed.values())
         )
 
     def kept(self, size, removed):
@@ -169,23 +187,36 @@ class LayerHandler:
 
     def connect(self, node, ctx):
         """Declare ties and pins for one call. Default: pin everything."""
+        traced = getattr(getattr(ctx, "graph", None), "opaque", {}).get(node.path)
         reason = (
             f"layer '{node.path}' ({node.layer.__class__.__name__}) has no "
-            "kprune handler; register one with kprune.surgery.register_handler "
+            "kprune handler"
+            + (f" and {traced}" if traced else "")
+            + "; register one with kprune.surgery.register_handler "
             "or leave the channels that reach it alone"
         )
         for tensor in node.inputs + node.outputs:
             ctx.pin(tensor, reason)
 
+    def unit_tensors(self, node, ctx):
+        """`(plan key, tensor)` of each set of units the layer owns.
+
+        The default, for layers with `produces_units`: the output channels,
+        keyed by the layer's path. Attention layers add their heads.
+        """
+        return [(node.path, node.outputs[0])]
+
     def uses(self, node, weights):
         """Input channel -> output unit dependencies of a weighted consumer.
 
         Returns:
-            A list of `(input_position, matrix)` with `matrix[c_in, c_out]`
-            True where the weights connecting them are not all zero, plus
-            `fold_exact` (bool array per input channel): whether a constant
-            arriving on that channel can be folded into the bias exactly.
-            Layers that only tie or pin channels return `[]`.
+            A list of `(source, matrix, fold_exact)` or `Use`s: `source` is
+            an input position (or a `TensorInfo`, e.g. internal units),
+            `matrix[c_in, c_out]` is True where the weights connecting them
+            are not all zero, and `fold_exact` (bool or bool array per
+            input channel) says whether a constant arriving on that channel
+            can be folded into the bias exactly. Layers that only tie or pin
+            channels return `[]`.
         """
         return []
 
@@ -213,6 +244,35 @@ def _flatten(outputs):
     if isinstance(outputs, dict):
         return _flatten([outputs[k] for k in sorted(outputs)])
     return [outputs]
+
+
+class Use:
+    """One weighted dependency of a layer's units on channels.
+
+    Args:
+        source: an input position, or a `TensorInfo` (internal units).
+        matrix: bool `(source channels, target channels)`: True where the
+            weights connecting them are not all zero.
+        fold_exact: bool, or bool per source channel: a constant arriving on
+            that channel folds exactly into the layer's bias.
+        target: the `TensorInfo` of the units used (default: the first
+            output).
+        constant: optional bool per source channel: channels the handler
+            itself knows to be constant and foldable (e.g. an attention head
+            whose values are all zero apart from the bias).
+    """
+
+    def __init__(self, source, matrix, fold_exact, target=None, constant=None):
+        self.source = source
+        self.matrix = matrix
+        self.fold_exact = fold_exact
+        self.target = target
+        self.constant = constant
+
+
+def as_use(entry):
+    """A `Use` from a `Use` or a `(source, matrix, fold_exact)` tuple."""
+    return entry if isinstance(entry, Use) else Use(*entry)
 
 
 OPAQUE = LayerHandler()

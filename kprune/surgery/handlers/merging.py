@@ -38,12 +38,29 @@ class ElementwiseOpHandler(MergeHandler):
     """`keras.ops` element-wise functions (`x + 3.0`, `x * y`, `relu(x)`).
 
     Tensor arguments are coupled like a merge layer; scalar constants are
-    fine; a non-scalar constant argument pins the call.
+    fine. Inside a traced layer, a constant of shape `(C,)` (or `(1, ..., C)`)
+    is a per-channel parameter of that layer (a norm's `1 + scale`, a
+    `LayerScale` gamma read in `call`): the layer is rebuilt from its class,
+    which slices the weight behind it. Any other constant, or a per-channel
+    one at model level (where nothing would slice it), pins the call.
     """
 
     def connect(self, node, ctx):
+        out = node.outputs[0] if node.outputs else None
         for value in constant_arguments(node):
-            if np.ndim(value) or isinstance(value, (dict, list)):
+            if isinstance(value, (dict, list, tuple, str)):
+                ctx.pin_node(node, "it has a non-tensor argument")
+                return
+            shape = tuple(getattr(value, "shape", np.shape(value)))
+            if not shape or all(d == 1 for d in shape):
+                continue
+            per_channel = (
+                out is not None
+                and out.channels
+                and shape[-1] == out.channels
+                and all(d == 1 for d in shape[:-1])
+            )
+            if not per_channel or node.parent is None:
                 ctx.pin_node(node, "it has a non-scalar constant argument")
                 return
         super().connect(node, ctx)
