@@ -23,6 +23,7 @@ import itertools
 import keras
 import numpy as np
 
+from kprune.surgery.copying import copy_layer, forget_calls
 from kprune.surgery.errors import SurgeryError
 from kprune.surgery.graph import fill_slots
 from kprune.surgery.tracing.trace import call_kwargs, standin_shape
@@ -74,6 +75,90 @@ def slice_to(value, shape, channels, what):
             )
         value = np.take(value, kept, axis=axis)
     return value
+
+
+def int_pairs(old_config, new_config):
+    """`(old, new)` for the int config entries (or int list items) that differ."""
+    pairs = []
+    for key, value in new_config.items():
+        old = old_config.get(key)
+        if isinstance(value, (list, tuple)) and isinstance(old, (list, tuple)):
+            pairs += [
+                (a, b)
+                for a, b in zip(old, value)
+                if isinstance(a, int) and isinstance(b, int) and a != b
+            ]
+        elif (
+            isinstance(value, int)
+            and not isinstance(value, bool)
+            and isinstance(old, int)
+            and old != value
+        ):
+            pairs.append((old, value))
+    return pairs
+
+
+class Replacement:
+    """A direct sublayer of a composite that changed shape, and its new form.
+
+    Attributes:
+        old: the original sublayer.
+        pairs: `(old, new)` widths from its config.
+        make: zero-argument function giving the new sublayer (unbuilt for a
+            leaf, built with its weights for a rebuilt composite).
+        serialized: function giving its serialized config (for `Resized`).
+    """
+
+    def __init__(self, old, pairs, make, serialized):
+        self.old = old
+        self.pairs = pairs
+        self.make = make
+        self.serialized = serialized
+
+    @classmethod
+    def of_leaf(cls, layer, config, weights):
+        """None when neither the config nor a weight shape changed."""
+        try:
+            old_config = layer.get_config()
+        except Exception:  # noqa: BLE001 - a layer's own get_config bug
+            old_config = None
+        if isinstance(weights, dict):
+            shapes_same = set(weights) == {w.name for w in layer.weights} and all(
+                tuple(w.shape) == tuple(np.shape(weights[w.name]))
+                for w in layer.weights
+            )
+        else:
+            shapes_same = len(weights) == len(layer.weights) and all(
+                tuple(w.shape) == tuple(np.shape(v))
+                for w, v in zip(layer.weights, weights)
+            )
+        if old_config == config and shapes_same:
+            return None
+
+        def serialized():
+            data = keras.saving.serialize_keras_object(layer)
+            data["config"] = config
+            return data
+
+        return cls(
+            layer,
+            int_pairs(old_config or {}, config),
+            lambda: type(layer).from_config(config),
+            serialized,
+        )
+
+    @classmethod
+    def of_composite(cls, layer, new):
+        try:
+            pairs = int_pairs(layer.get_config(), new.get_config())
+        except Exception:  # noqa: BLE001
+            pairs = []
+        return cls(
+            layer,
+            pairs,
+            lambda: new,
+            lambda: keras.saving.serialize_keras_object(new),
+        )
 
 
 def _int_entries(config):
@@ -155,21 +240,25 @@ def rebuild_composite(call, new_values, config_pairs, replaced, channels, input_
 
     Args:
         call: the `CompositeCall` (its first call, if the layer is shared).
-        new_values: dict id(old variable) -> new NumPy value, for every
-            variable of a sublayer that changed.
+        new_values: dict id(old sublayer) -> its new weights (a dict by
+            weight name or a list in its new order), for every sublayer
+            whose weights changed.
         config_pairs: `(old, new)` widths of the sublayers that changed
             (config entries such as `units`, `num_heads`).
-        replaced: `(old sublayer, serialized new sublayer)` for each direct
-            sublayer that changed, used when no config of the class fits.
+        replaced: a `Replacement` for each direct sublayer that changed
+            shape, used when no config of the class fits.
         channels: the `ChannelSets` of the call's inputs and outputs.
         input_shapes: the new shapes of the call's inputs.
 
     Returns:
         The new, built layer with its weights set: of the layer's own class
-        when a config expresses the change, else a `Resized` wrapping it.
+        when a config expresses the change; else a `Resized` holding the
+        layer with the changed sublayers swapped; else (the class cannot be
+        rebuilt from its config at all) a copy of the layer with the
+        sublayers swapped, which works but refuses to be saved.
 
     Raises:
-        CompositeRebuildError: neither works.
+        CompositeRebuildError: none of these works.
     """
     layer = call.layer
     config = _config_of(call)
@@ -181,39 +270,95 @@ def rebuild_composite(call, new_values, config_pairs, replaced, channels, input_
     tried = []
     for edited, edits in candidate_configs(config, changes):
         try:
-            new = type(layer).from_config(edited)
+            new = _named_like(type(layer).from_config(edited), layer)
             build_like(new, call, input_shapes)
             new.set_weights(assemble(layer, new, new_values, channels))
         except Exception:  # noqa: BLE001 - this candidate does not fit
             tried.append(edits)
             continue
+        forget_calls(new)
         return new
     return _swap_sublayers(call, replaced, new_values, channels, input_shapes, tried)
 
 
-def assemble(old, new, new_values, channels):
-    """The values for `new.weights`, paired by position with `old.weights`.
+def _named_like(new, layer):
+    """Keep the layer's name (some classes' `from_config` renames them)."""
+    if new.name != layer.name:
+        new.name = layer.name
+    return new
 
-    A variable of a changed sublayer takes its value from `new_values`; any
-    other keeps its value, sliced on the axes whose size changed.
+
+def assemble(old, new, new_values, channels):
+    """The values for `new.weights`, walking `old` and `new` side by side.
+
+    `new` has the structure of `old` (same class; sublayers in the same
+    order). A sublayer in `new_values` (id of the old sublayer -> its new
+    weights, a dict by weight name or a list in the new sublayer's order)
+    takes those; every other variable keeps its value, sliced on the axes
+    whose size changed.
     """
-    old_weights, new_weights = list(old.weights), list(new.weights)
-    if len(old_weights) != len(new_weights):
-        raise CompositeRebuildError(
-            f"{len(new_weights)} weights instead of {len(old_weights)}"
-        )
     values = []
-    for variable, fresh in zip(old_weights, new_weights):
-        value = new_values.get(id(variable))
-        if value is None:
-            value = keras.ops.convert_to_numpy(variable.value)
-            value = slice_to(value, fresh.shape, channels, variable.path)
-        if tuple(value.shape) != tuple(fresh.shape):
-            raise CompositeRebuildError(
-                f"{variable.path}: shape {value.shape}, new {fresh.shape}"
-            )
-        values.append(value)
+    seen = set()
+    _assemble(old, new, new_values, channels, values, seen)
+    if len(values) != len(new.weights):
+        raise CompositeRebuildError(
+            f"{len(values)} values for the {len(new.weights)} weights of the new "
+            f"'{new.name}'"
+        )
     return values
+
+
+def _own(layer):
+    found, ids = [], set()
+    for v in layer._trainable_variables + layer._non_trainable_variables:
+        if id(v) not in ids:
+            found.append(v)
+            ids.add(id(v))
+    return found
+
+
+def _assemble(old, new, new_values, channels, values, seen):
+    own_old, own_new = _own(old), _own(new)
+    if len(own_old) != len(own_new):
+        raise CompositeRebuildError(
+            f"'{old.name}' has {len(own_old)} own weights, the new one {len(own_new)}"
+        )
+    for variable, fresh in zip(own_old, own_new):
+        if id(variable) in seen:
+            continue
+        seen.add(id(variable))
+        value = keras.ops.convert_to_numpy(variable.value)
+        values.append(slice_to(value, fresh.shape, channels, variable.path))
+    if len(old._layers) != len(new._layers):
+        raise CompositeRebuildError(
+            f"'{old.name}' has {len(old._layers)} sublayers, the new one "
+            f"{len(new._layers)}"
+        )
+    for child_old, child_new in zip(old._layers, new._layers):
+        given = new_values.get(id(child_old))
+        if given is None:
+            _assemble(child_old, child_new, new_values, channels, values, seen)
+            continue
+        if isinstance(given, dict):
+            names = [w.name for w in child_new.weights]
+            if sorted(given) != sorted(names):
+                raise CompositeRebuildError(
+                    f"'{child_new.name}' has weights {names}, the resized one "
+                    f"{sorted(given)}"
+                )
+            given = [given[name] for name in names]
+        for fresh, value in zip(child_new.weights, given):
+            if tuple(np.shape(value)) != tuple(fresh.shape):
+                raise CompositeRebuildError(
+                    f"{fresh.path}: shape {np.shape(value)}, new {tuple(fresh.shape)}"
+                )
+        if len(given) != len(child_new.weights):
+            raise CompositeRebuildError(
+                f"'{child_new.name}': {len(given)} values for "
+                f"{len(child_new.weights)} weights"
+            )
+        seen.update(id(w) for w in child_old.weights)
+        values.extend(np.asarray(v) for v in given)
 
 
 def _config_of(call):
@@ -227,36 +372,69 @@ def _config_of(call):
 
 
 def _swap_sublayers(call, replaced, new_values, channels, input_shapes, tried):
-    """A `Resized` layer: the original config with changed sublayers swapped."""
-    from kprune.surgery.resized import Resized, call_spec, sublayer_paths
+    """A `Resized` layer, or a copy with swapped sublayers (unsaveable)."""
+    from kprune.surgery.resized import (
+        Resized,
+        call_eagerly,
+        call_spec,
+        call_symbolically,
+        replace_sublayer,
+        sublayer_paths,
+    )
 
     layer = call.layer
     paths = sublayer_paths(layer)
-    sublayers = {}
-    for child, serialized in replaced:
-        path = paths.get(id(child))
-        if path is None:
+    for replacement in replaced:
+        if id(replacement.old) not in paths:
             raise CompositeRebuildError(
                 f"layer '{call.path}' ({type(layer).__name__}) cannot express "
                 f"its new widths through its constructor (tried {tried[:4]}), "
-                f"and its sublayer '{child.name}' is not held in an attribute "
-                "kprune can swap. Register a handler for its class."
+                f"and its sublayer '{replacement.old.name}' is not held in an "
+                "attribute kprune can swap. Register a handler for its class."
             )
-        sublayers[path] = serialized
+    spec = call_spec(call.arguments, call.inputs, input_shapes)
+    errors = []
     try:
-        spec = call_spec(call.arguments, call.inputs, input_shapes)
+        sublayers = {paths[id(r.old)]: r.serialized() for r in replaced}
         original = keras.saving.serialize_keras_object(layer)
         new = Resized(original, sublayers, spec, name=layer.name)
         new.set_weights(assemble(layer, new.layer, new_values, channels))
+        forget_calls(new)
+        return new
+    except Exception as error:  # noqa: BLE001 - next: swap in a copy
+        errors.append(f"{type(error).__name__}: {error}")
+    try:
+        new = copy_layer(layer)
+        if not new.built:
+            call_symbolically(new, dict(spec, inputs=spec["built_on"]))
+        for replacement in replaced:
+            replace_sublayer(new, paths[id(replacement.old)], replacement.make())
+        call_eagerly(new, spec)
+        new.set_weights(assemble(layer, new, new_values, channels))
+        new.get_config = _unsaveable(call.path, type(layer).__name__, errors[0])
+        forget_calls(new)
+        return new
     except Exception as error:  # noqa: BLE001 - reported with the layer's name
+        errors.append(f"{type(error).__name__}: {error}")
+    raise CompositeRebuildError(
+        f"layer '{call.path}' ({type(layer).__name__}) cannot express its new "
+        f"widths through its constructor (tried {tried[:4]}), and swapping its "
+        f"changed sublayers failed ({'; then '.join(errors)}). Remove units "
+        "its arguments can express, or register a handler for its class."
+    )
+
+
+def _unsaveable(path, class_name, reason):
+    def get_config():
         raise CompositeRebuildError(
-            f"layer '{call.path}' ({type(layer).__name__}) cannot express its "
-            f"new widths through its constructor (tried {tried[:4]}), and "
-            f"swapping its changed sublayers failed: {type(error).__name__}: "
-            f"{error}. Remove units its arguments can express, or register a "
-            "handler for its class."
-        ) from None
-    return new
+            f"Layer '{path}' ({class_name}) was resized beyond what its "
+            "constructor can express and its class cannot be rebuilt from its "
+            f"config ({reason[:200]}), so the model cannot be saved to .keras; "
+            "it runs, exports to TFLite and saves its weights "
+            "(model.save_weights) as usual."
+        )
+
+    return get_config
 
 
 def _describe(changes):

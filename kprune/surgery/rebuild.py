@@ -5,7 +5,7 @@ import numpy as np
 
 from kprune.surgery.analysis import ChannelAnalysis
 from kprune.surgery.compiling import clone_model
-from kprune.surgery.composite import ChannelSets, rebuild_composite
+from kprune.surgery.composite import ChannelSets, Replacement, rebuild_composite
 from kprune.surgery.copying import carry_keep_mask, copy_layer
 from kprune.surgery.dead import dead_plan
 from kprune.surgery.handlers import LayerChange, get_handler
@@ -164,18 +164,6 @@ def _new_shape(tensor, removed):
     return tuple(tensor.shape[:-1]) + (tensor.channels - len(removed),)
 
 
-def _int_pairs(old_config, new_config):
-    """`(old, new)` for the int config entries that differ."""
-    return [
-        (old_config[k], v)
-        for k, v in new_config.items()
-        if isinstance(v, int)
-        and not isinstance(v, bool)
-        and isinstance(old_config.get(k), int)
-        and old_config[k] != v
-    ]
-
-
 def _rebuild_composites(graph, changes, removed_of):
     """id(composite layer) -> its rebuilt copy, innermost first."""
     rebuilt = {}
@@ -185,32 +173,29 @@ def _rebuild_composites(graph, changes, removed_of):
         if key in done:
             continue  # a shared composite: its first call decides
         done.add(key)
-        children = [n for n in graph.nodes if n.parent is call]
-        inner = [c for c in graph.composites if c.parent is call]
         new_values = {}
         pairs = []
         replaced = []
-        for node in children:
-            change = changes.get(id(node.layer))
-            if change is None or any(node.layer is c for c, _ in replaced):
+        for node in graph.nodes:
+            change = changes.get(id(node.layer)) if node.parent is call else None
+            if change is None or any(node.layer is r.old for r in replaced):
                 continue
             config, weights = change
-            pairs += _int_pairs(node.layer.get_config(), config)
-            serialized = keras.saving.serialize_keras_object(node.layer)
-            serialized["config"] = config
-            replaced.append((node.layer, serialized))
-            if isinstance(weights, dict):
-                weights = [weights[w.name] for w in node.layer.weights]
-            for w, value in zip(node.layer.weights, weights):
-                new_values[id(w)] = np.asarray(value)
-        for child in inner:
-            new = rebuilt.get(id(child.layer))
+            new_values[id(node.layer)] = weights
+            replacement = Replacement.of_leaf(node.layer, config, weights)
+            if replacement is not None:
+                pairs += replacement.pairs
+                replaced.append(replacement)
+        for child in graph.composites:
+            new = rebuilt.get(id(child.layer)) if child.parent is call else None
             if new is None:
                 continue
-            pairs += _int_pairs(child.layer.get_config(), new.get_config())
-            replaced.append((child.layer, keras.saving.serialize_keras_object(new)))
-            for old_w, new_w in zip(child.layer.weights, new.weights):
-                new_values[id(old_w)] = keras.ops.convert_to_numpy(new_w.value)
+            replacement = Replacement.of_composite(child.layer, new)
+            pairs += replacement.pairs
+            replaced.append(replacement)
+            new_values[id(child.layer)] = [
+                keras.ops.convert_to_numpy(w.value) for w in new.weights
+            ]
         removed = [removed_of(t) for t in call.inputs + call.outputs]
         if not new_values and not any(len(r) for r in removed):
             continue
@@ -224,6 +209,14 @@ def _rebuild_composites(graph, changes, removed_of):
     return rebuilt
 
 
+def _fresh_input(tensor, shape=None):
+    """A new `keras.Input` like `tensor`, named like its input layer."""
+    history = getattr(tensor, "_keras_history", None)
+    name = history[0].name if history is not None else tensor.name
+    shape = tensor.shape if shape is None else shape
+    return keras.Input(batch_shape=shape, dtype=tensor.dtype, name=name)
+
+
 class _Cloner:
     """Clone a model with `keras.models.clone_model`, swapping changed layers."""
 
@@ -235,7 +228,8 @@ class _Cloner:
         self.weights = []
 
     def clone(self, model):
-        new_model = clone_model(model, clone_function=self)
+        inputs = keras.tree.map_structure(_fresh_input, model.input)
+        new_model = clone_model(model, input_tensors=inputs, clone_function=self)
         for layer, values in self.weights:
             if isinstance(values, dict):
                 values = [values[w.name] for w in layer.weights]
@@ -254,6 +248,8 @@ class _Cloner:
         elif key in self.changes:
             config, weights = self.changes[key]
             new = layer.__class__.from_config(config)
+            if new.name != layer.name:
+                new.name = layer.name
             self.weights.append((new, weights))
         else:
             new = copy_layer(layer)
@@ -262,10 +258,7 @@ class _Cloner:
 
     def _clone_nested(self, model):
         shapes = self.new_shapes.get(id(model))
-        inputs = [
-            keras.Input(batch_shape=shape, dtype=x.dtype, name=x.name)
-            for shape, x in zip(shapes, model.inputs)
-        ]
+        inputs = [_fresh_input(x, shape) for shape, x in zip(shapes, model.inputs)]
         if isinstance(model, keras.Sequential):
             structure = inputs[0]
         else:

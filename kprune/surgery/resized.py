@@ -26,8 +26,9 @@ def call_spec(arguments, inputs, input_shapes):
 
     Args:
         arguments: `(args, kwargs)` with `Slot`s for tensors (or None).
-        inputs: the call's input `TensorInfo`s (for dtypes).
-        input_shapes: the (new) input shapes.
+        inputs: the call's input `TensorInfo`s (their shapes are the shapes
+            the layer was built on; their dtypes are kept).
+        input_shapes: the new input shapes.
 
     Raises:
         ValueError: an argument is not a tensor nor a JSON value.
@@ -55,7 +56,8 @@ def call_spec(arguments, inputs, input_shapes):
         [list(shape), str(getattr(t.dtype, "name", t.dtype))]
         for shape, t in zip(input_shapes, inputs)
     ]
-    return {"inputs": specs, "args": args, "kwargs": kwargs}
+    built = [[list(t.shape), str(getattr(t.dtype, "name", t.dtype))] for t in inputs]
+    return {"inputs": specs, "built_on": built, "args": args, "kwargs": kwargs}
 
 
 def _decode(value, tensors):
@@ -187,7 +189,11 @@ class Resized(keras.layers.Layer):
         self._sublayer_configs = dict(sublayers)
         self._call_spec = call
         inner = keras.saving.deserialize_keras_object(_unbuilt(layer))
-        call_symbolically(inner, call)
+        # Built as it was (its own sublayers at their old widths), then the
+        # changed sublayers are swapped and built by a call at the new widths.
+        call_symbolically(
+            inner, dict(call, inputs=call.get("built_on", call["inputs"]))
+        )
         for path, config in self._sublayer_configs.items():
             replace_sublayer(
                 inner, path, keras.saving.deserialize_keras_object(_unbuilt(config))

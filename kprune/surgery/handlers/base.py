@@ -149,12 +149,23 @@ class LayerChange:
     ):
         self.layer = layer
         self.node = node
-        self.config = layer.get_config()
+        self._config = None
         self.weights = weights
         self.in_removed = in_removed
         self.out_removed = out_removed
         self.in_fill = in_fill
         self.internal_removed = dict(internal_removed or {})
+
+    @property
+    def config(self):
+        """A fresh copy of `layer.get_config()`, made on first use."""
+        if self._config is None:
+            self._config = self.layer.get_config()
+        return self._config
+
+    @config.setter
+    def config(self, value):
+        self._config = value
 
     @property
     def changed(self):

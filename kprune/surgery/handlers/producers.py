@@ -6,6 +6,8 @@ its kernel's input axis is shrunk when upstream channels leave, with the
 constant value of a removed input channel folded into the bias.
 """
 
+import re
+
 import keras
 import numpy as np
 
@@ -48,6 +50,10 @@ class ProducerHandler(LayerHandler):
             ctx.pin_node(node, reason)
         for tensor in node.inputs[1:]:
             ctx.pin(tensor, f"extra input of layer '{node.path}'")
+
+    def node_matrix(self, node, weights):
+        """`(taps, in_channels, out_units)` kernel of one call's layer."""
+        return self.matrix(weights)
 
     def matrix(self, weights):
         """Kernel summed over taps, as (in_channels, out_units)."""
@@ -200,6 +206,94 @@ class DepthwiseConvHandler(LayerHandler):
         return change.config, weights
 
 
+class EinsumDenseHandler(ProducerHandler):
+    """EinsumDense: units on the output's last axis, read from the equation.
+
+    The kernel axis of the input's last letter holds the input channels; the
+    kernel axis of the output's last letter holds the units. Other kernel
+    axes are summed over (contracted with other input axes) or are further
+    output axes (attention heads): a unit spans them all. A constant input
+    channel folds into the bias when every other kernel axis is contracted
+    and the bias is on the unit axis only.
+    """
+
+    def __init__(self):
+        super().__init__("output_shape")
+
+    def _axes(self, layer):
+        """`(in_axis, unit_axis, other_output_axes)` or a reason string."""
+        match = re.match(
+            r"^\s*([\w.]+)\s*,\s*(\w+)\s*->\s*([\w.]+)\s*$", layer.equation
+        )
+        if match is None:
+            return f"its equation '{layer.equation}' is not 'input,kernel->output'"
+        inputs, kernel, outputs = match.groups()
+        if not inputs[-1].isalpha() or not outputs[-1].isalpha():
+            return f"its equation '{layer.equation}' elides the last axis"
+        channel, unit = inputs[-1], outputs[-1]
+        if channel in outputs or unit in inputs:
+            return f"its equation '{layer.equation}' does not map channels to units"
+        if channel not in kernel or unit not in kernel:
+            return f"its equation '{layer.equation}' does not map channels to units"
+        others = [i for i, c in enumerate(kernel) if c in outputs and c != unit]
+        return kernel.index(channel), kernel.index(unit), others
+
+    def check(self, node):
+        reason = super().check(node)
+        if reason:
+            return reason
+        axes = self._axes(node.layer)
+        return axes if isinstance(axes, str) else None
+
+    def node_matrix(self, node, weights):
+        return self._matrix(node.layer, weights[self.kernel])
+
+    def _matrix(self, layer, kernel):
+        in_axis, unit_axis, _ = self._axes(layer)
+        kernel = np.moveaxis(kernel, (in_axis, unit_axis), (-2, -1))
+        return kernel.reshape(-1, *kernel.shape[-2:])
+
+    def _fold_ok(self, layer):
+        _, unit_axis, others = self._axes(layer)
+        bias_axes = layer.get_config().get("bias_axes")
+        unit = layer.equation.split("->")[-1].strip()[-1]
+        return not others and bias_axes == unit
+
+    def fold_exact(self, node):
+        return self._fold_ok(node.layer)
+
+    def uses(self, node, weights):
+        taps = self._matrix(node.layer, weights[self.kernel])
+        return [(0, np.any(taps != 0, axis=0), self.fold_exact(node))]
+
+    def rebuild(self, change):
+        layer = change.layer
+        in_axis, unit_axis, _ = self._axes(layer)
+        weights = dict(change.weights)
+        kernel = weights["kernel"]
+        kept_in = change.kept(kernel.shape[in_axis], change.in_removed[0])
+        kept_out = change.kept(kernel.shape[unit_axis], change.out_removed[0])
+        removed = np.asarray(change.in_removed[0], dtype=int)
+        if len(removed) and self._fold_ok(layer) and "bias" in weights:
+            fill = change.in_fill[0][removed]
+            if np.any(fill):
+                taps = self._matrix(layer, kernel).sum(axis=0)
+                weights["bias"] = (weights["bias"] + fill @ taps[removed]).astype(
+                    kernel.dtype
+                )
+        kernel = np.take(kernel, kept_in, axis=in_axis)
+        weights["kernel"] = np.take(kernel, kept_out, axis=unit_axis)
+        unit = layer.equation.split("->")[-1].strip()[-1]
+        if "bias" in weights and unit in (change.config.get("bias_axes") or ""):
+            weights["bias"] = np.take(weights["bias"], kept_out, axis=-1)
+        shape = change.config["output_shape"]
+        if isinstance(shape, (list, tuple)):
+            change.config["output_shape"] = list(shape[:-1]) + [len(kept_out)]
+        else:
+            change.config["output_shape"] = len(kept_out)
+        return change.config, weights
+
+
 def _register():
     from kprune.surgery.handlers.base import register_handler
 
@@ -213,6 +307,7 @@ def _register():
         register_handler(getattr(layers, name), SeparableConvHandler())
     for name in ("DepthwiseConv1D", "DepthwiseConv2D"):
         register_handler(getattr(layers, name), DepthwiseConvHandler())
+    register_handler(layers.EinsumDense, EinsumDenseHandler())
 
 
 _register()
