@@ -261,14 +261,15 @@ def rebuild_composite(call, new_values, config_pairs, replaced, channels, input_
         CompositeRebuildError: none of these works.
     """
     layer = call.layer
-    config = _config_of(call)
+    config, config_error = _config_of(call)
     pairs = list(config_pairs)
     for tensor, shape in zip(call.inputs, input_shapes):
         if tensor.channels:
             pairs.append((tensor.channels, shape[-1]))
     changes = _width_changes(pairs)
     tried = []
-    for edited, edits in candidate_configs(config, changes):
+    candidates = candidate_configs(config, changes) if config is not None else ()
+    for edited, edits in candidates:
         try:
             new = _named_like(type(layer).from_config(edited), layer)
             build_like(new, call, input_shapes)
@@ -278,7 +279,9 @@ def rebuild_composite(call, new_values, config_pairs, replaced, channels, input_
             continue
         forget_calls(new)
         return new
-    return _swap_sublayers(call, replaced, new_values, channels, input_shapes, tried)
+    return _swap_sublayers(
+        call, replaced, new_values, channels, input_shapes, tried, config_error
+    )
 
 
 def _named_like(new, layer):
@@ -362,16 +365,16 @@ def _assemble(old, new, new_values, channels, values, seen):
 
 
 def _config_of(call):
+    """`(config, None)`, or `(None, reason)` when `get_config()` raises."""
     try:
-        return call.layer.get_config()
+        return call.layer.get_config(), None
     except Exception as error:  # noqa: BLE001 - a layer's own get_config bug
-        raise CompositeRebuildError(
-            f"layer '{call.path}' ({type(call.layer).__name__}) cannot be "
-            f"rebuilt: its get_config() fails ({type(error).__name__}: {error})"
-        ) from None
+        return None, f"its get_config() fails ({type(error).__name__}: {error})"
 
 
-def _swap_sublayers(call, replaced, new_values, channels, input_shapes, tried):
+def _swap_sublayers(
+    call, replaced, new_values, channels, input_shapes, tried, config_error=None
+):
     """A `Resized` layer, or a copy with swapped sublayers (unsaveable)."""
     from kprune.surgery.resized import (
         Resized,
@@ -393,8 +396,10 @@ def _swap_sublayers(call, replaced, new_values, channels, input_shapes, tried):
                 "attribute kprune can swap. Register a handler for its class."
             )
     spec = call_spec(call.arguments, call.inputs, input_shapes)
-    errors = []
+    errors = [config_error] if config_error else []
     try:
+        if config_error:
+            raise CompositeRebuildError(config_error)
         sublayers = {paths[id(r.old)]: r.serialized() for r in replaced}
         original = keras.saving.serialize_keras_object(layer)
         new = Resized(original, sublayers, spec, name=layer.name)
@@ -402,7 +407,8 @@ def _swap_sublayers(call, replaced, new_values, channels, input_shapes, tried):
         forget_calls(new)
         return new
     except Exception as error:  # noqa: BLE001 - next: swap in a copy
-        errors.append(f"{type(error).__name__}: {error}")
+        if not config_error:
+            errors.append(f"{type(error).__name__}: {error}")
     try:
         new = copy_layer(layer)
         if not new.built:

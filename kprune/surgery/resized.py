@@ -206,6 +206,9 @@ class Resized(keras.layers.Layer):
     def call(self, *args, **kwargs):
         return self.layer(*args, **kwargs)
 
+    def compute_output_spec(self, *args, **kwargs):
+        return self.layer.compute_output_spec(*args, **kwargs)
+
     def get_config(self):
         return {
             **super().get_config(),

@@ -55,6 +55,12 @@ from kprune.surgery.handlers.merging import (
     ElementwiseOpHandler,
     MergeHandler,
 )
+from kprune.surgery.handlers.ops import (
+    EinsumOpHandler,
+    PassThroughOpHandler,
+    ReductionOpHandler,
+    ReshapeOpHandler,
+)
 from kprune.surgery.handlers.producers import (
     ConvTransposeHandler,
     DepthwiseConvHandler,
@@ -75,6 +81,7 @@ __all__ = [
     "ConcatenateHandler",
     "ConvTransposeHandler",
     "DepthwiseConvHandler",
+    "EinsumOpHandler",
     "ElementwiseOpHandler",
     "EmbeddingHandler",
     "FlattenHandler",
@@ -87,8 +94,11 @@ __all__ = [
     "MixingHandler",
     "MultiHeadAttentionHandler",
     "NormalizationHandler",
+    "PassThroughOpHandler",
     "PermuteHandler",
     "ProducerHandler",
+    "ReductionOpHandler",
+    "ReshapeOpHandler",
     "ReshapeHandler",
     "RescalingHandler",
     "SeparableConvHandler",
