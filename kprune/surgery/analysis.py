@@ -134,6 +134,8 @@ class ChannelAnalysis:
     def _tie_shared_layers(self):
         for nodes in self.graph.layer_nodes.values():
             first = nodes[0]
+            if get_handler(first.layer).ties_calls:
+                continue
             for other in nodes[1:]:
                 for a, b in zip(
                     first.inputs + first.outputs, other.inputs + other.outputs

@@ -50,6 +50,10 @@ from kprune.surgery.handlers.channelwise import (
     SoftmaxHandler,
 )
 from kprune.surgery.handlers.embedding import EmbeddingHandler
+from kprune.surgery.handlers.keras_hub import (
+    PositionEmbeddingHandler,
+    ReversibleEmbeddingHandler,
+)
 from kprune.surgery.handlers.merging import (
     ConcatenateHandler,
     ElementwiseOpHandler,
@@ -96,11 +100,13 @@ __all__ = [
     "NormalizationHandler",
     "PassThroughOpHandler",
     "PermuteHandler",
+    "PositionEmbeddingHandler",
     "ProducerHandler",
     "ReductionOpHandler",
     "ReshapeOpHandler",
     "ReshapeHandler",
     "RescalingHandler",
+    "ReversibleEmbeddingHandler",
     "SeparableConvHandler",
     "SoftmaxHandler",
     "Use",

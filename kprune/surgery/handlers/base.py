@@ -196,6 +196,10 @@ class LayerHandler:
     #: True when subclasses that override `call` keep this handler.
     inherit = False
 
+    #: True when the handler relates the calls of a shared layer itself
+    #: (otherwise their inputs and outputs are tied call to call).
+    ties_calls = False
+
     def connect(self, node, ctx):
         """Declare ties and pins for one call. Default: pin everything."""
         traced = getattr(getattr(ctx, "graph", None), "opaque", {}).get(node.path)

@@ -22,7 +22,11 @@ class EmbeddingHandler(ProducerHandler):
         return []
 
     def constant_mask(self, node, in_valid, weights):
-        return [np.zeros(node.outputs[0].channels, bool)]
+        """A dimension whose column is one value for every token is constant."""
+        table = weights.get(self.kernel)
+        if table is None:
+            return [np.zeros(node.outputs[0].channels, bool)]
+        return [np.all(table == table[:1], axis=0)]
 
     def rebuild(self, change):
         weights = dict(change.weights)

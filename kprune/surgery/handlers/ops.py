@@ -397,6 +397,10 @@ class EinsumOpHandler(LayerHandler):
                 continue
             for tensor in tensors[1:]:
                 ctx.tie(tensors[0], tensor)
+            if not out.channels:
+                # The summed channels feed an output of unknown width: they
+                # are needed (unless zero), through a pinned one-channel sink.
+                ctx.pin(ctx.internal(node, "sink", 1), "it stands for the output")
         if output and not any(
             letters and letters[-1] == output[-1] for letters in inputs
         ):
@@ -407,12 +411,17 @@ class EinsumOpHandler(LayerHandler):
         if spec is None:
             return []
         inputs, output = spec
+        target = node.outputs[0]
+        if not target.channels:
+            target = node.internal.get("sink")
+        if target is None:
+            return []
         uses = []
         for position, letters in enumerate(inputs):
-            if letters and letters[-1] not in output and node.outputs[0].channels:
-                tensor = node.inputs[position]
-                need = np.ones((tensor.channels, node.outputs[0].channels), bool)
-                uses.append(Use(position, need, False))
+            tensor = node.inputs[position]
+            if letters and letters[-1] not in output and tensor.channels:
+                need = np.ones((tensor.channels, target.channels), bool)
+                uses.append(Use(position, need, False, target))
         return uses
 
 

@@ -1,5 +1,6 @@
 """Trace one call of a layer into a `keras.Function` of its parts."""
 
+import contextlib
 import dataclasses
 import inspect
 
@@ -49,6 +50,44 @@ def call_kwargs(layer, kwargs):
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
         return dict(kwargs)
     return {k: v for k, v in kwargs.items() if k in parameters}
+
+
+@contextlib.contextmanager
+def lenient_output_specs(layer):
+    """While tracing, sublayers' `compute_output_spec` ignore unknown `None`s.
+
+    Some layers accept call arguments their inherited `compute_output_spec`
+    does not (KerasHub's `CachedMultiHeadAttention` takes `cache=None`,
+    `cache_update_index=None`; `MultiHeadAttention.compute_output_spec`
+    does not), so calling them on symbolic tensors fails although the
+    output shape does not depend on those arguments. Within this block each
+    sublayer of `layer` drops such keyword arguments when they are None;
+    the sublayers are left as they were afterwards.
+    """
+    patched = []
+    for sublayer in layer._flatten_layers(include_self=False, recursive=True):
+        method = type(sublayer).compute_output_spec
+        try:
+            parameters = inspect.signature(method).parameters
+        except (TypeError, ValueError):
+            continue
+        if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+            continue
+        if "compute_output_spec" in vars(sublayer):
+            continue
+        names = set(parameters)
+
+        def lenient(*args, _bound=sublayer, _names=names, **kwargs):
+            kept = {k: v for k, v in kwargs.items() if k in _names or v is not None}
+            return type(_bound).compute_output_spec(_bound, *args, **kept)
+
+        object.__setattr__(sublayer, "compute_output_spec", lenient)
+        patched.append(sublayer)
+    try:
+        yield
+    finally:
+        for sublayer in patched:
+            object.__delattr__(sublayer, "compute_output_spec")
 
 
 def standin_shape(shape, first=True):
@@ -104,7 +143,8 @@ def trace_layer(layer, inputs, arguments):
         if "training" in kwargs:
             kwargs["training"] = False
         try:
-            outputs = layer.call(*args, **kwargs)
+            with lenient_output_specs(layer):
+                outputs = layer.call(*args, **kwargs)
         except Exception as error:  # noqa: BLE001 - any failure: not traceable
             reason = f"calling it symbolically failed ({_short(error)})"
             continue
