@@ -32,6 +32,18 @@ _REGISTRY = {}
 _NAMED = {}
 
 
+def config_value(layer, key, default=None):
+    """One entry of `layer.get_config()`, or the attribute of that name.
+
+    Some layers' `get_config` raises (a KerasHub layer built with arguments
+    Keras cannot serialize); their attributes usually hold the same values.
+    """
+    try:
+        return layer.get_config().get(key, default)
+    except Exception:  # noqa: BLE001 - the layer's own get_config bug
+        return getattr(layer, key, default)
+
+
 def _qualified(cls):
     return f"{cls.__module__}.{cls.__qualname__}"
 

@@ -10,7 +10,7 @@ in shape but make no removal exact.
 import keras
 import numpy as np
 
-from kprune.surgery.handlers.base import LayerHandler
+from kprune.surgery.handlers.base import LayerHandler, config_value
 
 
 def _last_axis(axis, rank):
@@ -23,7 +23,7 @@ def _last_axis(axis, rank):
 
 
 def _channels_first(layer):
-    return layer.get_config().get("data_format") == "channels_first"
+    return config_value(layer, "data_format") == "channels_first"
 
 
 class ChannelwiseHandler(LayerHandler):
@@ -103,7 +103,7 @@ class AxisChannelwiseHandler(ChannelwiseHandler):
         reason = super().check(node)
         if reason:
             return reason
-        axis = node.layer.get_config().get("axis", -1)
+        axis = config_value(node.layer, "axis", -1)
         if not _last_axis(axis, len(node.inputs[0].shape)):
             return f"its axis={axis} is not the channel (last) axis"
         return None
@@ -116,7 +116,7 @@ class LayerNormHandler(MixingHandler):
         reason = super().check(node)
         if reason:
             return reason
-        axis = node.layer.get_config().get("axis", -1)
+        axis = config_value(node.layer, "axis", -1)
         if not _last_axis(axis, len(node.inputs[0].shape)):
             return f"its axis={axis} is not only the channel (last) axis"
         return None
@@ -126,7 +126,7 @@ class SoftmaxHandler(ChannelwiseHandler):
     """Softmax: mixing over its axis; channel-wise when that is not last."""
 
     def connect(self, node, ctx):
-        axis = node.layer.get_config().get("axis", -1)
+        axis = config_value(node.layer, "axis", -1)
         super().connect(node, ctx)
         if _last_axis(axis, len(node.inputs[0].shape)):
             ctx.pin_exact(node.inputs[0], f"softmax '{node.path}' mixes channels")
@@ -137,7 +137,7 @@ class ActivationHandler(ChannelwiseHandler):
 
     def connect(self, node, ctx):
         super().connect(node, ctx)
-        if node.layer.get_config().get("activation") in ("softmax", "log_softmax"):
+        if config_value(node.layer, "activation") in ("softmax", "log_softmax"):
             ctx.pin_exact(node.inputs[0], f"'{node.path}' applies softmax")
 
 
@@ -148,7 +148,7 @@ class GroupNormHandler(ChannelwiseHandler):
         reason = super().check(node)
         if reason:
             return reason
-        axis = node.layer.get_config().get("axis", -1)
+        axis = config_value(node.layer, "axis", -1)
         if not _last_axis(axis, len(node.inputs[0].shape)):
             return f"its axis={axis} is not the channel (last) axis"
         return None
@@ -158,13 +158,13 @@ class GroupNormHandler(ChannelwiseHandler):
         if self.check(node):
             return
         size = node.inputs[0].channels
-        groups = node.layer.get_config()["groups"]
+        groups = config_value(node.layer, "groups")
         per = size // groups
         firsts = np.repeat(np.arange(groups) * per, per)
         ctx.tie_indices(node.inputs[0], firsts, node.inputs[0], np.arange(size))
 
     def constant_mask(self, node, in_valid, weights):
-        groups = node.layer.get_config()["groups"]
+        groups = config_value(node.layer, "groups")
         valid = in_valid[0].reshape(groups, -1).all(axis=1)
         return [np.repeat(valid, in_valid[0].size // groups)]
 
@@ -192,7 +192,7 @@ class NormalizationHandler(ChannelwiseHandler):
         reason = super().check(node)
         if reason:
             return reason
-        axis = node.layer.get_config().get("axis", -1)
+        axis = config_value(node.layer, "axis", -1)
         axis = tuple(axis) if isinstance(axis, (list, tuple)) else (axis,)
         if len(axis) != 1 or not _last_axis(axis, len(node.inputs[0].shape)):
             return f"its axis={axis} is not the channel (last) axis"

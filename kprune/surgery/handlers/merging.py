@@ -4,7 +4,7 @@ import keras
 import numpy as np
 
 from kprune.surgery.graph import constant_arguments
-from kprune.surgery.handlers.base import LayerHandler
+from kprune.surgery.handlers.base import LayerHandler, config_value
 from kprune.surgery.handlers.channelwise import _last_axis
 
 
@@ -71,7 +71,7 @@ class ConcatenateHandler(LayerHandler):
 
     def _on_channels(self, node):
         rank = len(node.outputs[0].shape)
-        return _last_axis(node.layer.get_config()["axis"], rank)
+        return _last_axis(config_value(node.layer, "axis"), rank)
 
     def connect(self, node, ctx):
         out = node.outputs[0]

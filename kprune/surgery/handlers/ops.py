@@ -408,7 +408,7 @@ class EinsumOpHandler(LayerHandler):
 
     def uses(self, node, weights):
         spec = self._spec(node)
-        if spec is None:
+        if spec is None or len(spec[0]) != len(node.inputs):
             return []
         inputs, output = spec
         target = node.outputs[0]

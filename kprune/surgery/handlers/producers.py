@@ -11,7 +11,7 @@ import re
 import keras
 import numpy as np
 
-from kprune.surgery.handlers.base import LayerHandler
+from kprune.surgery.handlers.base import LayerHandler, config_value
 from kprune.surgery.handlers.channelwise import _channels_first
 
 
@@ -33,16 +33,21 @@ class ProducerHandler(LayerHandler):
         self.kernel = kernel
 
     def check(self, node):
-        config = node.layer.get_config()
-        if _channels_first(node.layer):
+        layer = node.layer
+        if _channels_first(layer):
             return "data_format='channels_first' is not supported"
-        if config.get("groups", 1) != 1:
-            return f"grouped convolution (groups={config['groups']})"
-        if config.get("lora_rank"):
+        groups = config_value(layer, "groups", 1) or 1
+        if groups != 1 and not isinstance(self, GroupedConvHandler):
+            return f"grouped convolution (groups={groups})"
+        if config_value(layer, "lora_rank") or getattr(layer, "lora_enabled", False):
             return "LoRA-enabled layers are not supported"
-        if self.kernel not in {w.name for w in node.layer.weights}:
+        if self.kernel not in {w.name for w in layer.weights}:
             return f"it has no '{self.kernel}' weight (quantized?)"
         return None
+
+    def usable(self, node):
+        """Whether `uses` / `constant_mask` can read this call's weights."""
+        return self.check(node) is None
 
     def connect(self, node, ctx):
         reason = self.check(node)
@@ -63,19 +68,23 @@ class ProducerHandler(LayerHandler):
 
     def fold_exact(self, node):
         """Whether a constant input folds exactly into the bias."""
-        config = node.layer.get_config()
-        padding = config.get("padding", "valid")
+        padding = config_value(node.layer, "padding", "valid")
         if padding == "valid":
             return True
-        return all(k == 1 for k in config.get("kernel_size", (1,)))
+        return all(k == 1 for k in config_value(node.layer, "kernel_size", (1,)))
 
     def uses(self, node, weights):
-        taps = self.matrix(weights)
+        if not self.usable(node):
+            return []
+        taps = self.node_matrix(node, weights)
         nonzero = np.any(taps != 0, axis=0)
         return [(0, nonzero, self.fold_exact(node))]
 
     def constant_mask(self, node, in_valid, weights):
-        nonzero = self.uses(node, weights)[0][1]
+        uses = self.uses(node, weights)
+        if not uses:
+            return [np.zeros(t.channels, bool) for t in node.outputs]
+        nonzero = uses[0][1]
         # A unit is constant when every input feeding it is constant.
         feeds_from_varying = nonzero[~in_valid[0]].any(axis=0)
         return [~feeds_from_varying]
@@ -107,6 +116,125 @@ class ProducerHandler(LayerHandler):
         if "bias" in weights:
             weights["bias"] = weights["bias"][kept_out]
         change.config[self.units_key] = len(kept_out)
+        return change.config, weights
+
+
+class ConvHandler(ProducerHandler):
+    """Conv1D/2D/3D: a `GroupedConvHandler` when the layer has `groups > 1`."""
+
+    def __init__(self):
+        super().__init__("filters")
+        self.grouped = None
+
+    def _for(self, node):
+        if (config_value(node.layer, "groups", 1) or 1) == 1:
+            return None
+        if self.grouped is None:
+            self.grouped = GroupedConvHandler()
+        return self.grouped
+
+    def connect(self, node, ctx):
+        grouped = self._for(node)
+        return grouped.connect(node, ctx) if grouped else super().connect(node, ctx)
+
+    def uses(self, node, weights):
+        grouped = self._for(node)
+        return grouped.uses(node, weights) if grouped else super().uses(node, weights)
+
+    def constant_mask(self, node, in_valid, weights):
+        grouped = self._for(node)
+        if grouped:
+            return grouped.constant_mask(node, in_valid, weights)
+        return super().constant_mask(node, in_valid, weights)
+
+    def node_matrix(self, node, weights):
+        grouped = self._for(node)
+        if grouped:
+            return grouped.node_matrix(node, weights)
+        return super().node_matrix(node, weights)
+
+    def rebuild(self, change):
+        grouped = self._for(change.node)
+        return grouped.rebuild(change) if grouped else super().rebuild(change)
+
+
+class GroupedConvHandler(ProducerHandler):
+    """Conv with `groups > 1`: channels leave evenly from every group.
+
+    Input channel `i` feeds only the filters of its group `i // (C_in/G)`.
+    With one input channel per group (`groups == C_in`, a depthwise
+    convolution written as `Conv2D(groups=C)`, as in ConvNeXt), an input
+    channel and its group's filters are one unit and leave together (the
+    layer keeps `groups = channels`). With several channels per group, the
+    channel at the same position of every group leaves together, and so does
+    the filter at the same position of every group, so that every group keeps
+    the same width (`groups` unchanged).
+    """
+
+    def __init__(self):
+        super().__init__("filters")
+
+    def _sizes(self, node):
+        groups = int(config_value(node.layer, "groups", 1))
+        kernel = node.layer.kernel
+        per_in = int(kernel.shape[-2])
+        return groups, per_in, int(kernel.shape[-1]) // groups
+
+    def connect(self, node, ctx):
+        super().connect(node, ctx)
+        if self.check(node):
+            return
+        groups, per_in, per_out = self._sizes(node)
+        source, out = node.inputs[0], node.outputs[0]
+        if per_in == 1:
+            ctx.tie_indices(
+                source,
+                np.repeat(np.arange(groups), per_out),
+                out,
+                np.arange(out.channels),
+            )
+            return
+        for g in range(1, groups):
+            ctx.tie_indices(
+                source, np.arange(per_in), source, g * per_in + np.arange(per_in)
+            )
+            ctx.tie_indices(
+                out, np.arange(per_out), out, g * per_out + np.arange(per_out)
+            )
+
+    def node_matrix(self, node, weights):
+        groups, per_in, per_out = self._sizes(node)
+        kernel = weights[self.kernel]
+        taps = kernel.reshape(-1, per_in, groups * per_out)
+        full = np.zeros((taps.shape[0], groups * per_in, groups * per_out), taps.dtype)
+        for g in range(groups):
+            rows = slice(g * per_in, (g + 1) * per_in)
+            cols = slice(g * per_out, (g + 1) * per_out)
+            full[:, rows, cols] = taps[:, :, cols]
+        return full
+
+    def rebuild(self, change):
+        node = change.node
+        groups, per_in, per_out = self._sizes(node)
+        weights = dict(change.weights)
+        kernel = weights[self.kernel]
+        kept_in = change.kept(groups * per_in, change.in_removed[0])
+        kept_out = change.kept(groups * per_out, change.out_removed[0])
+        removed = np.asarray(change.in_removed[0], dtype=int)
+        if len(removed) and np.any(change.in_fill[0][removed]):
+            taps = self.node_matrix(node, change.weights).sum(axis=0)
+            delta = change.in_fill[0][removed] @ taps[removed]
+            bias = weights.get("bias", np.zeros(groups * per_out, kernel.dtype))
+            weights["bias"] = (bias + delta).astype(kernel.dtype)
+            change.config["use_bias"] = True
+        if per_in == 1:
+            change.config["groups"] = len(kept_in)
+        else:
+            kernel = kernel[..., kept_in[kept_in < per_in], :]
+        weights[self.kernel] = kernel[..., kept_out]
+        if "bias" in weights:
+            weights["bias"] = weights["bias"][kept_out]
+        change.config["filters"] = len(kept_out)
         return change.config, weights
 
 
@@ -180,7 +308,7 @@ class DepthwiseConvHandler(LayerHandler):
         if _channels_first(node.layer):
             ctx.pin_node(node, "data_format='channels_first' is not supported")
             return
-        mult = node.layer.get_config()["depth_multiplier"]
+        mult = config_value(node.layer, "depth_multiplier")
         ctx.tie_indices(
             source,
             np.repeat(np.arange(source.channels), mult),
@@ -255,7 +383,7 @@ class EinsumDenseHandler(ProducerHandler):
 
     def _fold_ok(self, layer):
         _, unit_axis, others = self._axes(layer)
-        bias_axes = layer.get_config().get("bias_axes")
+        bias_axes = config_value(layer, "bias_axes")
         unit = layer.equation.split("->")[-1].strip()[-1]
         return not others and bias_axes == unit
 
@@ -300,7 +428,7 @@ def _register():
     layers = keras.layers
     register_handler(layers.Dense, ProducerHandler("units", in_axis=0, out_axis=-1))
     for name in ("Conv1D", "Conv2D", "Conv3D"):
-        register_handler(getattr(layers, name), ProducerHandler("filters"))
+        register_handler(getattr(layers, name), ConvHandler())
     for name in ("Conv1DTranspose", "Conv2DTranspose", "Conv3DTranspose"):
         register_handler(getattr(layers, name), ConvTransposeHandler())
     for name in ("SeparableConv1D", "SeparableConv2D"):

@@ -3,7 +3,7 @@
 import keras
 import numpy as np
 
-from kprune.surgery.handlers.base import LayerHandler
+from kprune.surgery.handlers.base import LayerHandler, config_value
 from kprune.surgery.handlers.channelwise import ChannelwiseHandler, _channels_first
 
 
@@ -11,7 +11,7 @@ class PermuteHandler(ChannelwiseHandler):
     """Permute: channel-wise when the last axis stays last."""
 
     def check(self, node):
-        dims = node.layer.get_config()["dims"]
+        dims = config_value(node.layer, "dims")
         if dims[-1] != len(dims):
             return f"it moves the channel axis (dims={dims})"
         return super().check(node)
