@@ -138,6 +138,7 @@ class Replacement:
         def serialized():
             data = keras.saving.serialize_keras_object(layer)
             data["config"] = config
+            data.pop("build_config", None)  # the old layer's input shape
             return data
 
         return cls(
@@ -153,12 +154,16 @@ class Replacement:
             pairs = int_pairs(layer.get_config(), new.get_config())
         except Exception:  # noqa: BLE001
             pairs = []
-        return cls(
-            layer,
-            pairs,
-            lambda: new,
-            lambda: keras.saving.serialize_keras_object(new),
-        )
+
+        def serialized():
+            swap = getattr(new, "_kprune_swap", None)
+            if swap is not None:
+                if "unsaveable" in swap:
+                    raise CompositeRebuildError(swap["unsaveable"])
+                return swap
+            return keras.saving.serialize_keras_object(new)
+
+        return cls(layer, pairs, lambda: new, serialized)
 
 
 def _int_entries(config):
@@ -395,11 +400,11 @@ def _swap_sublayers(
                 f"and its sublayer '{replacement.old.name}' is not held in an "
                 "attribute kprune can swap. Register a handler for its class."
             )
-    spec = call_spec(call.arguments, call.inputs, input_shapes)
     errors = [config_error] if config_error else []
     try:
         if config_error:
             raise CompositeRebuildError(config_error)
+        spec = call_spec(call.arguments, call.inputs, input_shapes)
         sublayers = {paths[id(r.old)]: r.serialized() for r in replaced}
         original = keras.saving.serialize_keras_object(layer)
         new = Resized(original, sublayers, spec, name=layer.name)
@@ -409,6 +414,7 @@ def _swap_sublayers(
     except Exception as error:  # noqa: BLE001 - next: swap in a copy
         if not config_error:
             errors.append(f"{type(error).__name__}: {error}")
+    spec = call_spec(call.arguments, call.inputs, input_shapes, strict=False)
     try:
         new = copy_layer(layer)
         if not new.built:
@@ -418,6 +424,13 @@ def _swap_sublayers(
         call_eagerly(new, spec)
         new.set_weights(assemble(layer, new, new_values, channels))
         new.get_config = _unsaveable(call.path, type(layer).__name__, errors[0])
+        try:
+            new._kprune_swap = {
+                "swap": {paths[id(r.old)]: r.serialized() for r in replaced},
+                "call": call_spec(call.arguments, call.inputs, input_shapes),
+            }
+        except Exception as error:  # noqa: BLE001 - noted, raised when saving
+            new._kprune_swap = {"unsaveable": f"{type(error).__name__}: {error}"}
         forget_calls(new)
         return new
     except Exception as error:  # noqa: BLE001 - reported with the layer's name

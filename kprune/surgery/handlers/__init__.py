@@ -32,6 +32,7 @@ from kprune.surgery.handlers.base import (
     OPAQUE,
     LayerChange,
     LayerHandler,
+    SublayerChanges,
     Use,
     get_handler,
     register_handler,
@@ -50,6 +51,7 @@ from kprune.surgery.handlers.channelwise import (
     SoftmaxHandler,
 )
 from kprune.surgery.handlers.embedding import EmbeddingHandler
+from kprune.surgery.handlers.grouped_attention import GroupedQueryAttentionHandler
 from kprune.surgery.handlers.keras_hub import (
     PositionEmbeddingHandler,
     ReversibleEmbeddingHandler,
@@ -90,6 +92,7 @@ __all__ = [
     "EmbeddingHandler",
     "FlattenHandler",
     "GroupNormHandler",
+    "GroupedQueryAttentionHandler",
     "LayerChange",
     "LayerHandler",
     "LayerNormHandler",
@@ -109,6 +112,7 @@ __all__ = [
     "ReversibleEmbeddingHandler",
     "SeparableConvHandler",
     "SoftmaxHandler",
+    "SublayerChanges",
     "Use",
     "get_handler",
     "register_handler",
