@@ -1,16 +1,16 @@
 """Copy a layer as it is: same class, same weights, no trip through a config.
 
-A layer is copied the Keras way first: `from_config(get_config())`, built
-from its build config, given the original's weights. That fails for layers
-whose config cannot rebuild them (some KerasHub layers, layers whose
-`get_config` itself raises), and it would re-create a `Lambda` from its
-function's source (`copy.deepcopy` does the same: a Keras layer pickles by
-saving itself). Those are copied structurally instead: every layer and Keras
-object reached from the layer is re-created with `__new__` and a copy of its
-attributes, every variable is copied with its value, and the layer's graph
-history (its call nodes, which would drag the whole model along) is left
-behind. Either way the copy shares nothing with the original: training it
-never changes the original's weights.
+`copy.deepcopy` of a Keras layer pickles it, and a Keras layer pickles by
+saving itself: `from_config(get_config())` plus its weights. That fails for
+layers whose config cannot rebuild them (some KerasHub layers, layers whose
+`get_config` itself raises), re-creates a `Lambda` from its function's
+source, and pays for initializing every variable before overwriting it. So
+layers are copied structurally: every layer and Keras object reached from
+the layer is re-created with `__new__` and a copy of its attributes, every
+variable is copied with its value, and the layer's graph history (its call
+nodes, which would drag the whole model along) is left behind. When that
+fails, the config route is tried. Either way the copy shares nothing with
+the original: training it never changes the original's weights.
 """
 
 import copy
@@ -63,7 +63,7 @@ class _Copier:
 
     def _object(self, value):
         cls = type(value)
-        new = cls.__new__(cls)
+        new = object.__new__(cls)  # not cls.__new__: Keras' __new__ does work
         self.memo[id(value)] = new
         for name, item in vars(value).items():
             object.__setattr__(new, name, self.copy(item))
@@ -140,18 +140,18 @@ def copy_layer(layer):
     (False, True)
     """
     errors = []
-    if not isinstance(layer, keras.layers.Lambda):
-        try:
-            return _through_config(layer)
-        except Exception as error:  # noqa: BLE001 - try the structure next
-            errors.append(f"rebuilding it from its config ({_short(error)})")
     try:
         copier = _Copier(_node_lists(layer))
         new = copier.copy(layer)
         _retrack(copier.layers)
         return new
-    except Exception as error:  # noqa: BLE001
+    except Exception as error:  # noqa: BLE001 - try the config route next
         errors.append(f"copying its attributes ({_short(error)})")
+    if not isinstance(layer, keras.layers.Lambda):
+        try:
+            return _through_config(layer)
+        except Exception as error:  # noqa: BLE001
+            errors.append(f"rebuilding it from its config ({_short(error)})")
     raise SurgeryError(
         f"Could not copy layer '{getattr(layer, 'name', layer)}' "
         f"({type(layer).__name__}): {' and '.join(errors)} failed."
