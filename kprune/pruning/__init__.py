@@ -19,7 +19,7 @@ from kprune.pruning.attach import (
     prunable_layers,
     strip_pruning,
 )
-from kprune.pruning.keep_mask import KeepMask
+from kprune.constraints.keep_mask import KeepMask
 from kprune.pruning.masks import (
     global_sparsity_masks,
     kept_fraction,

@@ -13,6 +13,7 @@ import dataclasses
 import keras
 import numpy as np
 
+from kprune.surgery.checks import check_model
 from kprune.surgery.errors import UnsupportedModelError
 
 
@@ -94,7 +95,8 @@ class Graph:
     """
 
     def __init__(self, model):
-        if not isinstance(model, keras.Model) or not _is_graph_model(model):
+        check_model(model)
+        if not _is_graph_model(model):
             raise UnsupportedModelError(
                 "kprune.surgery works on Functional and Sequential models; "
                 "subclassed models have no graph to rebuild. Rebuild the model "
