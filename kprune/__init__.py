@@ -2,30 +2,36 @@
 
 Modules:
     regularizers: group sparsity and HyperSparse penalties.
-    constraints: proximal operators and keep-mask constraints.
+    constraints: keep-mask constraints (and proximal operators).
     callbacks: training-time pruning (proximal steps, magnitude pruning, logging).
+    sparsity: `apply_group_sparsity`, a whole model under group sparsity.
+    pruning: magnitude-pruning building blocks (masks, schedules, ART).
     criteria: per-unit importance scores.
     losses: training losses that compose with the callbacks (distillation).
     surgery: the rebuilder that physically removes units/filters.
     export: TFLite (LiteRT) export and verification.
     report: parameter / MAC / width summaries.
+    data: the small MNIST subset shipped with kprune.
+
+`import kprune` imports all of them (so every kprune object is registered
+for `keras.models.load_model`) and changes nothing in the process: no
+environment variable, no Keras setting.
 """
 
-import os
-
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
 from kprune import (
-    callbacks,  # noqa: E402
-    constraints,  # noqa: E402
-    criteria,  # noqa: E402
-    export,  # noqa: E402
-    losses,  # noqa: E402
-    ops,  # noqa: E402
-    regularizers,  # noqa: E402
-    report,  # noqa: E402
-    surgery,  # noqa: E402
-    testing,  # noqa: E402
+    callbacks,
+    constraints,
+    criteria,
+    data,
+    export,
+    losses,
+    ops,
+    pruning,
+    regularizers,
+    report,
+    sparsity,
+    surgery,
+    testing,
 )
 
 __version__ = "0.1.0"
@@ -34,6 +40,7 @@ __all__ = [
     "callbacks",
     "constraints",
     "criteria",
+    "data",
     "export",
     "losses",
     "ops",

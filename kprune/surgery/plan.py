@@ -5,6 +5,7 @@ import json
 
 import numpy as np
 
+from kprune._atomic import write_text
 from kprune.surgery.checks import unit_indices
 from kprune.surgery.errors import CouplingError, SurgeryError
 from kprune.surgery.handlers import get_handler
@@ -95,8 +96,8 @@ class PruningPlan:
         return cls.from_dict(data)
 
     def save(self, path):
-        with open(path, "w") as f:
-            f.write(self.to_json(indent=2))
+        """Write the plan as JSON (atomically: all or nothing)."""
+        write_text(path, self.to_json(indent=2))
 
     @classmethod
     def load(cls, path):
