@@ -61,7 +61,7 @@ class UnitIndicesTest(TestCase):
                 self.assertIn("Received: units['fc1']=", message)
         with self.assertRaisesRegex(SurgeryError, r"\[3\] repeated"):
             kprune.surgery.plan_removal(model, {"fc1": [3, 0, 3]})
-        with self.assertRaisesRegex(SurgeryError, r"has 5 units .*cannot remove \[5"):
+        with self.assertRaisesRegex(SurgeryError, r"has 5 units; cannot remove \[5"):
             kprune.surgery.remove_units(model, {"fc1": [0, 5, 7]})
         with self.assertRaisesRegex(SurgeryError, r"1\.5 \(float\) is not"):
             kprune.surgery.remove_units(model, {"fc1": [0, 1.5]})

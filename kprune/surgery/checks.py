@@ -38,7 +38,7 @@ def check_model(model, arg="model"):
     """
     if isinstance(model, keras.Model):
         return
-    received = f"Received: {arg}={_short(model)} ({type(model).__name__})"
+    received = f"Received: {arg}={type(model).__name__} ({_short(model)})"
     if isinstance(model, (str, os.PathLike)):
         raise UnsupportedModelError(
             "kprune.surgery needs a keras.Model, not a file name: load it first "
@@ -131,8 +131,8 @@ Received: units['fc1']=[1.5]
     if num_units is not None and len(values) and values.max() >= num_units:
         out = sorted(set(values[values >= num_units].tolist()))
         raise SurgeryError(
-            f"Layer '{layer}' has {num_units} units (indices 0 to "
-            f"{num_units - 1}); cannot remove {out}. {received}"
+            f"Layer '{layer}' has {num_units} units; cannot remove {out} "
+            f"(valid indices: 0 to {num_units - 1}). {received}"
         )
     values = np.sort(values)
     repeated = values[1:][values[1:] == values[:-1]]
