@@ -15,10 +15,26 @@ Modules:
 
 `import kprune` imports all of them (so every kprune object is registered
 for `keras.models.load_model`) and changes nothing in the process: no
-environment variable, no Keras setting.
+environment variable, no Keras setting. The one exception is the `kprune`
+command itself (the process whose program is `kprune`): it is its own host,
+and it asks TensorFlow, before TensorFlow loads, to keep its C++ info and
+warning lines (a dozen per TFLite conversion) off the terminal.
 """
 
-from kprune import (
+import os as _os
+import sys as _sys
+
+
+def _quiet_tensorflow_in_the_kprune_command():
+    argv = getattr(_sys, "argv", None) or [""]
+    program = _os.path.splitext(_os.path.basename(str(argv[0])))[0]
+    if program == "kprune":
+        _os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+_quiet_tensorflow_in_the_kprune_command()
+
+from kprune import (  # noqa: E402  (after the line above, before TensorFlow)
     callbacks,
     constraints,
     criteria,

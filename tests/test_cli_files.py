@@ -93,6 +93,8 @@ def _save_files():
     x = keras.layers.Lambda(lambda t: t + 1.0, name="shift")(x)
     keras.Model(inputs, keras.layers.Dense(2, name="out")(x)).save(path("custom.keras"))
     del sys.modules["my_layers"]
+    # Forget the class again: the CLI must be told where it lives (--import).
+    keras.saving.get_custom_objects().pop("first_hour>Doubler", None)
     lstm = keras.Sequential(
         [keras.Input((4, 3)), keras.layers.LSTM(3), keras.layers.Dense(2)]
     )
@@ -140,7 +142,6 @@ def setUpModule():
     _launch("demo", ["demo", "--npz", "mnist_tiny.npz", "--epochs", "1000",
                      "--out", "demo_out", "--batch-size", "50"])  # fmt: skip
     _launch("same", ["export", "tiny.keras", "tiny.keras"])
-    _launch("version", ["--version"])
     _launch(
         "custom",
         ["slim", "--import", "my_layers.py", "--allow-lambda", "custom.keras",
@@ -178,7 +179,7 @@ class CliFilesTest(TestCase):
     def assertOneLineError(self, code, err, *fragments):
         self.assertEqual(code, 1, err)
         self.assertNotIn("Traceback", err)
-        lines = self.kprune_lines(err)
+        lines = [x for x in self.kprune_lines(err) if not x.startswith("kprune: warn")]
         self.assertEqual(len(lines), 1, err)
         self.assertTrue(lines[0].startswith("kprune: error: "), err)
         for fragment in fragments:
@@ -326,6 +327,9 @@ class CliFilesTest(TestCase):
             "--select-tf-ops",
         )
         self.assertFalse(os.path.exists(path("lstm.tflite")))
+        if LAUNCHES["lstm"].args[0] != sys.executable:  # the `kprune` script
+            # TensorFlow's C++ converter lines stay off the terminal.
+            self.assertNotIn("tf_tfl_flatbuffer_helpers", err)
         code, out, err = run(
             [
                 "export",
@@ -359,6 +363,8 @@ class CliFilesTest(TestCase):
 
     def test_loading_errors_say_which_flag_helps(self):
         code, _, err = run(["inspect", path("custom.keras")])
+        self.assertOneLineError(code, err, "Lambda layer", "--allow-lambda")
+        code, _, err = run(["inspect", path("custom.keras"), "--allow-lambda"])
         self.assertOneLineError(code, err, "'Doubler'", "--import")
         code, _, err = run(["inspect", path("custom.keras"), "--import", "nope.py"])
         self.assertOneLineError(code, err, "--import nope.py: no such file")
@@ -427,6 +433,6 @@ class CliFilesTest(TestCase):
     # ------------------------------------------------------------ point 9
 
     def test_version(self):
-        code, out, err = finished("version")
+        code, out, err = run(["--version"])
         self.assertEqual(code, 0, err)
         self.assertEqual(out.split()[:2], ["kprune", kprune.__version__])
