@@ -34,6 +34,7 @@ import importlib.util
 import os
 import re
 import sys
+import tempfile
 import warnings
 import zipfile
 
@@ -74,6 +75,36 @@ def _cli_hints(message):
 
 def _warn(message):
     print(f"kprune: warning: {message}", file=sys.stderr)
+
+
+@contextlib.contextmanager
+def _native_stderr_hidden():
+    """Hide what native code writes to stderr (fd 2) inside the block.
+
+    TensorFlow's TFLite converter prints its MLIR diagnostics (dozens of
+    `loc(callsite(...)): error: ...` lines) straight to fd 2, whatever the
+    log level; kprune's one-line error says what they say. Not hidden with
+    KPRUNE_TRACEBACK=1, or when stderr is not a real file.
+    """
+    try:
+        fd = sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):
+        fd = None
+    if fd is None or os.environ.get("KPRUNE_TRACEBACK"):
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(fd)
+    try:
+        with tempfile.TemporaryFile() as sink:
+            os.dup2(sink.fileno(), fd)
+            try:
+                yield
+            finally:
+                sys.stderr.flush()
+                os.dup2(saved, fd)
+    finally:
+        os.close(saved)
 
 
 # ---------------------------------------------------------------- files
@@ -447,7 +478,7 @@ def _run_export(args):
                 "real data; for a usable int8 model pass --sample-inputs with "
                 "typical inputs"
             )
-    with warnings.catch_warnings(record=True) as caught:
+    with warnings.catch_warnings(record=True) as caught, _native_stderr_hidden():
         warnings.simplefilter("always", export.UnverifiedExportWarning)
         try:
             path = export.to_tflite(
