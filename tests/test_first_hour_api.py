@@ -284,3 +284,42 @@ class SmallThingsTest(TestCase):
             pyproject = f.read()
         examples_extra = pyproject.split("examples = [", 1)[1].split("]", 1)[0]
         self.assertIn("importlib_resources", examples_extra)
+
+
+class ConversionErrorTest(TestCase):
+    """Point 4: the converter's dozens of lines become one sentence."""
+
+    def test_converter_messages_become_one_line(self):
+        from kprune.export.select_ops import conversion_error
+
+        flex = (
+            "<unknown>:0: error: loc(...): 'tf.StringToHashBucketFast' op is "
+            "neither a custom op nor a flex op\n<unknown>:0: note: called from\n"
+            "<unknown>:0: error: failed while converting: 'main':\nSome ops are "
+            "not supported by the native TFLite runtime\nTF Select ops: "
+            "BiasAdd, MatMul\nDetails:\n\ttf.BiasAdd(tensor<?x3xf16>) -> ...\n"
+        )
+        error = conversion_error(RuntimeError(flex), False, "float16")
+        message = str(error)
+        self.assertNotIn("\n", message)
+        self.assertIn("(BiasAdd, MatMul)", message)
+        self.assertIn("select_tf_ops=True", message)
+        self.assertIn("kprune export --select-tf-ops", message)
+        self.assertIn("mixed_precision.set_global_policy('float32')", message)
+        self.assertEqual(
+            (error.ops, error.flag), (["BiasAdd", "MatMul"], "select_tf_ops")
+        )
+        self.assertEqual(error.details, flex)
+        custom = (
+            "error: ...\nSome ops in the model are custom ops\nCustom ops: Igamma\n"
+        )
+        for select in (False, True):
+            error = conversion_error(RuntimeError(custom), select)
+            self.assertIn("Igamma; no flag helps", str(error))
+            self.assertIsNone(error.flag)
+        other = "junk\n<unknown>:0: error: something odd happened\n  more\n"
+        error = conversion_error(RuntimeError(other), True)
+        self.assertEqual(
+            str(error),
+            "TFLite conversion failed (with TF Select ops): something odd happened",
+        )

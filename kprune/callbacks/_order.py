@@ -75,9 +75,9 @@ def require_before_backup(callback, reason):
             raise ValueError(
                 f"{type(callback).__name__} must come before BackupAndRestore "
                 f"in `callbacks`: it changes {reason} at the end of an epoch, "
-                "and BackupAndRestore (listed first, at position "
-                f"{position}) would back up the weights from before that "
-                "change, so an interrupted run would resume differently. Move "
+                f"and BackupAndRestore (position {position}, before it) would "
+                "back up the weights from before that change, so an "
+                "interrupted run would resume differently. Move "
                 f"{type(callback).__name__} (position {mine}) before it. "
                 f"Received: callbacks={names}"
             )
