@@ -150,6 +150,11 @@ class RegularizationScheduler(keras.callbacks.Callback):
     def _iterations(self):
         return int(ops.convert_to_numpy(self.model.optimizer.iterations))
 
+    def set_model(self, model):
+        super().set_model(model)
+        for name in self.layers or []:
+            find_layer(model, name)  # unknown names fail before training
+
     def on_train_begin(self, logs=None):
         self._regularizers = self._resolve()
         # Unknown until the first assignment: JAX may have baked another

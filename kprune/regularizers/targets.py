@@ -210,13 +210,21 @@ def default_target(layer):
 
 
 def find_layer(model, name, argument="layers"):
-    """The layer of `model` (nested included) called `name`, or ValueError."""
+    """The layer of `model` (nested included) called `name`, or ValueError.
+
+    The error lists the model's layer names (the first 40).
+    """
+    names = []
     for layer in iter_layers(model):
         if layer.name == name:
             return layer
+        names.append(layer.name)
+    shown = ", ".join(repr(n) for n in names[:40])
+    if len(names) > 40:
+        shown += f", ... ({len(names)} layers)"
     raise ValueError(
-        f"No layer named '{name}' in model '{model.name}'. Received: "
-        f"{argument} containing {name!r}"
+        f"No layer named '{name}' in model '{model.name}'. Its layers: "
+        f"{shown}. Received: {argument} containing {name!r}"
     )
 
 

@@ -183,17 +183,26 @@ def _short(error):
 
 
 def carry_keep_mask(layer):
-    """Give a resized layer's `KeepMask` a mask again.
+    """Give a resized layer's `KeepMask` a mask of the new kernel's shape.
 
-    A `KeepMask` whose mask is not in its config starts empty in a layer
-    rebuilt from a config. Pruned weights are exactly zero, so the new
-    kernel's zero pattern is the sliced mask.
+    A rebuilt layer's `KeepMask` comes from the old config: it holds the old
+    mask (of the old shape), or none. Pruned weights are exactly zero, so the
+    new kernel's zero pattern is the sliced mask.
     """
-    constraint = getattr(layer, "kernel_constraint", None)
-    if type(constraint).__name__ != "KeepMask" or constraint.mask is not None:
-        return
-    kernel = keras.ops.convert_to_numpy(layer.kernel)
-    constraint.set_mask((kernel != 0).astype("float32"))
+    pairs = (
+        ("kernel", "kernel_constraint"),
+        ("depthwise_kernel", "depthwise_constraint"),
+    )
+    for weight_attr, constraint_attr in pairs:
+        constraint = getattr(layer, constraint_attr, None)
+        if type(constraint).__name__ != "KeepMask":
+            continue
+        kernel = keras.ops.convert_to_numpy(getattr(layer, weight_attr))
+        mask = constraint.mask
+        if mask is not None and tuple(mask.shape) == kernel.shape:
+            continue
+        constraint.mask = None
+        constraint.set_mask((kernel != 0).astype("float32"))
 
 
 def forget_calls(layer):

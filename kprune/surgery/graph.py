@@ -19,6 +19,7 @@ import dataclasses
 
 import keras
 
+from kprune.surgery.checks import check_model
 from kprune.surgery.errors import UnsupportedModelError
 
 
@@ -210,6 +211,7 @@ class Graph:
     """
 
     def __init__(self, model, expand=False):
+        check_model(model)
         if not is_graph_model(model):
             raise UnsupportedModelError(
                 "kprune.surgery works on Functional and Sequential models "
