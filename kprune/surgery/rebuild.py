@@ -217,7 +217,7 @@ def _rebuild_layers_of_sublayers(graph, changes, removed_of):
         )
         shapes = [_new_shape(t, removed_of(t)) for t in node.inputs]
         rebuilt[key] = rebuild_composite(
-            call, new_values, pairs, replaced, channels, shapes
+            call, new_values, pairs, replaced, channels, shapes, change.attributes
         )
     return rebuilt
 

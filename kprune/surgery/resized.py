@@ -156,6 +156,8 @@ def apply_swap(layer, record):
         else:
             sublayer = keras.saving.deserialize_keras_object(_unbuilt(sub))
             replace_sublayer(layer, path, sublayer)
+    for name, value in record.get("attributes", {}).items():
+        object.__setattr__(layer, name, value)
     call_eagerly(layer, record["call"])
 
 
@@ -190,6 +192,8 @@ class Resized(keras.layers.Layer):
         sublayers: dict attribute path -> serialized config of the sublayer
             that replaces the one built there.
         call: how the layer is called (`call_spec`), to build it.
+        attributes: attributes of the layer to set after the swap (head
+            counts its `call` reshapes with).
         **kwargs: base layer arguments (`name`, ...).
 
     Example:
@@ -203,11 +207,12 @@ class Resized(keras.layers.Layer):
     (3, 4)
     """
 
-    def __init__(self, layer, sublayers, call, **kwargs):
+    def __init__(self, layer, sublayers, call, attributes=None, **kwargs):
         super().__init__(**kwargs)
         self._layer_config = layer
         self._sublayer_configs = dict(sublayers)
         self._call_spec = call
+        self._attributes = dict(attributes or {})
         inner = keras.saving.deserialize_keras_object(_unbuilt(layer))
         # Built as it was (its own sublayers at their old widths), then the
         # changed sublayers are swapped and built by a call at the new widths.
@@ -218,6 +223,8 @@ class Resized(keras.layers.Layer):
             replace_sublayer(
                 inner, path, keras.saving.deserialize_keras_object(_unbuilt(config))
             )
+        for name, value in self._attributes.items():
+            object.__setattr__(inner, name, value)
         if self._sublayer_configs:
             call_eagerly(inner, call)  # a symbolic call builds no new sublayer
         self.layer = inner
@@ -235,6 +242,7 @@ class Resized(keras.layers.Layer):
             "layer": self._layer_config,
             "sublayers": self._sublayer_configs,
             "call": self._call_spec,
+            "attributes": self._attributes,
         }
 
 

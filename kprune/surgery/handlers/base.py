@@ -287,11 +287,14 @@ class SublayerChanges:
             that change (`weights` a dict by name or a list in order).
         channel_sets: extra `(width, removed indices)` pairs, e.g. heads,
             by which the layer's own weights are sliced.
+        attributes: dict attribute name -> new value, set on the layer when
+            it is rebuilt by swapping its sublayers (`num_query_heads` ...).
     """
 
-    def __init__(self, changes, channel_sets=()):
+    def __init__(self, changes, channel_sets=(), attributes=None):
         self.changes = list(changes)
         self.channel_sets = list(channel_sets)
+        self.attributes = dict(attributes or {})
 
 
 class Use:

@@ -168,6 +168,10 @@ class GroupedQueryAttentionHandler(LayerHandler):
         kept_q = (kept[:, None] * group + np.arange(group)).reshape(-1)
         kept_in = change.kept(q.shape[0], change.in_removed[0])
         removed_in = np.asarray(change.in_removed[0], dtype=int)
+        attributes = _attributes(
+            node.layer, (q.shape[1], len(kept_q)), (kv_heads, len(kept)), len(kept_in)
+        )
+        scale = _query_rescale(node.layer, q.shape[0], q.shape[1], attributes)
         fill = change.in_fill[0][removed_in] if len(removed_in) else None
         changes = []
         values = {}
@@ -179,6 +183,9 @@ class GroupedQueryAttentionHandler(LayerHandler):
                 bias = bias + _bias_layout(delta, part)
             heads = kept_q if name == "query" else kept
             values[name] = (kernel, bias)
+            if name == "query" and scale != 1.0:
+                kernel = kernel * scale
+                bias = None if bias is None else bias * scale
             kernel = kernel[kept_in][:, heads]
             changes.append(_change(part, kernel, _take_heads(bias, part, heads)))
         output = parts["output"]
@@ -200,7 +207,46 @@ class GroupedQueryAttentionHandler(LayerHandler):
         )
         sets = [(kv_heads, np.setdiff1d(np.arange(kv_heads), kept))]
         sets.append((q.shape[1], np.setdiff1d(np.arange(q.shape[1]), kept_q)))
-        return SublayerChanges(changes, sets)
+        return SublayerChanges(changes, sets, attributes)
+
+
+_QUERY_HEADS = ("num_query_heads", "num_heads", "num_attention_heads")
+_KV_HEADS = ("num_key_value_heads", "num_kv_heads")
+
+
+def _attributes(layer, query, kv, hidden):
+    """Head counts (and hidden width) held as attributes: their new values.
+
+    Set on a layer rebuilt by swapping its projections, whose `call` may
+    reshape with them.
+    """
+    found = {}
+    for names, (old, new) in ((_QUERY_HEADS, query), (_KV_HEADS, kv)):
+        for name in names:
+            if getattr(layer, name, None) == old and old != new:
+                found[name] = int(new)
+    if isinstance(getattr(layer, "hidden_dim", None), int):
+        if layer.hidden_dim != hidden:
+            found["hidden_dim"] = int(hidden)
+    return found
+
+
+def _query_rescale(layer, hidden, heads, attributes):
+    """Keep the score scale of layers that scale by `hidden // heads`.
+
+    Gemma's attention with `query_head_dim_normalize=False` scales scores by
+    `1 / sqrt(hidden_dim // num_query_heads)`; the rebuilt layer computes it
+    from the new widths, so the queries absorb the difference.
+    """
+    if getattr(layer, "query_head_dim_normalize", True) is not False:
+        return 1.0
+    if not isinstance(getattr(layer, "hidden_dim", None), int):
+        return 1.0
+    old = layer.hidden_dim // heads
+    new = attributes.get("hidden_dim", layer.hidden_dim) // attributes.get(
+        "num_query_heads", heads
+    )
+    return float(np.sqrt(new / old))
 
 
 def _canonical_bias(bias, part):
