@@ -395,32 +395,39 @@ def interleaved_step_times(variants, x, y, batch_size, steps, rounds, reference)
         A dict: `ms_per_step_median` and `ms_per_step_min` per variant, and
         `ratio_vs_<reference>` per other variant: the median over rounds
         of the per-round time ratio (`median_ratio`), the ratio of the
-        fastest rounds (`min_time_ratio`) and the per-round ratios.
+        fastest rounds (`min_time_ratio`) and the per-round ratios; also the
+        process CPU time (all threads) per step (`cpu_ms_per_step_median`)
+        and its median per-round ratio (`median_cpu_ratio`), less
+        sensitive to other processes on a shared machine.
     """
     n = steps * batch_size
     chunks = max(1, len(x) // n)
     names = list(variants)
     times = {name: [] for name in names}
+    cpu = {name: [] for name in names}
     for r in range(rounds):
         c = r % chunks
         xs, ys = x[c * n : (c + 1) * n], y[c * n : (c + 1) * n]
         order = names[r % len(names) :] + names[: r % len(names)]
         for name in order:
             model, callbacks = variants[name]
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             model.fit(
                 xs, ys, batch_size=batch_size, epochs=1, verbose=0, callbacks=callbacks
             )
             times[name].append((time.perf_counter() - start) / steps)
+            cpu[name].append((time.process_time() - start_cpu) / steps)
     ratios = {}
     for name in names:
         if name == reference:
             continue
         per_round = [a / b for a, b in zip(times[name], times[reference])]
+        cpu_round = [a / b for a, b in zip(cpu[name], cpu[reference])]
         ratios[name] = {
             "median_ratio": float(np.median(per_round)),
             "min_time_ratio": float(min(times[name]) / min(times[reference])),
             "per_round": per_round,
+            "median_cpu_ratio": float(np.median(cpu_round)),
         }
     return {
         "rounds": rounds,
@@ -428,5 +435,8 @@ def interleaved_step_times(variants, x, y, batch_size, steps, rounds, reference)
         "batch_size": batch_size,
         "ms_per_step_median": {k: 1e3 * float(np.median(v)) for k, v in times.items()},
         "ms_per_step_min": {k: 1e3 * float(np.min(v)) for k, v in times.items()},
+        "cpu_ms_per_step_median": {
+            k: 1e3 * float(np.median(v)) for k, v in cpu.items()
+        },
         f"ratio_vs_{reference}": ratios,
     }

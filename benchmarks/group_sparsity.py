@@ -557,6 +557,9 @@ def run(
         row["teacher_test_error"] = teacher_error
         row["teacher_seconds"] = round(teacher_seconds, 1)
     final = slim
+    if method in CONSTRAINT_METHODS:
+        # `slim` keeps the constraints; the fine-tuning is plain SGD.
+        final = kprune.sparsity.strip_group_sparsity(slim)
     kept = pixels_kept(slim)
     if kept is not None:
         row["input_pixels_kept"] = kept

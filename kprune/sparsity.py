@@ -5,6 +5,7 @@ hidden Dense / Conv layers carry `GroupLasso` (or `SparseGroupLasso`)
 regularizers, ready for `fit` with `kprune.callbacks.ProximalStep`; with
 `method="constraint"`, `GroupSoftThreshold` (or `SparseGroupSoftThreshold`)
 constraints that apply the proximal step inside every optimizer step.
+`strip_group_sparsity(model)` removes them again.
 """
 
 import warnings
@@ -22,6 +23,8 @@ from kprune.regularizers.group_lasso import (
     is_group_regularizer,
 )
 from kprune.regularizers.targets import (
+    _CONSTRAINT_ATTRS,
+    _REGULARIZER_ATTRS,
     constraint_slot,
     default_slot,
     is_groupable,
@@ -366,4 +369,58 @@ def apply_group_sparsity(
             f"Received: model={model.name!r}"
         )
     clone.set_weights(weights)
+    return clone
+
+
+def strip_group_sparsity(model):
+    """A copy of `model` without kprune's group-sparsity regularizers and constraints.
+
+    Removes every `GroupLasso` / `SparseGroupLasso` regularizer and
+    `GroupSoftThreshold` / `SparseGroupSoftThreshold` constraint (nested
+    models included) and keeps everything else, weights included: zero
+    units stay zero. `kprune.surgery.slim` keeps them (training the slimmed
+    model further under group sparsity is a valid use); strip them for
+    plain fine-tuning, where a constraint would go on pruning at every step.
+    The input model is not modified.
+
+    Args:
+        model: a Sequential or Functional model.
+
+    Returns:
+        A new `keras.Model` (not compiled).
+
+    Example:
+
+    >>> import keras, kprune.sparsity
+    >>> model = keras.Sequential([keras.Input((4,)),
+    ...     keras.layers.Dense(8, name="hidden"), keras.layers.Dense(1)])
+    >>> sparse = kprune.sparsity.apply_group_sparsity(model, 1e-3,
+    ...     method="constraint")
+    >>> plain = kprune.sparsity.strip_group_sparsity(sparse)
+    >>> plain.get_layer("hidden").kernel_constraint is None
+    True
+    """
+    _check_model(model)
+    attrs = _REGULARIZER_ATTRS + _CONSTRAINT_ATTRS
+    plan = {}
+    for layer in iter_layers(model):
+        found = [
+            attr
+            for attr in attrs
+            if is_group_regularizer(getattr(layer, attr, None))
+            or is_group_constraint(getattr(layer, attr, None))
+        ]
+        if found:
+            plan[id(layer)] = found
+
+    def clone_function(layer):
+        config = layer.get_config()
+        for attr in plan.get(id(layer), ()):
+            config[attr] = None
+        return layer.__class__.from_config(config)
+
+    clone = clone_model(
+        model, compile=False, clone_function=clone_function, recursive=True
+    )
+    clone.set_weights(model.get_weights())
     return clone

@@ -171,6 +171,20 @@ class ApiTest(kprune.testing.TestCase):
         self.assertAlmostEqual(constraint.effective_strength(), 0.3)
         self.assertTrue(kprune.constraints.is_group_constraint(constraint))
 
+    def test_strip_group_sparsity(self):
+        model = scenarios.mlp(None)
+        for method in ("constraint", "callback"):
+            sparse = kprune.sparsity.apply_group_sparsity(model, 0.1, method=method)
+            slim = kprune.surgery.slim(sparse)  # keeps them
+            self.assertEqual(len(strength_holders(slim)), 1)
+            plain = kprune.sparsity.strip_group_sparsity(slim)
+            self.assertEqual(strength_holders(plain), [])
+            self.assertIsNone(plain.get_layer("a").kernel_constraint)
+            self.assertIsNone(plain.get_layer("a").kernel_regularizer)
+            for a, b in zip(slim.get_weights(), plain.get_weights()):
+                np.testing.assert_array_equal(a, b)
+            self.assertEqual(len(strength_holders(slim)), 1)  # input untouched
+
     def test_config_pickle_and_keras_file(self):
         for constraint in (
             GroupSoftThreshold(0.2, scale=3.0, axis=(-2, -1), step_size=0.1),
