@@ -92,6 +92,23 @@ class BiasGroupTest(kprune.testing.TestCase):
                 )
                 self.assertTrue(np.all(to_np(alone)[:, 1] == 0))
 
+    def test_gradient_accumulation_steps_once_per_update(self):
+        kernel = np.array([[2.0, 0.12], [1.0, -0.1]], "float32")
+        bias = np.array([0.5, 0.01], "float32")
+        layer = keras.layers.Dense(
+            2, kernel_constraint=GroupSoftThreshold(1.0, step_size=0.2)
+        )
+        model = keras.Sequential([keras.Input((2,)), layer])
+        layer.set_weights([kernel, bias])
+        model.compile(keras.optimizers.SGD(0.0, gradient_accumulation_steps=2), "mse")
+        data = np.ones((4, 2), "float32"), np.ones((4, 2), "float32")
+        model.train_on_batch(*data)  # accumulates only: no proximal step
+        np.testing.assert_array_equal(to_np(layer.kernel), kernel)
+        model.train_on_batch(*data)  # the update step: one proximal step
+        want_k, want_b = sparse_group_prox(kernel, bias, 0.2, 1.0)
+        np.testing.assert_allclose(to_np(layer.kernel), to_np(want_k), 1e-6)
+        np.testing.assert_allclose(to_np(layer.bias), to_np(want_b), 1e-6)
+
     def test_every_layer_type_zeroes_kernel_and_bias(self):
         inputs = keras.Input((8, 8, 2))
         x = keras.layers.Conv2D(4, 3, name="conv")(inputs)

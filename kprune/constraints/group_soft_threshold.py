@@ -169,8 +169,11 @@ class _GroupThreshold(keras.constraints.Constraint, KerasSaveable):
         steps = getattr(optimizer, "gradient_accumulation_steps", None)
         if optimizer is not None and steps:
             # Keras applies constraints at every call, also when it only
-            # accumulates gradients: shrink on the real update steps only.
-            update = ops.equal((optimizer.iterations + 1) % steps, 0)
+            # accumulates gradients: shrink on the real update steps only
+            # (Keras' own test; `iterations` counts updates, `_iterations`
+            # calls).
+            calls = getattr(optimizer, "_iterations", optimizer.iterations)
+            update = ops.equal((calls + 1) % steps, 0)
             t = t * ops.cast(update, dtype)
         return t
 
