@@ -673,6 +673,46 @@ def timing_variant(model_name, kind, seed):
     return model, callbacks
 
 
+def xla_step_cost(model, x, y):
+    """XLA's cost analysis of one compiled train step (JAX only).
+
+    The flops and bytes accessed of `loss -> grads -> optimizer.apply` (the
+    constraints included), as XLA counts them: a measure of the work the
+    constraint adds that the machine's load cannot blur.
+    """
+    import jax
+
+    optimizer = model.optimizer
+    optimizer.build(model.trainable_variables)
+    loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+    def loss(trainable, non_trainable, xb, yb):
+        out, non_trainable = model.stateless_call(
+            trainable, non_trainable, xb, training=True
+        )
+        return loss_fn(yb, out), non_trainable
+
+    grad = jax.value_and_grad(loss, has_aux=True)
+
+    def train_step(state, xb, yb):
+        trainable, non_trainable, slots = state
+        (value, non_trainable), grads = grad(trainable, non_trainable, xb, yb)
+        trainable, slots = optimizer.stateless_apply(slots, grads, trainable)
+        return value, (trainable, non_trainable, slots)
+
+    state = tuple(
+        [v.value for v in variables]
+        for variables in (
+            model.trainable_variables,
+            model.non_trainable_variables,
+            optimizer.variables,
+        )
+    )
+    cost = jax.jit(train_step).lower(state, x, y).compile().cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    return {"flops": float(cost["flops"]), "bytes": float(cost["bytes accessed"])}
+
+
 def step_timing(model_name, x, y, rounds, seed, timing_set="proximal"):
     """Seconds per training step, kprune vs plain fit, interleaved.
 
@@ -715,6 +755,11 @@ def step_timing(model_name, x, y, rounds, seed, timing_set="proximal"):
         model.fit(x[: bs * 2], y[: bs * 2], batch_size=bs, epochs=1, verbose=0)
         variants[kind] = (model, callbacks)
     result = interleaved_step_times(variants, x, y, bs, CHUNK_STEPS, rounds, "plain")
+    if timing_set == "constraint" and keras.backend.backend() == "jax":
+        result["xla_cost"] = {
+            kind: xla_step_cost(variants[kind][0], x[:bs], y[:bs])
+            for kind in ("plain", "constraint")
+        }
     ratios = result["ratio_vs_plain"]
     target = TIMING_TARGETS[timing_set]
     result.update(
