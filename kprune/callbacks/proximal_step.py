@@ -126,7 +126,11 @@ class ProximalStep(keras.callbacks.Callback):
     Backends: on JAX the weights live in the train state during an epoch;
     each mid-epoch proximal step first writes that state back into the model
     (`kprune._backend.sync_weights`: one Python-level `assign` per model and
-    optimizer variable) and the next train step reads it again.
+    optimizer variable) and the next train step reads it again. The same
+    proximal operator as a kernel constraint
+    (`kprune.constraints.GroupSoftThreshold`, or
+    `apply_group_sparsity(..., method="constraint")`) runs inside every
+    optimizer step instead, with no Python per step and no write-back.
 
     Args:
         every_n_steps: apply every this many optimizer steps instead of at
