@@ -74,7 +74,7 @@ def _sublayers(layer):
     return []
 
 
-def leaf_layers(model):
+def leaf_layers(model, include_composite=False):
     """The leaf layers of `model`, anywhere inside it, by path.
 
     Walks `layer._flatten_layers(recursive=False)` depth first from the
@@ -87,6 +87,9 @@ def leaf_layers(model):
 
     Args:
         model: a Keras model or layer.
+        include_composite: also list the layers that have sublayers
+            (nested models, composite layers such as a transformer block or
+            an attention layer), each before its sublayers.
 
     Returns:
         An ordered dict `{path: layer}`.
@@ -111,6 +114,8 @@ def leaf_layers(model):
             name = sub.name if names[sub.name] == 1 else f"{sub.name}#{names[sub.name]}"
             path = f"{prefix}{name}"
             if _sublayers(sub):
+                if include_composite:
+                    out[path] = sub
                 walk(sub, path + "/")
             elif not isinstance(sub, keras.layers.InputLayer):
                 out[path] = sub
