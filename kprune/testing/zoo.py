@@ -57,6 +57,9 @@ from kprune.testing._zoo_weights import (
     zero_units,
 )
 
+# Families in this order: text, vision and image-text, then the rest.
+_MODULES = (_zoo_text, _zoo_vision, _zoo_composite)
+
 __all__ = [
     "APPLICATION_SIZES",
     "BATCH",
@@ -98,8 +101,13 @@ def keras_hub_backbones():
     >>> "bert" in builders and "llama" in builders
     True
     """
+    order = {m.__name__: i for i, m in enumerate(_MODULES)}
+    ranked = sorted(
+        enumerate(_HUB.items()),
+        key=lambda item: (order[item[1][1].__module__], item[0]),
+    )
     return collections.OrderedDict(
-        (name, _hub_builder(name, fn)) for name, fn in _HUB.items()
+        (name, _hub_builder(name, fn)) for _, (name, fn) in ranked
     )
 
 
