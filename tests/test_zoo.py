@@ -324,6 +324,20 @@ def test_zero_units_einsum_unit_axis_and_bias():
     assert np.all(bias[:, kept] != 0)
 
 
+def test_zero_units_einsum_bias_with_gaps():
+    inputs = keras.Input((6, 8))
+    layer = L.EinsumDense(
+        "abc,cde->abde", output_shape=(6, 3, 5), bias_axes="be", name="proj"
+    )
+    model = keras.Model(inputs, layer(inputs))
+    zoo.perturb_weights(model)
+    assert tuple(model.get_layer("proj").bias.shape) == (6, 1, 5)
+    twin, zeroed = zoo.zero_units(model, fraction=0.4, seed=0)
+    bias = keras.ops.convert_to_numpy(twin.get_layer("proj").bias)
+    assert np.all(bias[..., zeroed["proj"]] == 0)
+    assert np.count_nonzero(bias == 0) == 6 * len(zeroed["proj"])
+
+
 def test_zero_units_is_seeded_and_checks_fraction():
     inputs = keras.Input((4,))
     model = keras.Model(inputs, L.Dense(20, name="fc")(inputs))

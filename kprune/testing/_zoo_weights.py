@@ -316,11 +316,15 @@ def _zero_layer(layer, rng, fraction):
 def _zero_einsum_bias(layer, bias, kernel_axis, chosen):
     inputs, output = layer.equation.replace(" ", "").split("->")
     letter = inputs.split(",")[1][kernel_axis]
-    # The bias holds the output axes listed in `bias_axes`, in output order.
-    bias_letters = [c for c in output if c in (layer.bias_axes or "")]
-    if letter in bias_letters:
-        moved = np.moveaxis(bias, bias_letters.index(letter), -1)
-        moved[..., chosen] = 0.0
+    bias_axes = layer.bias_axes or ""
+    if letter not in bias_axes:
+        return
+    # As in Keras: the bias spans the output axes from the first bias axis
+    # to the last one (size 1 on those not in `bias_axes`).
+    letters = [c for c in output if c.isalpha()]
+    first = min(letters.index(c) for c in bias_axes)
+    moved = np.moveaxis(bias, letters[first:].index(letter), -1)
+    moved[..., chosen] = 0.0
 
 
 def _zero_rnn_cell(layer, rng, fraction):
