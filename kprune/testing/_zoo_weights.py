@@ -79,8 +79,9 @@ def leaf_layers(model, include_composite=False):
 
     Walks `layer._flatten_layers(recursive=False)` depth first from the
     model (nested models and composite layers included). A leaf is a
-    layer with no sublayers (`InputLayer`s are left out). Its path is the names of the layers leading
-    to it, joined by `/`, without the model's own name
+    layer with no sublayers (`InputLayer`s are left out). Its path is the
+    names of the layers leading to it, joined by `/`, without the model's
+    own name
     (`"transformer_layer_0/_self_attention_layer/query"`); a name repeated
     among siblings gets `#2`, `#3` ... A layer reachable twice (shared)
     appears once, under its first path.
