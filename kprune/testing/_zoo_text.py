@@ -321,7 +321,7 @@ def _seq2seq_inputs(rng, encoder="encoder_token_ids"):
 
 @_hub("t5")
 def _t5(m, rng):
-    # One layer: building T5 traces every layer in TensorFlow (7 s a layer).
+    # One layer: T5 builds slowly (2 layers took 11-21 s on a loaded machine).
     b = m.T5Backbone(
         vocabulary_size=VOCAB,
         num_layers=1,
