@@ -45,6 +45,7 @@ import collections
 import inspect
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -162,8 +163,12 @@ def _runs_like(model, other, x):
     return other.count_params()
 
 
-def run_model(kind, name, fraction, heavy_params, workdir):
-    """All steps on one model; returns the record (never raises)."""
+def run_model(kind, name, fraction, heavy_params, workdir, progress=None):
+    """All steps on one model; returns the record (never raises).
+
+    `progress(record, step)` is called before each step with the record so
+    far, so that a model killed by the timeout keeps its finished steps.
+    """
     import keras
 
     import kprune
@@ -173,6 +178,8 @@ def run_model(kind, name, fraction, heavy_params, workdir):
     steps = rec["steps"]
 
     def step(key, fn):
+        if progress is not None:
+            progress(rec, key)
         start = time.perf_counter()
         try:
             value = fn()
@@ -357,13 +364,25 @@ def worker(args):
 
     os.makedirs(args.workdir, exist_ok=True)
     with open(args.jsonl, "a") as out:
+
+        def write(line):
+            out.write(json.dumps(line) + "\n")
+            out.flush()
+
         for item in args.names.split(","):
             kind, name = item.split(":", 1)
-            out.write(json.dumps({"start": item, "time": time.time()}) + "\n")
-            out.flush()
-            rec = run_model(kind, name, args.fraction, args.heavy_params, args.workdir)
-            out.write(json.dumps({"result": item, "record": rec}) + "\n")
-            out.flush()
+            write({"start": item, "time": time.time()})
+            rec = run_model(
+                kind,
+                name,
+                args.fraction,
+                args.heavy_params,
+                args.workdir,
+                progress=lambda r, key, item=item: write(
+                    {"progress": item, "step": key, "record": r}
+                ),
+            )
+            write({"result": item, "record": rec})
             keras.backend.clear_session()
 
 
@@ -378,11 +397,20 @@ def _read(jsonl):
 
 
 def run_all(items, args):
-    """Runs `items` ("kind:name") in worker processes; returns records."""
+    """Runs `items` ("kind:name") in worker processes; returns records.
+
+    Results go to a JSON-lines file (`--resume FILE` continues one: models
+    with a result there are not run again).
+    """
     records = collections.OrderedDict()
-    remaining = list(items)
     workdir = tempfile.mkdtemp(prefix="kprune_zoo_")
-    jsonl = os.path.join(workdir, "results.jsonl")
+    jsonl = args.resume or os.path.join(workdir, "results.jsonl")
+    for line in _read(jsonl):
+        if "result" in line and line["result"] in items:
+            records[line["result"]] = line["record"]
+    remaining = [i for i in items if i not in records]
+    if records:
+        print(f"resumed {len(records)} models from {jsonl}", flush=True)
     while remaining:
         cmd = [
             sys.executable,
@@ -400,7 +428,7 @@ def run_all(items, args):
             str(args.heavy_params),
         ]
         proc = subprocess.Popen(cmd, start_new_session=True)
-        current, started = None, time.time()
+        current, started, partial, in_step = None, time.time(), None, None
         seen = len(_read(jsonl))
         while True:
             time.sleep(1.0)
@@ -408,7 +436,10 @@ def run_all(items, args):
             for line in lines[seen:]:
                 if "start" in line:
                     current, started = line["start"], time.time()
+                    partial, in_step = None, "build"
                     print(f"[{len(records) + 1}/{len(items)}] {current}", flush=True)
+                elif "progress" in line:
+                    partial, in_step = line["record"], line["step"]
                 else:
                     records[line["result"]] = line["record"]
                     remaining.remove(line["result"])
@@ -419,9 +450,10 @@ def run_all(items, args):
             if current is not None and time.time() - started > args.timeout:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
-                records[current] = _lost(current, f"timeout after {args.timeout} s")
+                why = f"timeout after {args.timeout:.0f} s in step {in_step}"
+                records[current] = _lost(current, why, partial, in_step, "Timeout")
                 remaining.remove(current)
-                print(f"    TIMEOUT {current}", flush=True)
+                print(f"    TIMEOUT {current} in {in_step}", flush=True)
                 break
             if rc is not None:
                 lines = _read(jsonl)
@@ -430,22 +462,41 @@ def run_all(items, args):
                         records[line["result"]] = line["record"]
                         remaining.remove(line["result"])
                         current = None
+                    elif "progress" in line:
+                        partial, in_step = line["record"], line["step"]
                 if current is not None:
-                    records[current] = _lost(current, f"worker died (exit {rc})")
+                    why = f"worker died (exit {rc}) in step {in_step}"
+                    records[current] = _lost(
+                        current, why, partial, in_step, "WorkerDied"
+                    )
                     remaining.remove(current)
                     print(f"    WORKER DIED {current} (exit {rc})", flush=True)
                 elif rc != 0 and remaining:
                     # Died before starting a model: give up on the rest.
                     for item in remaining:
-                        records[item] = _lost(item, f"worker failed to start ({rc})")
+                        records[item] = _lost(
+                            item,
+                            f"worker failed to start ({rc})",
+                            None,
+                            "build",
+                            "WorkerDied",
+                        )
                     remaining = []
                 break
+    if not args.resume:
+        shutil.rmtree(workdir, ignore_errors=True)
     return [records[i] for i in items if i in records]
 
 
-def _lost(item, why):
+def _lost(item, why, partial, step, kind_of_loss):
+    """The record of a model whose worker was killed or died in `step`:
+    its finished steps, and `step` as failed with `kind_of_loss`."""
     kind, name = item.split(":", 1)
-    return {"name": name, "kind": kind, "lost": why, "steps": {}}
+    rec = dict(partial or {"name": name, "kind": kind, "steps": {}})
+    rec["lost"] = why
+    rec["steps"] = dict(rec["steps"])
+    rec["steps"][step] = {"ok": False, "error_class": kind_of_loss, "error": why}
+    return rec
 
 
 def _print_record(rec):
@@ -471,8 +522,6 @@ def _cell(s):
 
 def _fmt_step(rec, key):
     s = rec["steps"].get(key)
-    if rec.get("lost"):
-        return "lost"
     if not s:
         return "—"
     if s.get("ok") is None:
@@ -510,10 +559,6 @@ def summarize(records):
     by_class = collections.Counter()
     examples = {}
     for r in records:
-        if r.get("lost"):
-            key = ("(whole model)", r["lost"].split(" after")[0].split(" (")[0])
-            by_class[key] += 1
-            examples.setdefault(key, (r["name"], r["lost"]))
         for step_name, s in r["steps"].items():
             if s.get("ok") is False:
                 key = (step_name, s["error_class"])
@@ -547,8 +592,9 @@ def markdown(result, md_table, run_line):
         f"layers), then `slim`. Exact: max relative output difference <= {EXACT}. "
         f"Total wall time {result['seconds']:.0f} s; per-model timeout "
         f"{result['timeout']} s; save/load and TFLite skipped above "
-        f"{result['heavy_params']:,} parameters. `lost`: the model ran past the "
-        "timeout or killed the worker."
+        f"{result['heavy_params']:,} parameters. `Timeout` / `WorkerDied`: the "
+        "model ran past the timeout / killed the worker in that step (later "
+        "steps did not run)."
     )
     for kind in ("keras_hub", "applications"):
         recs = [r for r in result["records"] if r["kind"] == kind]
@@ -669,6 +715,11 @@ def main(argv=None):
         help="skip save/load and TFLite above this many parameters",
     )
     parser.add_argument("--name", default="model_zoo", help="results file name")
+    parser.add_argument(
+        "--resume",
+        help="JSON-lines file of the runs (kept); models with a result there "
+        "are not run again",
+    )
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--names", help=argparse.SUPPRESS)
     parser.add_argument("--jsonl", help=argparse.SUPPRESS)
