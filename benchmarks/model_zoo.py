@@ -70,16 +70,25 @@ STEPS = [
     "tflite_select",
 ]
 EXACT = 1e-5
+# Names of FFN intermediate / expansion layers across KerasHub and
+# keras.applications (first match in this order wins).
 FFN_WORDS = (
     "intermediate",
-    "ffn",
-    "feedforward",
-    "mlp",
+    "ffw_gating",
+    "h_to_4h",
+    "gate_proj",
+    "gate_dense",
+    "up_proj",
     "fc1",
     "gate",
-    "expand",
-    "dense_1",
+    "pointwise_conv_1",
+    "expand_conv",
+    "_expand",
+    "_1_conv",
 )
+# Words of the composite layers that hold an FFN (second choice: the first
+# kernel layer inside one).
+FFN_BLOCKS = ("mlp", "ffn", "feedforward")
 
 
 # ------------------------------------------------------------------ worker
@@ -119,10 +128,10 @@ def _relative_difference(a, b):
 
 
 def _pick_inner_layer(zoo, model):
-    """(path, layer) of a kernel layer to shrink: an FFN / expansion layer
-    inside a composite layer when one is found by name, else the first
-    kernel layer inside a composite layer, else the first kernel layer
-    (at least 4 units each)."""
+    """(path, layer) of a kernel layer to shrink (at least 4 units): the
+    first whose own name holds the earliest of `FFN_WORDS` (an FFN
+    intermediate or expansion layer), else the first inside an MLP / FFN
+    block, else the first inside a composite layer, else the first."""
     candidates = []
     for path, layer in zoo.leaf_layers(model).items():
         rule = zoo.unit_axis(layer)
@@ -141,8 +150,13 @@ def _pick_inner_layer(zoo, model):
 
     def rank(item):
         path, _ = item
-        low = path.lower()
-        return ("/" not in path, not any(w in low for w in FFN_WORDS))
+        own = path.lower().rsplit("/", 1)[-1]
+        words = [i for i, w in enumerate(FFN_WORDS) if w in own]
+        if words:
+            return (0, words[0])
+        if any(w in path.lower() for w in FFN_BLOCKS):
+            return (1, 0)
+        return (2 if "/" in path else 3, 0)
 
     return sorted(candidates, key=rank)[0]
 
