@@ -6,6 +6,8 @@ Modules:
     callbacks: training-time pruning (proximal steps, magnitude pruning, logging).
     criteria: per-unit importance scores.
     losses: training losses that compose with the callbacks (distillation).
+    recovery: `Distiller`, a student trained on a frozen teacher inside `fit`.
+    transformers: width and depth pruning of KerasHub backbones (same class).
     surgery: the rebuilder that physically removes units/filters.
     export: TFLite (LiteRT) export and verification.
     report: parameter / MAC / width summaries.
@@ -22,15 +24,19 @@ from kprune import (
     export,  # noqa: E402
     losses,  # noqa: E402
     ops,  # noqa: E402
+    recovery,  # noqa: E402
     regularizers,  # noqa: E402
     report,  # noqa: E402
     surgery,  # noqa: E402
     testing,  # noqa: E402
+    transformers,  # noqa: E402
 )
+from kprune.recovery import Distiller  # noqa: E402
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Distiller",
     "callbacks",
     "constraints",
     "criteria",
@@ -38,9 +44,11 @@ __all__ = [
     "losses",
     "ops",
     "pruning",
+    "recovery",
     "regularizers",
     "report",
     "sparsity",
     "surgery",
     "testing",
+    "transformers",
 ]

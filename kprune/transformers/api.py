@@ -14,6 +14,7 @@ from kprune.transformers.plan import (
 )
 from kprune.transformers.slicing import apply_plan, weight_infos
 from kprune.transformers.spec import get_family
+from kprune.transformers.task import is_task, rebuild_task
 
 
 def _kept_layers(layers, num_layers, scores):
@@ -192,9 +193,15 @@ def prune(
     prune heads alone. A combination the constructor cannot express is an
     error naming the constraint.
 
+    A KerasHub task model (`GPT2CausalLM`, `BertTextClassifier`,
+    `ViTImageClassifier`, ...) can be passed instead of its backbone: its
+    backbone is pruned and the task rebuilt around it (its head keeps the
+    kept hidden channels).
+
     Args:
         backbone: a KerasHub backbone of a registered family (see
-            `kprune.transformers.families()`); not modified.
+            `kprune.transformers.families()`), or a task model holding one;
+            not modified.
         data: calibration inputs in the backbone's input format (a dict of
             `token_ids` / `padding_mask` arrays, images, or an iterable of
             batches); a few dozen to a few hundred examples.
@@ -210,7 +217,7 @@ def prune(
         max_samples: use at most this many calibration examples.
 
     Returns:
-        A new backbone of the same class.
+        A new backbone (or task model) of the same class.
 
     Example:
 
@@ -231,6 +238,9 @@ def prune(
         "ShortGPT: Layers in Large Language Models are More Redundant Than
         You Expect", arXiv 2403.03853 (2024).
     """
+    task = None
+    if is_task(backbone) and not _registered(backbone):
+        task, backbone = backbone, backbone.backbone
     plan = make_plan(
         backbone,
         data,
@@ -243,7 +253,16 @@ def prune(
         batch_size=batch_size,
         max_samples=max_samples,
     )
-    return apply_plan(backbone, plan)
+    small = apply_plan(backbone, plan)
+    return small if task is None else rebuild_task(task, small, plan)
+
+
+def _registered(model):
+    try:
+        get_family(model)
+    except ValueError:
+        return False
+    return True
 
 
 def non_embedding_params(backbone):
