@@ -10,7 +10,14 @@ import pytest
 import kprune
 from kprune.transformers import TransformerPlan, apply_plan, get_family, weight_infos
 from kprune.transformers.plan import plan_heads, round_count
-from tests.transformer_models import CONFIGS, PRE_NORM, backbone, inputs, outputs
+from tests.transformer_models import (
+    CONFIGS,
+    MORE,
+    PRE_NORM,
+    backbone,
+    inputs,
+    outputs,
+)
 
 if importlib.util.find_spec("keras_hub") is None:
     pytest.skip("keras_hub is not installed", allow_module_level=True)
@@ -132,6 +139,21 @@ def test_family_slices_are_exact(name):
         assert config[spec.heads] % config[spec.kv_heads] == 0
     rebuilt = type(small).from_config(config)
     assert rebuilt.count_params() == small.count_params()
+    assert np.all(np.isfinite(outputs(small, x)))
+
+
+@pytest.mark.parametrize("name", sorted(MORE))
+def test_more_families(name):
+    model = backbone(name)
+    x = inputs(model)
+    reference = outputs(model, x)
+    plan = permutation_plan(model, np.random.default_rng(0))
+    permuted = outputs(apply_plan(model, plan), x)
+    np.testing.assert_allclose(
+        permuted, reference[..., plan.hidden], atol=2e-5, rtol=1e-4
+    )
+    small = kprune.transformers.prune(model, x, ffn=0.5, heads=0.5, hidden=0.5)
+    assert type(small) is type(model) and small.hidden_dim == 8
     assert np.all(np.isfinite(outputs(small, x)))
 
 

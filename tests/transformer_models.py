@@ -21,6 +21,16 @@ CONFIGS = {
     ),
 }  # fmt: skip
 
+# More families on the same shared rules (checked more briefly).
+MORE = {
+    "RobertaBackbone": dict(TEXT, num_heads=4, max_sequence_length=16),
+    "XLMRobertaBackbone": dict(TEXT, num_heads=4, max_sequence_length=16),
+    "DistilBertBackbone": dict(TEXT, num_heads=4, max_sequence_length=16),
+    "OPTBackbone": dict(TEXT, num_heads=4, max_sequence_length=16),
+    "Llama3Backbone": GQA,
+    "Phi3Backbone": GQA,
+}
+
 # Families whose blocks are `x + f(norm(x))`: zeroing a block's output
 # projections makes it the identity (BERT normalizes after the residual add).
 PRE_NORM = set(CONFIGS) - {"BertBackbone"}
@@ -30,7 +40,8 @@ def backbone(name, seed=0, **overrides):
     """A tiny backbone with random weights (norms and biases too)."""
     import keras_hub
 
-    model = getattr(keras_hub.models, name)(**dict(CONFIGS[name], **overrides))
+    config = CONFIGS[name] if name in CONFIGS else MORE[name]
+    model = getattr(keras_hub.models, name)(**dict(config, **overrides))
     rng = np.random.default_rng(seed)
     for weight in model.weights:
         value = keras.ops.convert_to_numpy(weight)

@@ -319,3 +319,49 @@ VIT = register_family(
         ffn="mlp_dim",
     )
 )
+
+# --- more families on the shared tables ------------------------------------------
+
+ENCODER_BACKBONE = {
+    **TOKEN_EMBEDDING,
+    "position_embedding/embeddings": ".h",
+    **NORMS,
+}
+
+ROBERTA = register_family(
+    FamilySpec(
+        name="RoBERTa",
+        classes=("RobertaBackbone", "DistilBertBackbone"),  # and XLM-RoBERTa
+        blocks=transformer_layers,
+        ffn_layer=feedforward_output,
+        heads_layer=attention_output,
+        block_rules=ENCODER_DECODER_BLOCK,
+        backbone_rules=ENCODER_BACKBONE,
+    )
+)
+
+OPT = register_family(
+    FamilySpec(
+        name="OPT",
+        classes=("OPTBackbone",),
+        blocks=transformer_layers,
+        ffn_layer=feedforward_output,
+        heads_layer=attention_output,
+        block_rules=ENCODER_DECODER_BLOCK,
+        backbone_rules=ENCODER_BACKBONE,
+    )
+)
+
+PHI3 = register_family(
+    FamilySpec(
+        name="Phi-3",
+        classes=("Phi3Backbone",),
+        blocks=transformer_layers,
+        ffn_layer=lambda block: block.feedforward_output_dense,
+        heads_layer=lambda block: block.attention.output_dense,
+        block_rules=LLAMA_BLOCK,
+        backbone_rules=LLAMA_BACKBONE,
+        heads="num_query_heads",
+        kv_heads="num_key_value_heads",
+    )
+)
