@@ -14,7 +14,7 @@
   Qwen3, Gemma, Gemma 3, ViT, ...), and how to add one.
 """
 
-from kprune.transformers import families as _families  # noqa: F401  (registers)
+from kprune.transformers import family_specs as _family_specs  # noqa: F401
 from kprune.transformers.api import make_plan, non_embedding_params, prune
 from kprune.transformers.importance import importance_scores
 from kprune.transformers.linear import block_redundancy, replace_blocks

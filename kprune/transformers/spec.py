@@ -5,7 +5,7 @@ depth, where each block's FFN and attention sublayers are, and, for every
 weight, which of its axes are hidden channels (`h`), FFN units (`f`), query
 heads (`q`), key/value heads (`k`) or left whole (`.`). The slicing, the
 scoring and the new constructor call are shared code; a family is a few
-lines (see `kprune.transformers.families`).
+lines (see `kprune.transformers.family_specs`).
 """
 
 import dataclasses
