@@ -188,7 +188,8 @@ def stage_prune(args, cache):
             "test_accuracy": accuracy(teacher, xt, yt),
         }
     }
-    steps = args.recover_epochs * int(np.ceil(len(x) / args.batch_size))
+    xr, yr = x[: args.recover_samples], y[: args.recover_samples]
+    steps = args.recover_epochs * int(np.ceil(len(xr) / args.batch_size))
     for name, kwargs in variants.items():
         keras.utils.set_random_seed(args.seed)
         start = time.time()
@@ -201,7 +202,7 @@ def stage_prune(args, cache):
         compile_model(distiller, args.recover_lr, steps)
         start = time.time()
         distiller.fit(
-            x, y, batch_size=args.batch_size, epochs=args.recover_epochs, verbose=2
+            xr, yr, batch_size=args.batch_size, epochs=args.recover_epochs, verbose=2
         )
         recover_seconds = time.time() - start
         c = student.backbone.get_config()
@@ -228,6 +229,7 @@ def stage_prune(args, cache):
             rows[name].update(latency(student, sample, folder, name))
     return {
         "recover_epochs": args.recover_epochs,
+        "recover_samples": int(len(xr)),
         "recover_lr": args.recover_lr,
         "temperature": args.temperature,
         "alpha": args.alpha,
@@ -297,7 +299,8 @@ def markdown(result):
             "",
             f"Recovery: `kprune.Distiller` (temperature {prune['temperature']}, "
             f"alpha {prune['alpha']}), {prune['recover_epochs']} epoch(s) over the "
-            f"55,000 training images, AdamW lr {prune['recover_lr']} cosine; "
+            f"first {prune.get('recover_samples', 55000):,} training images, AdamW lr "
+            f"{prune['recover_lr']} cosine; "
             f"calibration {prune['calibration']} training images. Load average at "
             f"the end {prune.get('load_average')}. LiteRT latency: float32 files "
             "verified against Keras, 1 thread, batch 1, median of 100 runs, "
@@ -316,6 +319,7 @@ def main(argv=None):
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--recover-epochs", type=int, default=1)
     parser.add_argument("--recover-lr", type=float, default=1e-3)
+    parser.add_argument("--recover-samples", type=int, default=55000)
     parser.add_argument("--temperature", type=float, default=2.0)
     parser.add_argument("--alpha", type=float, default=0.5)
     parser.add_argument("--calibration", type=int, default=512)
@@ -331,7 +335,9 @@ def main(argv=None):
     os.makedirs(os.path.dirname(args.cache), exist_ok=True)
     info = machine()
     command = command_line(__file__, argv)
-    result = read_json(os.path.join(os.path.dirname(__file__), "results", f"{NAME}.json"))
+    result = read_json(
+        os.path.join(os.path.dirname(__file__), "results", f"{NAME}.json")
+    )
     if args.quick or not result:
         result = {}
     result["machine"] = info

@@ -1,5 +1,6 @@
 """Importance of a KerasHub backbone's channels, units, heads and blocks."""
 
+import keras
 import numpy as np
 
 from kprune.criteria.transformer_scores import TransformerScores, activation_scores
@@ -18,7 +19,7 @@ def _magnitudes(backbone, spec):
     heads = [np.zeros(config[spec.heads]) for _ in range(num_blocks)]
     group = config[spec.heads] // spec.num_kv_heads(config)
     for info in weight_infos(backbone, spec):
-        value = np.asarray(info.variable, np.float64) ** 2
+        value = keras.ops.convert_to_numpy(info.variable).astype(np.float64) ** 2
         for axis, role in enumerate(info.roles):
             if role == ".":
                 continue
