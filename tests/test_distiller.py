@@ -82,6 +82,11 @@ def test_fit_trains_only_the_student_and_round_trips(tmp_path):
     history = distiller.fit(x, y, batch_size=16, epochs=3, verbose=0)
     assert history.history["loss"][-1] < history.history["loss"][0]
     assert "accuracy" in history.history
+    if keras.backend.backend() == "tensorflow":  # a tf.data pipeline works too
+        import tensorflow as tf
+
+        dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(16)
+        distiller.fit(dataset, epochs=1, verbose=0)
     for w, before in zip(teacher.weights, teacher_before):
         np.testing.assert_array_equal(to_np(w), before)
     assert teacher.trainable  # the user's flag is left alone
