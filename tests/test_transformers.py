@@ -336,3 +336,30 @@ def test_errors_name_the_constraint():
     gemma3 = backbone("Gemma3Backbone", num_layers=7, use_sliding_window_attention=True)
     with pytest.raises(ValueError, match="sliding-window vs global"):
         kprune.transformers.prune(gemma3, inputs(gemma3), layers=[0, 1, 2, 3, 4, 6])
+
+
+def test_replace_blocks_by_fitted_linear_maps(tmp_path):
+    model = backbone("GPT2Backbone", num_layers=3)
+    block = model.transformer_layers[1]
+    for weight in block.weights:  # block 1 becomes the identity map
+        if weight.path.endswith(("attention_output/kernel", "output_dense/kernel")):
+            weight.assign(np.zeros(weight.shape))
+        if weight.path.endswith(("attention_output/bias", "output_dense/bias")):
+            weight.assign(np.zeros(weight.shape))
+    x = inputs(model, n=12)
+    report = kprune.transformers.block_redundancy(model, x)
+    assert [r["index"] for r in report] == [0, 1, 2]
+    assert report[1]["r2"] > 1 - 1e-6 and report[1]["influence"] < 1e-6
+    linear, info = kprune.transformers.replace_blocks(model, [1], x, return_info=True)
+    assert info[0]["params_added"] == 16 * 16 + 16
+    names = [layer.name for layer in linear.layers]
+    assert "linear_transformer_layer_1" in names
+    assert "transformer_layer_1" not in names
+    np.testing.assert_allclose(outputs(linear, x), outputs(model, x), atol=1e-4)
+    path = str(tmp_path / "linear.keras")
+    linear.save(path)
+    loaded = keras.models.load_model(path)
+    np.testing.assert_allclose(outputs(loaded, x), outputs(linear, x), atol=1e-6)
+    with pytest.raises(ValueError, match="called inside another layer"):
+        vit = backbone("ViTBackbone")
+        kprune.transformers.replace_blocks(vit, [0], inputs(vit))

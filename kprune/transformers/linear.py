@@ -95,7 +95,7 @@ def block_redundancy(backbone, data, batch_size=16, max_samples=None, ridge=0.0)
 
 def _functional(copy, replacements):
     """`copy`'s top-level graph with some block calls swapped for layers."""
-    view = keras.Model(copy.inputs, copy.outputs)
+    view = keras.Model(copy.input, copy.output)
 
     def call(layer, *args, **kwargs):
         if id(layer) in replacements:
