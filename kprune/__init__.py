@@ -8,6 +8,8 @@ Modules:
     pruning: magnitude-pruning building blocks (masks, schedules, ART).
     criteria: per-unit importance scores.
     losses: training losses that compose with the callbacks (distillation).
+    recovery: `Distiller`, a student trained on a frozen teacher inside `fit`.
+    transformers: width and depth pruning of KerasHub backbones (same class).
     surgery: the rebuilder that physically removes units/filters.
     export: TFLite (LiteRT) export and verification.
     report: parameter / MAC / width summaries.
@@ -47,12 +49,16 @@ from kprune import (  # noqa: E402  (after the line above, before TensorFlow)
     report,
     sparsity,
     surgery,
+    recovery,
     testing,
+    transformers,
 )
+from kprune.recovery import Distiller  # noqa: E402
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Distiller",
     "callbacks",
     "constraints",
     "criteria",
@@ -61,9 +67,11 @@ __all__ = [
     "losses",
     "ops",
     "pruning",
+    "recovery",
     "regularizers",
     "report",
     "sparsity",
     "surgery",
     "testing",
+    "transformers",
 ]
