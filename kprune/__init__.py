@@ -45,11 +45,11 @@ from kprune import (  # noqa: E402  (after the line above, before TensorFlow)
     losses,
     ops,
     pruning,
+    recovery,
     regularizers,
     report,
     sparsity,
     surgery,
-    recovery,
     testing,
     transformers,
 )
