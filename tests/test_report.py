@@ -7,6 +7,7 @@ from unittest import mock
 
 import keras
 import numpy as np
+import pytest
 
 from kprune import report
 from kprune.testing import TestCase
@@ -224,9 +225,12 @@ class SummaryTest(TestCase):
         model = keras.Sequential(
             [keras.Input((None, None, 3)), keras.layers.Conv2D(4, 3, name="conv")]
         )
-        s = report.summary(model)
+        s = report.summary(model, unknown_size=None)
         self.assertEqual(s["unknown_macs"], ["conv"])
         self.assertIn("MACs not counted", report.format_table(s))
+        s = report.summary(model)  # unknown sizes counted at 128
+        self.assertEqual(s["input_shapes"], [[128, 128, 3]])
+        self.assertEqual(s["macs"], 126 * 126 * 3 * 3 * 3 * 4)
         s = report.summary(model, input_shape=(10, 10, 3))
         self.assertEqual(s["unknown_macs"], [])
         self.assertEqual(s["macs"], 8 * 8 * 3 * 3 * 3 * 4)
@@ -320,3 +324,67 @@ class PlotTest(TestCase):
         with mock.patch.dict(sys.modules, {"matplotlib.figure": None}):
             with self.assertRaisesRegex(ImportError, r"pip install kprune\[plots\]"):
                 report.plot_widths(wide, thin, self.tmp_path("x.png"))
+
+
+class CompositeMacsTest(TestCase):
+    """MACs inside layers made of sublayers (issue 17)."""
+
+    def test_layer_of_sublayers_counts_its_parts(self):
+        @keras.saving.register_keras_serializable(package="kprune_test")
+        class Block(keras.layers.Layer):
+            def __init__(self, **kwargs):
+                super().__init__(**kwargs)
+                self.up = keras.layers.Dense(12, name="up")
+                self.down = keras.layers.Dense(6, name="down")
+
+            def call(self, x):
+                return x + self.down(keras.ops.relu(self.up(x)))
+
+        x = keras.Input((5, 6))
+        y = keras.layers.MultiHeadAttention(2, 4, name="mha")(x, x)
+        y = Block(name="block")(y)
+        model = keras.Model(x, keras.layers.Dense(3, name="head")(y))
+        s = report.summary(model)
+        macs = {row["name"]: row["macs"] for row in s["layers"]}
+        self.assertEqual(macs["block"], 5 * 6 * 12 + 5 * 12 * 6)
+        self.assertEqual(macs["mha"], 4 * 5 * 6 * 8 + 2 * 5 * 5 * 8)
+        self.assertEqual(macs["head"], 5 * 6 * 3)
+        self.assertEqual(s["unknown_macs"], [])
+
+    def test_einsum_op_and_recurrent_layers(self):
+        x = keras.Input((7, 4))
+        h = keras.layers.LSTM(5, return_sequences=True, name="lstm")(x)
+        scores = keras.ops.einsum("btc,bsc->bts", h, h)
+        model = keras.Model(x, keras.layers.Dense(2, name="head")(scores))
+        s = report.summary(model)
+        macs = {row["name"]: row["macs"] for row in s["layers"]}
+        self.assertEqual(macs["lstm"], 7 * 4 * 5 * (4 + 5))
+        self.assertEqual(macs["head"], 7 * 7 * 2)
+        self.assertEqual(macs["(keras.ops)"], 7 * 7 * 5)
+        self.assertEqual(s["macs"], 7 * 4 * 5 * 9 + 7 * 7 * 5 + 7 * 7 * 2)
+
+    def test_keras_hub_backbone_counts_inside_blocks(self):
+        keras_hub = pytest.importorskip("keras_hub")
+        backbone = keras_hub.models.BertBackbone(
+            vocabulary_size=50,
+            num_layers=2,
+            num_heads=2,
+            hidden_dim=8,
+            intermediate_dim=16,
+            max_sequence_length=16,
+        )
+        s = report.summary(backbone)
+        self.assertEqual(s["input_shapes"], [[128], [128], [128]])
+        s = report.summary(
+            backbone,
+            input_shape={
+                "token_ids": (16,),
+                "padding_mask": (16,),
+                "segment_ids": (16,),
+            },
+        )
+        per_block = 16 * (4 * 8 * 8 + 2 * 8 * 16) + 2 * 16 * 16 * 4 * 2
+        blocks = [r["macs"] for r in s["layers"] if "transformer_layer" in r["name"]]
+        self.assertEqual(blocks, [per_block, per_block])
+        self.assertGreaterEqual(s["macs"], 2 * per_block)
+        self.assertEqual(s["unknown_macs"], [])

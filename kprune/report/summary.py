@@ -3,8 +3,13 @@
 import keras
 import numpy as np
 
+from kprune.report.call_macs import call_macs
 from kprune.report.macs import attention_macs, layer_macs, layer_width
 from kprune.surgery.compiling import clone_model
+from kprune.surgery.errors import SurgeryError
+
+#: Unknown input sizes (a sequence length, an image side) are counted at this.
+UNKNOWN_SIZE = 128
 
 
 def _is_graph_model(layer):
@@ -138,6 +143,111 @@ def _rows(model, shape_model):
     return rows, unknown
 
 
+def _input_shapes(model, input_shape, unknown_size):
+    """Full input shapes (batch 1) to count MACs at, one per model input."""
+    inputs = list(model.inputs)
+    if input_shape is None:
+        shapes = [tuple(x.shape[1:]) for x in inputs]
+    elif isinstance(input_shape, dict):
+        names = [x.name for x in inputs]
+        struct = getattr(model, "_inputs_struct", None)
+        if isinstance(struct, dict):
+            names = [k for k in sorted(struct)]
+        missing = [n for n in names if n not in input_shape]
+        if missing or len(input_shape) != len(names):
+            raise ValueError(
+                f"`input_shape` as a dict needs one shape per model input, by "
+                f"name: {names}. Received: input_shape={input_shape!r}"
+            )
+        shapes = [tuple(input_shape[n]) for n in names]
+    else:
+        shapes = [input_shape] if len(inputs) == 1 else list(input_shape)
+    valid = len(shapes) == len(inputs) and all(
+        isinstance(shape, (tuple, list))
+        and len(shape) == len(x.shape) - 1
+        and all(d is None or isinstance(d, (int, np.integer)) for d in shape)
+        for shape, x in zip(shapes, inputs)
+    )
+    if not valid:
+        raise ValueError(
+            f"`input_shape` must be one shape (without the batch axis) per "
+            f"model input ({len(inputs)}). Received: input_shape={input_shape!r}"
+        )
+    filled = []
+    for shape, x in zip(shapes, inputs):
+        known = [d if d is not None else s for d, s in zip(shape, x.shape[1:])]
+        if unknown_size is not None:
+            known = [unknown_size if d is None else d for d in known]
+        filled.append((1, *(None if d is None else int(d) for d in known)))
+    return filled
+
+
+def _graph_rows(model, input_shapes):
+    """One row per leaf layer, MACs from the traced graph (inside layers)."""
+    graph, counts = call_macs(model, input_shapes)
+    leaves = list(_leaves(model))
+    names = {path for path, _, _, _ in leaves}
+    macs, calls, shapes, unknown = {}, {}, {}, []
+    for path, count, shape in counts:
+        owner = path
+        while owner not in names and "/" in owner:
+            owner = owner.rsplit("/", 1)[0]
+        if owner not in names:
+            owner = _OPS_ROW  # a keras.ops call of the model itself
+        if count is None:
+            unknown.append(owner if owner == path else f"{owner} ({path})")
+            count = 0
+        macs[owner] = macs.get(owner, 0) + count
+        if owner == path:
+            calls[owner] = calls.get(owner, 0) + 1
+            shapes.setdefault(owner, shape)
+    for call in graph.composites:
+        if call.path in names:
+            calls[call.path] = calls.get(call.path, 0) + 1
+            shapes.setdefault(call.path, tuple(call.outputs[0].shape))
+    for path, reason in graph.opaque.items():
+        if path in names and _kernels(graph.layers_by_path.get(path)):
+            unknown.append(f"{path} ({reason})")
+    rows = []
+    for path, layer, _, _ in leaves:
+        params, nonzero = _count(_unique(layer.weights))
+        output_shape = shapes.get(path)
+        rows.append(
+            {
+                "name": path,
+                "class_name": layer.__class__.__name__,
+                "params": params,
+                "nonzero_params": nonzero,
+                "macs": int(macs.get(path, 0)),
+                "width": layer_width(layer, output_shape),
+                "output_shape": None if output_shape is None else list(output_shape),
+                "calls": calls.get(path, 0),
+            }
+        )
+    if macs.get(_OPS_ROW):
+        rows.append(
+            {
+                "name": _OPS_ROW,
+                "class_name": "Operation",
+                "params": 0,
+                "nonzero_params": 0,
+                "macs": int(macs[_OPS_ROW]),
+                "width": None,
+                "output_shape": None,
+                "calls": calls.get(_OPS_ROW, 0),
+            }
+        )
+    return rows, unknown
+
+
+#: The row of `keras.ops` calls (einsum, matmul) made by the model itself.
+_OPS_ROW = "(keras.ops)"
+
+
+def _kernels(layer):
+    return layer is not None and any(len(w.shape) >= 2 for w in layer.weights)
+
+
 def _with_input_shape(model, input_shape):
     """A clone of `model` (new layers, same names) on concrete input shapes."""
     inputs = list(model.inputs)
@@ -164,7 +274,7 @@ def _with_input_shape(model, input_shape):
     return clone_model(model, compile=False, input_tensors=packed)
 
 
-def summary(model, input_shape=None):
+def summary(model, input_shape=None, unknown_size=UNKNOWN_SIZE):
     """Parameters, non-zero parameters, MACs and widths of a Keras model.
 
     `sparsity = 1 - nonzero_params / params` over all weights;
@@ -176,19 +286,31 @@ def summary(model, input_shape=None):
     counted per layer call from the call's output shape (see
     `kprune.report.layer_macs` for the rules: Dense, EinsumDense, Conv1D/2D/3D
     with strides/dilation/groups, Conv transpose, DepthwiseConv,
-    SeparableConv; Embedding and BatchNormalization count 0, as does
-    everything else). A shared layer counts once per call; layers of a
-    nested Functional/Sequential model appear as `"outer/inner"` and count
-    once per call of the nested model.
+    SeparableConv, MultiHeadAttention, SimpleRNN / LSTM / GRU; Embedding and
+    normalization count 0). A layer made of sublayers (a KerasHub
+    transformer block, an MBConv block, grouped-query attention) is traced
+    into its parts and counts the MACs of the calls inside it, the
+    `keras.ops.einsum` / `matmul` of its attention scores included. A
+    shared layer counts once per call; layers of a nested
+    Functional/Sequential model appear as `"outer/inner"` and count once
+    per call of the nested model. Layers with kernels whose MACs cannot be
+    counted are named in `unknown_macs`.
+
+    MACs depend on the input size: an unknown size in the model's inputs
+    (a KerasHub backbone's sequence length, an image model built on
+    `(None, None, 3)`) is counted at `unknown_size` unless `input_shape`
+    gives it; the shapes used are in the result's `input_shapes`.
 
     Args:
         model: a built Keras model (Functional, Sequential, possibly
             nested). Not modified.
         input_shape: optional input shape without the batch axis (a list
-            of shapes for several inputs), for models built with unknown
-            dimensions such as `(None, None, 3)`: MACs are then counted on a
-            clone of the model built on this shape. (Layers inside a nested
-            model keep the nested model's own shapes.)
+            of shapes for several inputs, or a dict by input name such as
+            `{"token_ids": (512,), "padding_mask": (512,)}`) to count MACs
+            at.
+        unknown_size: the size unknown input dimensions are counted at
+            when `input_shape` does not give them (None: not counted; the
+            layers that depend on them are then listed in `unknown_macs`).
 
     Returns:
         A JSON-able dict with keys `model`, `params`, `trainable_params`,
@@ -196,9 +318,10 @@ def summary(model, input_shape=None):
         `kernel_params`, `kernel_nonzero_params`, `kernel_sparsity`, `macs`,
         `layers` (one dict per leaf layer: `name`, `class_name`, `params`,
         `nonzero_params`, `macs`, `width`, `output_shape`, `calls`),
-        `widths` (`{layer name: width}` for layers that define one) and
-        `unknown_macs` (layers whose MACs could not be counted because a
-        dimension was unknown).
+        `widths` (`{layer name: width}` for layers that define one),
+        `input_shapes` (the input shapes MACs were counted at, without the
+        batch axis) and `unknown_macs` (layers whose MACs could not be
+        counted: a dimension was unknown, or a layer kprune cannot count).
 
     Example:
 
@@ -228,12 +351,17 @@ def summary(model, input_shape=None):
     trainable, _ = _count(_unique(model.trainable_weights))
     kernels = [w for w in weights if len(w.shape) >= 2]
     kernel_params, kernel_nonzero = _count(kernels)
-    rows, unknown = [], []
+    rows, unknown, shapes = [], [], None
     if _is_graph_model(model):
-        shape_model = model
-        if input_shape is not None:
-            shape_model = _with_input_shape(model, input_shape)
-        rows, unknown = _rows(model, shape_model)
+        shapes = _input_shapes(model, input_shape, unknown_size)
+        try:
+            rows, unknown = _graph_rows(model, shapes)
+        except SurgeryError:
+            # A graph kprune cannot trace: counted layer by layer instead.
+            shape_model = model
+            if input_shape is not None:
+                shape_model = _with_input_shape(model, input_shape)
+            rows, unknown = _rows(model, shape_model)
     else:
         # A subclassed model or a single layer: weights only, no graph.
         unknown.append(model.name)
@@ -250,5 +378,6 @@ def summary(model, input_shape=None):
         "macs": int(sum(row["macs"] for row in rows)),
         "layers": rows,
         "widths": {r["name"]: r["width"] for r in rows if r["width"] is not None},
+        "input_shapes": None if shapes is None else [list(s[1:]) for s in shapes],
         "unknown_macs": sorted(set(unknown)),
     }

@@ -2,6 +2,7 @@
 
 - `dead_units(model)`: units whose removal cannot change the outputs.
 - `remove_units(model, plan)`: a new, smaller model (coupled channels follow).
+- `prunable_units(model)`: the unit sets a plan can name (heads, FFN units).
 - `slim(model)`: `remove_units(model, dead_units(model))`, exact.
 - `drop_input_features(model)`: stop reading input features no Dense uses.
 - `PruningPlan`: a plan `{layer: indices}` plus coupled groups, as JSON.
@@ -31,6 +32,7 @@ from kprune.surgery.inputs import SelectFeatures, drop_input_features
 from kprune.surgery.plan import PruningPlan
 from kprune.surgery.rebuild import plan_removal, remove_units, slim
 from kprune.surgery.replace import replace_blocks
+from kprune.surgery.units import UnitSet, prunable_units
 
 __all__ = [
     "Block",
@@ -46,12 +48,14 @@ __all__ = [
     "SurgeryError",
     "UnsupportedLayerError",
     "UnsupportedModelError",
+    "UnitSet",
     "cut_points",
     "dead_units",
     "drop_input_features",
     "find_blocks",
     "get_handler",
     "plan_removal",
+    "prunable_units",
     "register_handler",
     "remove_units",
     "replace_blocks",

@@ -197,7 +197,12 @@ class Graph:
 
     Args:
         model: a built Functional (a subclass too) or Sequential model.
-        expand: trace composite layers without a handler into their parts.
+        expand: trace composite layers without a handler into their parts
+            (`"all"`: every layer with sublayers, handlers or not, and no
+            numeric check of the traces: for counting, not for rebuilding).
+        input_shapes: optional full input shapes (batch axis included), one
+            per model input, to trace the graph at instead of the model's
+            own (shapes of every call are then inferred again).
 
     Attributes:
         model: the traced model.
@@ -210,7 +215,7 @@ class Graph:
         tensors: every tensor, in creation order.
     """
 
-    def __init__(self, model, expand=False):
+    def __init__(self, model, expand=False, input_shapes=None):
         check_model(model)
         if not is_graph_model(model):
             raise UnsupportedModelError(
@@ -228,9 +233,19 @@ class Graph:
         self.opaque = {}
         self.tensors = []
         self._size = 0
+        self.reshaped = input_shapes is not None
+        model_tensors = model_inputs(model)
+        shapes = [x.shape for x in model_tensors]
+        if self.reshaped:
+            shapes = [tuple(shape) for shape in input_shapes]
+            if len(shapes) != len(model_tensors):
+                raise UnsupportedModelError(
+                    f"`input_shapes` needs one shape per model input "
+                    f"({len(model_tensors)}). Received: input_shapes={input_shapes!r}"
+                )
         inputs = [
-            self._new_tensor(x.shape, x.dtype, f"input:{x.name}")
-            for x in model_inputs(model)
+            self._new_tensor(shape, x.dtype, f"input:{x.name}")
+            for shape, x in zip(shapes, model_tensors)
         ]
         self.inputs = inputs
         self.outputs = self._trace(model, "", inputs)
@@ -270,11 +285,13 @@ class Graph:
         if function is None:
             outputs = self._trace_chain(model, prefix, inputs, parent)
         else:
-            outputs = self.trace_function(function, prefix, inputs, parent)
+            outputs = self.trace_function(
+                function, prefix, inputs, parent, respec=self.reshaped
+            )
         call.outputs = outputs
         return outputs
 
-    def trace_function(self, function, prefix, inputs, parent=None):
+    def trace_function(self, function, prefix, inputs, parent=None, respec=False):
         """Add the nodes of a `keras.Function` (a Functional model too).
 
         Args:
@@ -282,6 +299,9 @@ class Graph:
             prefix: path prefix of its layers ("" or "outer/").
             inputs: one `TensorInfo` per `function.inputs`.
             parent: the `CompositeCall` being expanded, if any.
+            respec: infer every call's output shapes again from its inputs
+                (a model traced at new input shapes; a layer's trace is
+                already made at its call's shapes).
 
         Returns:
             One `TensorInfo` per `function.outputs`.
@@ -298,6 +318,10 @@ class Graph:
                 values = [known[id(x)] for x in tensors]
                 operation = node.operation
                 specs = [(o.shape, o.dtype) for o in node.outputs]
+                if respec:
+                    specs = call_output_specs(
+                        operation, prefix + operation.name, (args, kwargs), values
+                    )
                 outs = self._call(
                     operation,
                     prefix + operation.name,
@@ -344,7 +368,13 @@ class Graph:
             return self._trace(layer, path + "/", nested_inputs, parent)
         if specs is None:
             specs = output_specs(layer, path, inputs)
-        if self.expand:
+        if self.expand == "all":
+            from kprune.surgery import tracing
+
+            trace = tracing.trace_any(layer, path, inputs, arguments, self.opaque)
+            if trace is not None:
+                return self._expand(layer, path, inputs, arguments, trace, parent)
+        elif self.expand:
             from kprune.surgery import tracing
 
             trace = tracing.trace_for(layer, path, inputs, arguments, self.opaque)
@@ -469,6 +499,34 @@ def output_specs(layer, path, inputs):
         ) from error
     flat = keras.tree.flatten(out)
     return [(tuple(o.shape), o.dtype) for o in flat]
+
+
+def call_output_specs(operation, path, arguments, inputs):
+    """`[(shape, dtype)]` of one call's outputs, inferred from its inputs.
+
+    Args:
+        operation: the layer or op called.
+        path: its path (for the error message).
+        arguments: `(args, kwargs)` of the call with `Slot`s for tensors.
+        inputs: the call's input `TensorInfo`s.
+    """
+    from kprune.surgery.tracing.trace import call_kwargs
+
+    symbolic = [keras.KerasTensor(t.shape, dtype=t.dtype) for t in inputs]
+    args = fill_slots(list(arguments[0]), symbolic)
+    kwargs = fill_slots(dict(arguments[1]), symbolic)
+    if isinstance(operation, keras.layers.Layer):
+        kwargs = call_kwargs(operation, kwargs)
+        kwargs.pop("training", None)
+    try:
+        out = operation.compute_output_spec(*args, **kwargs)
+    except Exception as error:  # noqa: BLE001 - re-raised with the layer name
+        raise UnsupportedModelError(
+            f"Could not infer the output shape of '{path}' "
+            f"({type(operation).__name__}) at the given input shapes: {error}. "
+            f"Received: input shapes={[t.shape for t in inputs]}"
+        ) from error
+    return [(tuple(o.shape), o.dtype) for o in keras.tree.flatten(out)]
 
 
 def _describe(model):

@@ -17,7 +17,7 @@ the layers' own classes (see `kprune.surgery.composite`).
 - `trace_layer(...)`: the tracing itself; `verify_trace(...)`: the check.
 """
 
-from kprune.surgery.tracing.policy import should_trace, trace_for
+from kprune.surgery.tracing.policy import should_trace, trace_any, trace_for
 from kprune.surgery.tracing.trace import Trace, TraceError, trace_layer
 from kprune.surgery.tracing.verify import verify_trace
 
@@ -25,6 +25,7 @@ __all__ = [
     "Trace",
     "TraceError",
     "should_trace",
+    "trace_any",
     "trace_for",
     "trace_layer",
     "verify_trace",

@@ -51,3 +51,25 @@ def trace_for(layer, path, inputs, arguments, opaque):
         opaque[path] = f"tracing it failed: {error}"
         return None
     return trace
+
+
+def trace_any(layer, path, inputs, arguments, opaque):
+    """The unverified `Trace` of any layer call with sublayers, or None.
+
+    For counting (MACs inside layers), not for rebuilding: handlers do not
+    stop it and the trace is not checked numerically. Models, `Lambda`
+    layers and layers without sublayers are not traced.
+    """
+    if not isinstance(layer, keras.layers.Layer) or isinstance(layer, keras.Model):
+        return None
+    if isinstance(layer, (keras.layers.InputLayer, keras.layers.Lambda)):
+        return None
+    if isinstance(layer, keras.layers.MultiHeadAttention):
+        return None  # counted whole by `kprune.report.attention_macs`
+    if not layer.built or not list(layer._flatten_layers(include_self=False)):
+        return None
+    try:
+        return trace_layer(layer, inputs, arguments)
+    except TraceError as error:
+        opaque[path] = f"tracing it failed: {error}"
+        return None
