@@ -11,6 +11,7 @@
 
 from kprune.surgery.analysis import ChannelAnalysis
 from kprune.surgery.blocks import Block, cut_points, find_blocks
+from kprune.surgery.composite import CompositeRebuildError
 from kprune.surgery.dead import dead_units
 from kprune.surgery.errors import (
     CouplingError,
@@ -30,20 +31,25 @@ from kprune.surgery.handlers import (
 )
 from kprune.surgery.inputs import SelectFeatures, drop_input_features
 from kprune.surgery.plan import PruningPlan
+from kprune.surgery.pruned_model import PrunedModel
 from kprune.surgery.rebuild import plan_removal, remove_units, slim
 from kprune.surgery.replace import replace_blocks
+from kprune.surgery.resized import Resized
 from kprune.surgery.units import UnitSet, prunable_units
 
 __all__ = [
     "Block",
     "ChannelAnalysis",
     "ChannelwiseHandler",
+    "CompositeRebuildError",
     "CouplingError",
     "LayerChange",
     "LayerHandler",
     "MixingHandler",
     "ProducerHandler",
+    "PrunedModel",
     "PruningPlan",
+    "Resized",
     "SelectFeatures",
     "SurgeryError",
     "UnsupportedLayerError",

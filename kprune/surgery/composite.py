@@ -410,14 +410,21 @@ def _swap_sublayers(
 
     layer = call.layer
     paths = sublayer_paths(layer)
-    for replacement in replaced:
-        if id(replacement.old) not in paths:
+    attributes = dict(attributes or {})
+    for replacement in [r for r in replaced if id(r.old) not in paths]:
+        # A sublayer made inside `call` (KerasHub's MBConv builds its
+        # squeeze-and-excite `Reshape` from `self.filters` there): it is made
+        # anew at the new width when the attribute it is made from changes.
+        found = _width_attributes(layer, replacement.pairs)
+        if not found:
             raise CompositeRebuildError(
                 f"layer '{call.path}' ({type(layer).__name__}) cannot express "
                 f"its new widths through its constructor (tried {tried[:4]}), "
                 f"and its sublayer '{replacement.old.name}' is not held in an "
                 "attribute kprune can swap. Register a handler for its class."
             )
+        attributes.update(found)
+    replaced = [r for r in replaced if id(r.old) in paths]
     errors = [config_error] if config_error else []
     try:
         if config_error:
@@ -462,6 +469,30 @@ def _swap_sublayers(
         f"changed sublayers failed ({'; then '.join(errors)}). Remove units "
         "its arguments can express, or register a handler for its class."
     )
+
+
+def _width_attributes(layer, pairs):
+    """Int attributes of `layer` holding an old width: their new values.
+
+    Only used for sublayers a layer makes inside its `call`; None when a
+    changed width is held by no attribute, or by several with one value.
+    """
+    found = {}
+    for old, new in pairs:
+        if old == new:
+            continue
+        names = [
+            name
+            for name, value in vars(layer).items()
+            if not name.startswith("_")
+            and isinstance(value, int)
+            and not isinstance(value, bool)
+            and value == old
+        ]
+        if len(names) != 1:
+            return None
+        found[names[0]] = int(new)
+    return found or None
 
 
 def _unsaveable(path, class_name, reason):
