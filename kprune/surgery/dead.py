@@ -3,7 +3,6 @@
 import numpy as np
 
 from kprune.surgery.analysis import ChannelAnalysis
-from kprune.surgery.handlers import get_handler
 from kprune.surgery.handlers.base import as_use
 from kprune.surgery.plan import build_plan, unit_sources
 
@@ -32,9 +31,8 @@ def dead_groups(analysis):
 
     consumers = []
     for node in analysis.graph.nodes:
-        handler = get_handler(node.layer)
         try:
-            uses = handler.uses(node, analysis.weights(node.layer))
+            uses = analysis.uses(node)
         except (KeyError, ValueError):
             uses = None
         for use in map(as_use, uses or ()):
@@ -47,6 +45,11 @@ def dead_groups(analysis):
             foldable = valid & (use.fold_exact | (value == 0))
             if use.constant is not None:
                 foldable = foldable | use.constant
+            if np.shape(use.matrix) != (source.channels, target.channels):
+                # A handler that does not understand this call's layout:
+                # every channel it reads is needed.
+                use.matrix = np.ones((source.channels, target.channels), bool)
+                foldable = np.zeros(source.channels, bool)
             consumers.append(
                 (
                     analysis.values(comp, source),

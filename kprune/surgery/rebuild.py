@@ -161,7 +161,7 @@ def _rebuild(analysis, plan):
 def _new_shape(tensor, removed):
     if not tensor.channels:
         return tuple(tensor.shape)
-    return tuple(tensor.shape[:-1]) + (tensor.channels - len(removed),)
+    return tensor.resized(tensor.channels - len(removed))
 
 
 def _rebuild_composites(graph, changes, removed_of):

@@ -15,7 +15,8 @@ A handler answers four questions about a layer call (a node):
 4. `rebuild`: the config and weights of the smaller layer.
 
 The built-in handlers live in one module per family (`channelwise`,
-`reshaping`, `merging`, `producers`, `embedding`, ...), each registering its
+`reshaping`, `merging`, `producers`, `embedding`, `recurrent`, `wrappers`,
+...), each registering its
 classes on import. Users teach kprune their own layers with
 `register_handler`:
 
@@ -71,16 +72,22 @@ from kprune.surgery.handlers.producers import (
     ProducerHandler,
     SeparableConvHandler,
 )
+from kprune.surgery.handlers.recurrent import RecurrentHandler
 from kprune.surgery.handlers.reshaping import (
     FlattenHandler,
     PermuteHandler,
     ReshapeHandler,
+)
+from kprune.surgery.handlers.wrappers import (
+    BidirectionalHandler,
+    TimeDistributedHandler,
 )
 
 __all__ = [
     "OPAQUE",
     "ActivationHandler",
     "AxisChannelwiseHandler",
+    "BidirectionalHandler",
     "ChannelwiseHandler",
     "ConcatenateHandler",
     "ConvTransposeHandler",
@@ -102,6 +109,7 @@ __all__ = [
     "PermuteHandler",
     "PositionEmbeddingHandler",
     "ProducerHandler",
+    "RecurrentHandler",
     "ReductionOpHandler",
     "ReshapeOpHandler",
     "ReshapeHandler",
@@ -109,6 +117,7 @@ __all__ = [
     "ReversibleEmbeddingHandler",
     "SeparableConvHandler",
     "SoftmaxHandler",
+    "TimeDistributedHandler",
     "Use",
     "get_handler",
     "register_handler",
