@@ -12,10 +12,10 @@ def dead_groups(analysis):
 
     A group is dead when it is not pinned and, for every weighted consumer
     (Dense, Conv, ...) reading one of its channels, either every weight from
-    that channel to the consumer's *kept* units is zero, or the channel holds
-    a constant that folds exactly into the consumer's bias. Removing units
-    can make upstream units dead in turn (their only readers are gone), so
-    the rule is applied until nothing changes.
+    that channel to the consumer's *kept* units of other groups is zero, or
+    the channel holds a constant that folds exactly into the consumer's bias.
+    Removing units can make upstream units dead in turn (their only readers
+    are gone), so the rule is applied until nothing changes.
 
     Args:
         analysis: a `ChannelAnalysis`.
@@ -50,14 +50,12 @@ def dead_groups(analysis):
                 # every channel it reads is needed.
                 use.matrix = np.ones((source.channels, target.channels), bool)
                 foldable = np.zeros(source.channels, bool)
-            consumers.append(
-                (
-                    analysis.values(comp, source),
-                    use.matrix,
-                    foldable,
-                    analysis.values(comp, target),
-                )
-            )
+            in_comps = analysis.values(comp, source)
+            out_comps = analysis.values(comp, target)
+            # A group read only by itself (a depthwise conv's channel, a
+            # recurrent unit's own state) is not needed for that.
+            matrix = use.matrix & (in_comps[:, None] != out_comps[None, :])
+            consumers.append((in_comps, matrix, foldable, out_comps))
 
     removed = np.zeros(analysis.num_groups, dtype=bool)
     while True:

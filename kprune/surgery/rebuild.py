@@ -133,10 +133,12 @@ def _rebuild(analysis, plan):
         return np.flatnonzero(analysis.values(removed, tensor))
 
     changes = {}
+    op_calls = {}
     for nodes in graph.layer_nodes.values():
         node = nodes[0]
-        if not isinstance(node.layer, keras.layers.Layer):
-            continue  # keras.ops calls have no weights or config to change
+        is_op = not isinstance(node.layer, keras.layers.Layer)
+        if is_op and node.parent is not None:
+            continue  # ops inside a traced layer: the layer is rebuilt whole
         change = LayerChange(
             node.layer,
             node,
@@ -146,7 +148,12 @@ def _rebuild(analysis, plan):
             [analysis.values(fill, t) for t in node.inputs],
             {name: removed_of(t) for name, t in node.internal.items()},
         )
-        if change.changed:
+        if change.changed and is_op:
+            # A keras.ops call of the model: replayed as is, or replaced.
+            replacement = get_handler(node.layer).rebuild_op(change)
+            if replacement is not None:
+                op_calls[id(node.layer)] = replacement
+        elif change.changed:
             changes[id(node.layer)] = get_handler(node.layer).rebuild(change)
     composites = _rebuild_composites(graph, changes, removed_of)
 
@@ -155,7 +162,7 @@ def _rebuild(analysis, plan):
         new_shapes.setdefault(
             id(call.model), [_new_shape(t, removed_of(t)) for t in call.inputs]
         )
-    return _Cloner(changes, composites, new_shapes).clone(graph.model)
+    return _Cloner(changes, composites, new_shapes, op_calls).clone(graph.model)
 
 
 def _new_shape(tensor, removed):
@@ -220,10 +227,11 @@ def _fresh_input(tensor, shape=None):
 class _Cloner:
     """Clone a model with `keras.models.clone_model`, swapping changed layers."""
 
-    def __init__(self, changes, composites, new_shapes):
+    def __init__(self, changes, composites, new_shapes, op_calls=None):
         self.changes = changes
         self.composites = composites
         self.new_shapes = new_shapes
+        self.op_calls = op_calls or {}
         self.memo = {}
         self.weights = []
 
@@ -245,6 +253,8 @@ class _Cloner:
             new = self._clone_nested(layer)
         elif key in self.composites:
             new = self.composites[key]
+        elif key in self.op_calls:
+            new = self.op_calls[key]
         elif key in self.changes:
             config, weights = self.changes[key]
             new = layer.__class__.from_config(config)

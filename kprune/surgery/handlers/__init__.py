@@ -38,6 +38,13 @@ from kprune.surgery.handlers.base import (
     register_handler,
     unregister_handler,
 )
+from kprune.surgery.handlers.channel_ops import (
+    ModelGetItemHandler,
+    ModelSplitHandler,
+    ModelStackHandler,
+    ModelTransposeHandler,
+    UnstackOpHandler,
+)
 from kprune.surgery.handlers.channelwise import (
     ActivationHandler,
     AxisChannelwiseHandler,
@@ -103,6 +110,10 @@ __all__ = [
     "LayerScaleHandler",
     "MergeHandler",
     "MixingHandler",
+    "ModelGetItemHandler",
+    "ModelSplitHandler",
+    "ModelStackHandler",
+    "ModelTransposeHandler",
     "MultiHeadAttentionHandler",
     "NormalizationHandler",
     "PassThroughOpHandler",
@@ -118,6 +129,7 @@ __all__ = [
     "SeparableConvHandler",
     "SoftmaxHandler",
     "TimeDistributedHandler",
+    "UnstackOpHandler",
     "Use",
     "get_handler",
     "register_handler",

@@ -159,6 +159,7 @@ class BidirectionalHandler(LayerHandler):
                 part,
             )
             config[key]["config"] = inner
+            config[key].pop("build_config", None)  # built on the new input
             values += [weights[w.name] for w in direction.weights]
         return config, values
 
@@ -246,6 +247,7 @@ class TimeDistributedHandler(LayerHandler):
         inner_config, weights = handler.rebuild(step)
         config = change.config
         config["layer"]["config"] = inner_config
+        config["layer"].pop("build_config", None)  # built on the new input
         return config, weights
 
 
