@@ -9,6 +9,10 @@
   `kprune.surgery.PruningPlan`.
 - `plot_filters`, `plot_scores`: PNG pictures (matplotlib optional).
 - `block_redundancy`, `select_blocks`: redundant blocks (Cannistraci et al.).
+- `collect_statistics`, `Tap`: activation statistics of chosen sublayers,
+  captured while the model runs (wrappers removed afterwards).
+- `activation_scores`, `TransformerScores`: Minitron width importance and
+  ShortGPT block influence of transformer blocks.
 """
 
 from kprune.criteria.ablation import AblationScorer
@@ -18,19 +22,26 @@ from kprune.criteria.block_redundancy import (
     block_redundancy,
     select_blocks,
 )
+from kprune.criteria.calibration import Tap, collect_statistics, iterate_batches
 from kprune.criteria.car import car_scores, measure, surgery_scores
 from kprune.criteria.greedy import greedy_prune, select_lowest
 from kprune.criteria.metrics import importance, resolve_metric
 from kprune.criteria.plots import filter_images, plot_filters, plot_scores
+from kprune.criteria.transformer_scores import TransformerScores, activation_scores
 
 __all__ = [
     "AblationScorer",
     "BlockCandidate",
+    "Tap",
+    "TransformerScores",
+    "activation_scores",
     "block_redundancy",
     "car_scores",
+    "collect_statistics",
     "filter_images",
     "greedy_prune",
     "importance",
+    "iterate_batches",
     "l1_scores",
     "mean_activation_scores",
     "measure",

@@ -4,12 +4,20 @@
 - `verify_tflite(path, model, ...)`: compare a file with the Keras model.
 - `measure_tflite(path, ...)`: file size, gzipped size, LiteRT latency.
 - `sizes(path)`: raw and gzipped size.
+- `tf_select_ops(path)`: the TF Select ops a file needs (`select_tf_ops=True`).
+- `ConversionError`: a converter failure, in one line naming the ops.
 
 This is the only part of kprune that imports `tensorflow` (lazily, inside
 the conversion).
 """
 
 from kprune.export.measure import measure_tflite, sizes
+from kprune.export.select_ops import (
+    ConversionError,
+    SelectOpsUnavailableError,
+    UnverifiedExportWarning,
+    tf_select_ops,
+)
 from kprune.export.tflite import (
     DEFAULT_TOLERANCES,
     QUANTIZE_MODES,
@@ -20,12 +28,16 @@ from kprune.export.tflite import (
 )
 
 __all__ = [
+    "ConversionError",
     "DEFAULT_TOLERANCES",
     "QUANTIZE_MODES",
+    "SelectOpsUnavailableError",
+    "UnverifiedExportWarning",
     "VerificationError",
     "measure_tflite",
     "representative_samples",
     "sizes",
+    "tf_select_ops",
     "to_tflite",
     "verify_tflite",
 ]

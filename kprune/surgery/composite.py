@@ -138,6 +138,7 @@ class Replacement:
         def serialized():
             data = keras.saving.serialize_keras_object(layer)
             data["config"] = config
+            data.pop("build_config", None)  # the old layer's input shape
             return data
 
         return cls(
@@ -153,12 +154,16 @@ class Replacement:
             pairs = int_pairs(layer.get_config(), new.get_config())
         except Exception:  # noqa: BLE001
             pairs = []
-        return cls(
-            layer,
-            pairs,
-            lambda: new,
-            lambda: keras.saving.serialize_keras_object(new),
-        )
+
+        def serialized():
+            swap = getattr(new, "_kprune_swap", None)
+            if swap is not None:
+                if "unsaveable" in swap:
+                    raise CompositeRebuildError(swap["unsaveable"])
+                return swap
+            return keras.saving.serialize_keras_object(new)
+
+        return cls(layer, pairs, lambda: new, serialized)
 
 
 def _int_entries(config):
@@ -235,7 +240,9 @@ def build_like(layer, call, input_shapes):
     )
 
 
-def rebuild_composite(call, new_values, config_pairs, replaced, channels, input_shapes):
+def rebuild_composite(
+    call, new_values, config_pairs, replaced, channels, input_shapes, attributes=None
+):
     """A new layer of the composite's class, with sliced weights.
 
     Args:
@@ -249,6 +256,8 @@ def rebuild_composite(call, new_values, config_pairs, replaced, channels, input_
             shape, used when no config of the class fits.
         channels: the `ChannelSets` of the call's inputs and outputs.
         input_shapes: the new shapes of the call's inputs.
+        attributes: attributes to set on a layer rebuilt by swapping its
+            sublayers (head counts its `call` reshapes with).
 
     Returns:
         The new, built layer with its weights set: of the layer's own class
@@ -280,7 +289,14 @@ def rebuild_composite(call, new_values, config_pairs, replaced, channels, input_
         forget_calls(new)
         return new
     return _swap_sublayers(
-        call, replaced, new_values, channels, input_shapes, tried, config_error
+        call,
+        replaced,
+        new_values,
+        channels,
+        input_shapes,
+        tried,
+        config_error,
+        attributes or {},
     )
 
 
@@ -373,7 +389,14 @@ def _config_of(call):
 
 
 def _swap_sublayers(
-    call, replaced, new_values, channels, input_shapes, tried, config_error=None
+    call,
+    replaced,
+    new_values,
+    channels,
+    input_shapes,
+    tried,
+    config_error=None,
+    attributes=None,
 ):
     """A `Resized` layer, or a copy with swapped sublayers (unsaveable)."""
     from kprune.surgery.resized import (
@@ -395,29 +418,40 @@ def _swap_sublayers(
                 f"and its sublayer '{replacement.old.name}' is not held in an "
                 "attribute kprune can swap. Register a handler for its class."
             )
-    spec = call_spec(call.arguments, call.inputs, input_shapes)
     errors = [config_error] if config_error else []
     try:
         if config_error:
             raise CompositeRebuildError(config_error)
+        spec = call_spec(call.arguments, call.inputs, input_shapes)
         sublayers = {paths[id(r.old)]: r.serialized() for r in replaced}
         original = keras.saving.serialize_keras_object(layer)
-        new = Resized(original, sublayers, spec, name=layer.name)
+        new = Resized(original, sublayers, spec, attributes, name=layer.name)
         new.set_weights(assemble(layer, new.layer, new_values, channels))
         forget_calls(new)
         return new
     except Exception as error:  # noqa: BLE001 - next: swap in a copy
         if not config_error:
             errors.append(f"{type(error).__name__}: {error}")
+    spec = call_spec(call.arguments, call.inputs, input_shapes, strict=False)
     try:
         new = copy_layer(layer)
         if not new.built:
             call_symbolically(new, dict(spec, inputs=spec["built_on"]))
         for replacement in replaced:
             replace_sublayer(new, paths[id(replacement.old)], replacement.make())
+        for name, value in attributes.items():
+            object.__setattr__(new, name, value)
         call_eagerly(new, spec)
         new.set_weights(assemble(layer, new, new_values, channels))
         new.get_config = _unsaveable(call.path, type(layer).__name__, errors[0])
+        try:
+            new._kprune_swap = {
+                "swap": {paths[id(r.old)]: r.serialized() for r in replaced},
+                "call": call_spec(call.arguments, call.inputs, input_shapes),
+                "attributes": dict(attributes),
+            }
+        except Exception as error:  # noqa: BLE001 - noted, raised when saving
+            new._kprune_swap = {"unsaveable": f"{type(error).__name__}: {error}"}
         forget_calls(new)
         return new
     except Exception as error:  # noqa: BLE001 - reported with the layer's name

@@ -1,16 +1,16 @@
 """Copy a layer as it is: same class, same weights, no trip through a config.
 
-A layer is copied the Keras way first: `from_config(get_config())`, built
-from its build config, given the original's weights. That fails for layers
-whose config cannot rebuild them (some KerasHub layers, layers whose
-`get_config` itself raises), and it would re-create a `Lambda` from its
-function's source (`copy.deepcopy` does the same: a Keras layer pickles by
-saving itself). Those are copied structurally instead: every layer and Keras
-object reached from the layer is re-created with `__new__` and a copy of its
-attributes, every variable is copied with its value, and the layer's graph
-history (its call nodes, which would drag the whole model along) is left
-behind. Either way the copy shares nothing with the original: training it
-never changes the original's weights.
+`copy.deepcopy` of a Keras layer pickles it, and a Keras layer pickles by
+saving itself: `from_config(get_config())` plus its weights. That fails for
+layers whose config cannot rebuild them (some KerasHub layers, layers whose
+`get_config` itself raises), re-creates a `Lambda` from its function's
+source, and pays for initializing every variable before overwriting it. So
+layers are copied structurally: every layer and Keras object reached from
+the layer is re-created with `__new__` and a copy of its attributes, every
+variable is copied with its value, and the layer's graph history (its call
+nodes, which would drag the whole model along) is left behind. When that
+fails, the config route is tried. Either way the copy shares nothing with
+the original: training it never changes the original's weights.
 """
 
 import copy
@@ -63,7 +63,7 @@ class _Copier:
 
     def _object(self, value):
         cls = type(value)
-        new = cls.__new__(cls)
+        new = object.__new__(cls)  # not cls.__new__: Keras' __new__ does work
         self.memo[id(value)] = new
         for name, item in vars(value).items():
             object.__setattr__(new, name, self.copy(item))
@@ -140,18 +140,18 @@ def copy_layer(layer):
     (False, True)
     """
     errors = []
-    if not isinstance(layer, keras.layers.Lambda):
-        try:
-            return _through_config(layer)
-        except Exception as error:  # noqa: BLE001 - try the structure next
-            errors.append(f"rebuilding it from its config ({_short(error)})")
     try:
         copier = _Copier(_node_lists(layer))
         new = copier.copy(layer)
         _retrack(copier.layers)
         return new
-    except Exception as error:  # noqa: BLE001
+    except Exception as error:  # noqa: BLE001 - try the config route next
         errors.append(f"copying its attributes ({_short(error)})")
+    if not isinstance(layer, keras.layers.Lambda):
+        try:
+            return _through_config(layer)
+        except Exception as error:  # noqa: BLE001
+            errors.append(f"rebuilding it from its config ({_short(error)})")
     raise SurgeryError(
         f"Could not copy layer '{getattr(layer, 'name', layer)}' "
         f"({type(layer).__name__}): {' and '.join(errors)} failed."
@@ -183,17 +183,26 @@ def _short(error):
 
 
 def carry_keep_mask(layer):
-    """Give a resized layer's `KeepMask` a mask again.
+    """Give a resized layer's `KeepMask` a mask of the new kernel's shape.
 
-    A `KeepMask` whose mask is not in its config starts empty in a layer
-    rebuilt from a config. Pruned weights are exactly zero, so the new
-    kernel's zero pattern is the sliced mask.
+    A rebuilt layer's `KeepMask` comes from the old config: it holds the old
+    mask (of the old shape), or none. Pruned weights are exactly zero, so the
+    new kernel's zero pattern is the sliced mask.
     """
-    constraint = getattr(layer, "kernel_constraint", None)
-    if type(constraint).__name__ != "KeepMask" or constraint.mask is not None:
-        return
-    kernel = keras.ops.convert_to_numpy(layer.kernel)
-    constraint.set_mask((kernel != 0).astype("float32"))
+    pairs = (
+        ("kernel", "kernel_constraint"),
+        ("depthwise_kernel", "depthwise_constraint"),
+    )
+    for weight_attr, constraint_attr in pairs:
+        constraint = getattr(layer, constraint_attr, None)
+        if type(constraint).__name__ != "KeepMask":
+            continue
+        kernel = keras.ops.convert_to_numpy(getattr(layer, weight_attr))
+        mask = constraint.mask
+        if mask is not None and tuple(mask.shape) == kernel.shape:
+            continue
+        constraint.mask = None
+        constraint.set_mask((kernel != 0).astype("float32"))
 
 
 def forget_calls(layer):

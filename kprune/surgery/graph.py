@@ -19,6 +19,7 @@ import dataclasses
 
 import keras
 
+from kprune.surgery.checks import check_model
 from kprune.surgery.errors import UnsupportedModelError
 
 
@@ -172,26 +173,37 @@ def fill_slots(value, values):
     return value
 
 
+#: Keyword arguments that carry a layer's main input, when it is passed by
+#: name (`self.attention(hidden_states=x, attention_mask=m)`).
+PRIMARY_ARGUMENTS = ("inputs", "x", "hidden_states", "query", "value", "key", "input")
+
+
+def _keyword_order(kwargs):
+    first = [k for k in PRIMARY_ARGUMENTS if k in kwargs]
+    return first + sorted(k for k in kwargs if k not in first)
+
+
 def slotted(args, kwargs):
     """`(args, kwargs, tensors)`: each KerasTensor replaced by a `Slot`.
 
-    Slots are numbered in `keras.tree.flatten((args, kwargs))` order, the
-    order of `Node.arguments.keras_tensors`.
+    Slots are numbered positional arguments first, then keyword arguments,
+    a main input passed by name (`inputs=`, `hidden_states=`, `query=` ...)
+    before the others, so that `tensors[0]` is the call's main input.
     """
     tensors = []
 
-    def visit(value):
+    def visit(value, order=sorted):
         if isinstance(value, keras.KerasTensor):
             tensors.append(value)
             return Slot(len(tensors) - 1)
         if isinstance(value, dict):
-            return {k: visit(value[k]) for k in sorted(value)}
+            return {k: visit(value[k]) for k in order(value)}
         if isinstance(value, (list, tuple)):
             return type(value)(visit(v) for v in value)
         return value
 
     new_args = visit(tuple(args))
-    new_kwargs = visit(dict(kwargs))
+    new_kwargs = visit(dict(kwargs), order=_keyword_order)
     return list(new_args), new_kwargs, tensors
 
 
@@ -214,6 +226,7 @@ class Graph:
     """
 
     def __init__(self, model, expand=False):
+        check_model(model)
         if not is_graph_model(model):
             raise UnsupportedModelError(
                 "kprune.surgery works on Functional and Sequential models "

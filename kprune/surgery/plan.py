@@ -5,6 +5,8 @@ import json
 
 import numpy as np
 
+from kprune._atomic import write_text
+from kprune.surgery.checks import unit_indices
 from kprune.surgery.errors import CouplingError, SurgeryError
 from kprune.surgery.handlers import get_handler
 
@@ -46,8 +48,7 @@ class PruningPlan:
                 f"Received: units={self.units!r}"
             )
         self.units = {
-            str(k): sorted(int(i) for i in np.asarray(v).reshape(-1))
-            for k, v in self.units.items()
+            str(k): unit_indices(v, k).tolist() for k, v in self.units.items()
         }
 
     @property
@@ -95,8 +96,8 @@ class PruningPlan:
         return cls.from_dict(data)
 
     def save(self, path):
-        with open(path, "w") as f:
-            f.write(self.to_json(indent=2))
+        """Write the plan as JSON (atomically: all or nothing)."""
+        write_text(path, self.to_json(indent=2))
 
     @classmethod
     def load(cls, path):
@@ -150,13 +151,7 @@ def removed_groups(analysis, units):
                 f"produces them. Received: units[{path!r}]"
             )
         tensor = producers[path][1]
-        indices = np.asarray(indices, dtype=np.int64).reshape(-1)
-        bad = indices[(indices < 0) | (indices >= tensor.channels)]
-        if len(bad):
-            raise SurgeryError(
-                f"Layer '{path}' has {tensor.channels} units; cannot remove "
-                f"{bad.tolist()}. Received: units[{path!r}]"
-            )
+        indices = unit_indices(indices, path, tensor.channels)
         for index in indices:
             group = analysis.component[tensor.offset + index]
             if analysis.pinned[group]:

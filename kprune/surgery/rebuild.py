@@ -4,13 +4,21 @@ import keras
 import numpy as np
 
 from kprune.surgery.analysis import ChannelAnalysis
-from kprune.surgery.compiling import clone_model
+from kprune.surgery.compiling import clone_model, compile_like
 from kprune.surgery.composite import ChannelSets, Replacement, rebuild_composite
 from kprune.surgery.copying import carry_keep_mask, copy_layer
 from kprune.surgery.dead import dead_plan
+from kprune.surgery.graph import CompositeCall
 from kprune.surgery.handlers import LayerChange, get_handler
+from kprune.surgery.handlers.base import SublayerChanges
 from kprune.surgery.inputs import drop_input_features
 from kprune.surgery.plan import PruningPlan, build_plan, removed_groups
+from kprune.surgery.pruned_model import (
+    PrunedModel,
+    input_tensors,
+    needs_plan_format,
+    record_of,
+)
 
 
 def plan_removal(model, units, allow_empty=False):
@@ -155,14 +163,31 @@ def _rebuild(analysis, plan):
                 op_calls[id(node.layer)] = replacement
         elif change.changed:
             changes[id(node.layer)] = get_handler(node.layer).rebuild(change)
-    composites = _rebuild_composites(graph, changes, removed_of)
+    composites = _rebuild_layers_of_sublayers(graph, changes, removed_of)
+    composites.update(_rebuild_composites(graph, changes, composites, removed_of))
 
     new_shapes = {}
     for call in graph.model_calls[1:]:
         new_shapes.setdefault(
             id(call.model), [_new_shape(t, removed_of(t)) for t in call.inputs]
         )
-    return _Cloner(changes, composites, new_shapes, op_calls).clone(graph.model)
+    paths = _top_level_paths(graph)
+    cloner = _Cloner(changes, composites, new_shapes, paths, op_calls)
+    return cloner.clone(graph.model)
+
+
+def _top_level_paths(graph):
+    """id(layer) -> path, for the layers a clone of the model walks."""
+    paths = {}
+    for call in graph.model_calls[1:]:
+        paths.setdefault(id(call.model), call.path)
+    for call in graph.composites:
+        if call.parent is None:
+            paths.setdefault(id(call.layer), call.path)
+    for node in graph.nodes:
+        if node.parent is None:
+            paths.setdefault(id(node.layer), node.path)
+    return paths
 
 
 def _new_shape(tensor, removed):
@@ -171,9 +196,47 @@ def _new_shape(tensor, removed):
     return tensor.resized(tensor.channels - len(removed))
 
 
-def _rebuild_composites(graph, changes, removed_of):
-    """id(composite layer) -> its rebuilt copy, innermost first."""
+def _rebuild_layers_of_sublayers(graph, changes, removed_of):
+    """Rebuild the layers whose handler returned `SublayerChanges`.
+
+    They are rebuilt like traced composites (see `_rebuild_composites`);
+    `changes` loses their entries.
+    """
     rebuilt = {}
+    for key, change in list(changes.items()):
+        if not isinstance(change, SublayerChanges):
+            continue
+        del changes[key]
+        node = graph.layer_nodes[key][0]
+        call = CompositeCall(
+            node.layer, node.path, node.inputs, node.outputs, node.arguments, None
+        )
+        new_values, pairs, replaced = {}, [], []
+        for sublayer, config, weights in change.changes:
+            new_values[id(sublayer)] = weights
+            replacement = Replacement.of_leaf(sublayer, config, weights)
+            if replacement is not None:
+                pairs += replacement.pairs
+                replaced.append(replacement)
+        removed = [removed_of(t) for t in node.inputs + node.outputs]
+        channels = ChannelSets(
+            [(t.channels, r) for t, r in zip(node.inputs + node.outputs, removed)]
+            + change.channel_sets
+        )
+        shapes = [_new_shape(t, removed_of(t)) for t in node.inputs]
+        rebuilt[key] = rebuild_composite(
+            call, new_values, pairs, replaced, channels, shapes, change.attributes
+        )
+    return rebuilt
+
+
+def _rebuild_composites(graph, changes, rebuilt_layers, removed_of):
+    """id(composite layer) -> its rebuilt copy, innermost first.
+
+    `rebuilt_layers` holds layers already rebuilt from their sublayers
+    (attention layers); they count as rebuilt children here.
+    """
+    rebuilt = dict(rebuilt_layers)
     done = set()
     for call in reversed(graph.composites):
         key = id(call.layer)
@@ -184,8 +247,19 @@ def _rebuild_composites(graph, changes, removed_of):
         pairs = []
         replaced = []
         for node in graph.nodes:
-            change = changes.get(id(node.layer)) if node.parent is call else None
-            if change is None or any(node.layer is r.old for r in replaced):
+            if node.parent is not call or any(node.layer is r.old for r in replaced):
+                continue
+            new = rebuilt.get(id(node.layer))
+            if new is not None:
+                replacement = Replacement.of_composite(node.layer, new)
+                pairs += replacement.pairs
+                replaced.append(replacement)
+                new_values[id(node.layer)] = [
+                    keras.ops.convert_to_numpy(w.value) for w in new.weights
+                ]
+                continue
+            change = changes.get(id(node.layer))
+            if change is None:
                 continue
             config, weights = change
             new_values[id(node.layer)] = weights
@@ -216,63 +290,80 @@ def _rebuild_composites(graph, changes, removed_of):
     return rebuilt
 
 
-def _fresh_input(tensor, shape=None):
-    """A new `keras.Input` like `tensor`, named like its input layer."""
-    history = getattr(tensor, "_keras_history", None)
-    name = history[0].name if history is not None else tensor.name
-    shape = tensor.shape if shape is None else shape
-    return keras.Input(batch_shape=shape, dtype=tensor.dtype, name=name)
-
-
 class _Cloner:
-    """Clone a model with `keras.models.clone_model`, swapping changed layers."""
+    """Clone a model with `keras.models.clone_model`, swapping changed layers.
 
-    def __init__(self, changes, composites, new_shapes, op_calls=None):
+    Records how each changed layer changed (by path), so that a Functional
+    subclass can be returned as a `PrunedModel` that saves and loads.
+    `op_calls` maps a `keras.ops` call of the model itself to the callable
+    replayed in its place (a slice with shifted indices).
+    """
+
+    def __init__(self, changes, composites, new_shapes, paths, op_calls=None):
         self.changes = changes
         self.composites = composites
         self.new_shapes = new_shapes
+        self.paths = paths
         self.op_calls = op_calls or {}
+        self.records = {}
         self.memo = {}
         self.weights = []
 
     def clone(self, model):
-        inputs = keras.tree.map_structure(_fresh_input, model.input)
-        new_model = clone_model(model, input_tensors=inputs, clone_function=self)
+        new_model = clone_model(
+            model, input_tensors=input_tensors(model), clone_function=self
+        )
         for layer, values in self.weights:
             if isinstance(values, dict):
                 values = [values[w.name] for w in layer.weights]
             layer.set_weights(values)
             carry_keep_mask(layer)
-        return new_model
+        if not needs_plan_format(model):
+            return new_model
+        try:
+            base = keras.saving.serialize_keras_object(model)
+        except Exception:  # noqa: BLE001 - the original does not save either
+            return new_model
+        pruned = PrunedModel(base, self.records, _built=new_model)
+        compile_like(pruned, model)
+        return pruned
 
     def __call__(self, layer):
         key = id(layer)
         if key in self.memo:
             return self.memo[key]
+        path = self.paths.get(key)
         if isinstance(layer, keras.Model):
-            new = self._clone_nested(layer)
+            new = self._clone_nested(layer, path)
         elif key in self.composites:
             new = self.composites[key]
+            self.records[path] = record_of(new)
         elif key in self.op_calls:
             new = self.op_calls[key]
+            self.records[path] = {
+                "unsaveable": "a keras.ops call that slices or splits the "
+                "channel axis is replayed with new indices, which the "
+                "original model's constructor cannot express"
+            }
         elif key in self.changes:
             config, weights = self.changes[key]
             new = layer.__class__.from_config(config)
             if new.name != layer.name:
                 new.name = layer.name
+            self.records[path] = {"config": keras.saving.serialize_keras_object(new)}
             self.weights.append((new, weights))
         else:
             new = copy_layer(layer)
         self.memo[key] = new
         return new
 
-    def _clone_nested(self, model):
+    def _clone_nested(self, model, path):
         shapes = self.new_shapes.get(id(model))
-        inputs = [_fresh_input(x, shape) for shape, x in zip(shapes, model.inputs)]
-        if isinstance(model, keras.Sequential):
-            structure = inputs[0]
-        else:
-            structure = keras.tree.pack_sequence_as(model.input, inputs)
+        if shapes != [tuple(x.shape) for x in model.inputs]:
+            self.records[path] = {"inputs": [list(shape) for shape in shapes]}
         return clone_model(
-            model, compile=False, input_tensors=structure, clone_function=self
+            model,
+            compile=False,
+            input_tensors=input_tensors(model, shapes),
+            clone_function=self,
         )

@@ -21,7 +21,7 @@ from kprune.surgery.tracing.trace import call_kwargs, standin_shape
 _SLOT = "__kprune_slot__"
 
 
-def call_spec(arguments, inputs, input_shapes):
+def call_spec(arguments, inputs, input_shapes, strict=True):
     """A JSON-able description of one call: input specs, args and kwargs.
 
     Args:
@@ -29,9 +29,11 @@ def call_spec(arguments, inputs, input_shapes):
         inputs: the call's input `TensorInfo`s (their shapes are the shapes
             the layer was built on; their dtypes are kept).
         input_shapes: the new input shapes.
+        strict: refuse arguments that are neither tensors nor JSON values
+            (the spec is to be saved); otherwise keep them as they are.
 
     Raises:
-        ValueError: an argument is not a tensor nor a JSON value.
+        ValueError: `strict` and an argument is not a tensor nor a JSON value.
     """
     if arguments is None:
         slots = [Slot(i) for i in range(len(inputs))]
@@ -44,7 +46,8 @@ def call_spec(arguments, inputs, input_shapes):
             return {str(k): encode(v) for k, v in value.items()}
         if isinstance(value, (list, tuple)):
             return [encode(v) for v in value]
-        json.dumps(value)  # raises TypeError for anything else
+        if strict:
+            json.dumps(value)  # raises TypeError for anything else
         return value
 
     kwargs = {k: v for k, v in arguments[1].items() if k != "training"}
@@ -105,7 +108,7 @@ def call_eagerly(layer, spec):
     return layer(*args, **kwargs)
 
 
-def _get(obj, path):
+def get_sublayer(obj, path):
     for part in path.split("."):
         obj = obj[int(part)] if part.isdigit() else getattr(obj, part)
     return obj
@@ -115,7 +118,7 @@ def replace_sublayer(layer, path, new):
     """Put `new` where `path` (e.g. `"_feedforward_dense"`, `"_blocks.2"`)
     holds a sublayer of the built `layer`, keeping the tracking order."""
     *parents, last = path.split(".")
-    owner = _get(layer, ".".join(parents)) if parents else layer
+    owner = get_sublayer(layer, ".".join(parents)) if parents else layer
     old = owner[int(last)] if last.isdigit() else getattr(owner, last)
     tracked = layer._layers
     index = next((i for i, x in enumerate(tracked) if x is old), None)
@@ -137,6 +140,25 @@ def replace_sublayer(layer, path, new):
     if index is not None:
         position = next(i for i, x in enumerate(tracked) if x is new)
         tracked.insert(index, tracked.pop(position))
+
+
+def apply_swap(layer, record):
+    """Swap sublayers of a built `layer` as a swap record says, then build.
+
+    Args:
+        layer: a built layer (of the original widths).
+        record: `{"swap": {attribute path: serialized sublayer or a nested
+            swap record}, "call": call_spec}`.
+    """
+    for path, sub in record["swap"].items():
+        if isinstance(sub, dict) and "swap" in sub:
+            apply_swap(get_sublayer(layer, path), sub)
+        else:
+            sublayer = keras.saving.deserialize_keras_object(_unbuilt(sub))
+            replace_sublayer(layer, path, sublayer)
+    for name, value in record.get("attributes", {}).items():
+        object.__setattr__(layer, name, value)
+    call_eagerly(layer, record["call"])
 
 
 def sublayer_paths(layer):
@@ -170,6 +192,8 @@ class Resized(keras.layers.Layer):
         sublayers: dict attribute path -> serialized config of the sublayer
             that replaces the one built there.
         call: how the layer is called (`call_spec`), to build it.
+        attributes: attributes of the layer to set after the swap (head
+            counts its `call` reshapes with).
         **kwargs: base layer arguments (`name`, ...).
 
     Example:
@@ -183,11 +207,12 @@ class Resized(keras.layers.Layer):
     (3, 4)
     """
 
-    def __init__(self, layer, sublayers, call, **kwargs):
+    def __init__(self, layer, sublayers, call, attributes=None, **kwargs):
         super().__init__(**kwargs)
         self._layer_config = layer
         self._sublayer_configs = dict(sublayers)
         self._call_spec = call
+        self._attributes = dict(attributes or {})
         inner = keras.saving.deserialize_keras_object(_unbuilt(layer))
         # Built as it was (its own sublayers at their old widths), then the
         # changed sublayers are swapped and built by a call at the new widths.
@@ -198,6 +223,8 @@ class Resized(keras.layers.Layer):
             replace_sublayer(
                 inner, path, keras.saving.deserialize_keras_object(_unbuilt(config))
             )
+        for name, value in self._attributes.items():
+            object.__setattr__(inner, name, value)
         if self._sublayer_configs:
             call_eagerly(inner, call)  # a symbolic call builds no new sublayer
         self.layer = inner
@@ -215,6 +242,7 @@ class Resized(keras.layers.Layer):
             "layer": self._layer_config,
             "sublayers": self._sublayer_configs,
             "call": self._call_spec,
+            "attributes": self._attributes,
         }
 
 

@@ -33,6 +33,7 @@ from kprune.surgery.handlers.base import (
     OPAQUE,
     LayerChange,
     LayerHandler,
+    SublayerChanges,
     Use,
     get_handler,
     register_handler,
@@ -58,6 +59,7 @@ from kprune.surgery.handlers.channelwise import (
     SoftmaxHandler,
 )
 from kprune.surgery.handlers.embedding import EmbeddingHandler
+from kprune.surgery.handlers.grouped_attention import GroupedQueryAttentionHandler
 from kprune.surgery.handlers.keras_hub import (
     PositionEmbeddingHandler,
     ReversibleEmbeddingHandler,
@@ -104,6 +106,7 @@ __all__ = [
     "EmbeddingHandler",
     "FlattenHandler",
     "GroupNormHandler",
+    "GroupedQueryAttentionHandler",
     "LayerChange",
     "LayerHandler",
     "LayerNormHandler",
@@ -128,6 +131,7 @@ __all__ = [
     "ReversibleEmbeddingHandler",
     "SeparableConvHandler",
     "SoftmaxHandler",
+    "SublayerChanges",
     "TimeDistributedHandler",
     "UnstackOpHandler",
     "Use",

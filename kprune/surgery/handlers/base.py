@@ -298,6 +298,30 @@ def _flatten(outputs):
     return [outputs]
 
 
+class SublayerChanges:
+    """What `rebuild` returns for a layer whose change is in its sublayers.
+
+    Attention layers hold their projections as sublayers; a handler that
+    understands the layer says how each projection changes, and the layer
+    itself is then rebuilt like a traced composite (from its own class with
+    the config entries that express the change, or with the sublayers
+    swapped: see `kprune.surgery.composite`).
+
+    Args:
+        changes: list of `(sublayer, config, weights)` for the sublayers
+            that change (`weights` a dict by name or a list in order).
+        channel_sets: extra `(width, removed indices)` pairs, e.g. heads,
+            by which the layer's own weights are sliced.
+        attributes: dict attribute name -> new value, set on the layer when
+            it is rebuilt by swapping its sublayers (`num_query_heads` ...).
+    """
+
+    def __init__(self, changes, channel_sets=(), attributes=None):
+        self.changes = list(changes)
+        self.channel_sets = list(channel_sets)
+        self.attributes = dict(attributes or {})
+
+
 class Use:
     """One weighted dependency of a layer's units on channels.
 
