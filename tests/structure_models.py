@@ -624,3 +624,72 @@ def grouped_conv():
     x = L.Conv2D(4, 1, name="pw")(x)
     x = L.GlobalAveragePooling2D()(x)
     return keras.Model(inputs, L.Dense(2, name="out")(x))
+
+
+@case(
+    "grouped_conv_even",
+    zero=lambda m: (
+        zero_rows(get(m, "gc"), [1]),  # position 1 of both input groups
+        zero_rows(get(m, "pw"), [0, 3]),  # position 0 of both filter groups
+    ),
+    dead={"stem": [1, 5], "gc": [0, 3]},
+    plan={"stem": [2, 6], "gc": [1, 4]},
+)
+def grouped_conv_even():
+    """`1 < groups < C`: a position leaves every group at once."""
+    inputs = keras.Input((8, 8, 3))
+    x = L.Conv2D(8, 1, name="stem")(inputs)
+    x = L.BatchNormalization()(x)
+    x = L.Conv2D(6, 3, padding="same", groups=2, name="gc")(x)
+    x = L.ReLU()(x)
+    x = L.Conv2D(4, 1, name="pw")(x)
+    x = L.GlobalAveragePooling2D()(x)
+    return keras.Model(inputs, L.Dense(2, name="out")(x))
+
+
+@case(
+    "channels_first_dense",
+    zero=lambda m: zero_rows(get(m, "out"), [1]),
+    dead={"sep": [1]},
+    plan={"sep": [0]},
+)
+def channels_first_dense():
+    """A Dense on a channels_first tensor mixes the last (spatial) axis:
+    the channels pass through it."""
+    inputs = keras.Input((3, 8, 8))
+    x = L.SeparableConv2D(6, 3, name="sep", **CF)(inputs)
+    x = L.BatchNormalization(axis=1)(x)
+    x = L.Dense(5, name="mix")(x)
+    x = L.GlobalAveragePooling2D(**CF)(x)
+    return keras.Model(inputs, L.Dense(2, name="out")(x))
+
+
+@case(
+    "unstack_channels",
+    zero=lambda m: zero_rows(get(m, "out"), [3]),  # e's unit 1
+    dead={"e": [1]},
+    plan={"e": [0]},
+)
+def unstack_channels():
+    """`ops.unstack` on the channels: `d` stays whole, `e` is prunable."""
+    inputs = keras.Input((6,))
+    a, b, c = ops.unstack(L.Dense(3, name="d")(inputs), axis=-1)
+    y = ops.stack([a * b, c], axis=-1)
+    x = L.Concatenate()([y, L.Dense(4, name="e")(inputs)])
+    return keras.Model(inputs, L.Dense(2, name="out")(x))
+
+
+@case(
+    "lambda_on_path",
+    zero=lambda m: zero_rows(get(m, "out"), [6]),  # e's unit 1
+    dead={"e": [1]},
+    plan={"e": [0]},
+    saves=False,  # Keras cannot load a Lambda reading outside names back
+)
+def lambda_on_path():
+    """A Lambda between two Dense layers: `d` stays whole, `e` is prunable."""
+    inputs = keras.Input((6,))
+    x = L.Dense(5, name="d")(inputs)
+    x = L.Lambda(lambda t: t * SCALE, name="scale")(x)
+    x = L.Concatenate()([x, L.Dense(4, name="e")(inputs)])
+    return keras.Model(inputs, L.Dense(2, name="out")(x))

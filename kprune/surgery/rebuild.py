@@ -8,6 +8,7 @@ from kprune.surgery.compiling import clone_model, compile_like
 from kprune.surgery.composite import ChannelSets, Replacement, rebuild_composite
 from kprune.surgery.copying import carry_keep_mask, copy_layer
 from kprune.surgery.dead import dead_plan
+from kprune.surgery.errors import SurgeryError
 from kprune.surgery.graph import CompositeCall
 from kprune.surgery.handlers import LayerChange, get_handler
 from kprune.surgery.handlers.base import SublayerChanges
@@ -290,6 +291,26 @@ def _rebuild_composites(graph, changes, rebuilt_layers, removed_of):
     return rebuilt
 
 
+def _ordered_values(layer, values):
+    """A handler's new weights (a list, or a dict by name) in `layer.weights`
+    order. Variables created without a name (`add_weight(shape=...)`, as in
+    ConvNeXt's LayerScale) get a fresh `variable_N` name in every instance:
+    those are matched by creation order."""
+    if not isinstance(values, dict):
+        return values
+    names = [w.name for w in layer.weights]
+    if all(name in values for name in names):
+        return [values[name] for name in names]
+    if len(values) == len(names):
+        return list(values.values())
+    raise SurgeryError(
+        f"Could not match the new weights of layer '{layer.name}' "
+        f"({type(layer).__name__}) to its variables: it has {names}, the "
+        f"rebuild gave {list(values)}. Register a handler for this layer "
+        "class with kprune.surgery.register_handler."
+    )
+
+
 class _Cloner:
     """Clone a model with `keras.models.clone_model`, swapping changed layers.
 
@@ -314,9 +335,7 @@ class _Cloner:
             model, input_tensors=input_tensors(model), clone_function=self
         )
         for layer, values in self.weights:
-            if isinstance(values, dict):
-                values = [values[w.name] for w in layer.weights]
-            layer.set_weights(values)
+            layer.set_weights(_ordered_values(layer, values))
             carry_keep_mask(layer)
         if not needs_plan_format(model):
             return new_model

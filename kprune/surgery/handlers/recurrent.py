@@ -15,8 +15,15 @@ leave together, under the plan key of the layer's path.
   and kept unit `k`). The recurrent kernel is declared as a `Use` whose
   source and target are the layer's own units; a unit reading only itself
   (`U[j, g*u + j]`) does not keep itself alive.
-- Recurrent units are never treated as constants (their state evolves over
-  time even with zero weights, e.g. an LSTM's cell state).
+- A unit is a constant zero when its candidate columns (SimpleRNN: its
+  only gate; LSTM: the cell gate `c`; GRU: the candidate `h`) are zero in
+  `W` (but for inputs that are constantly zero), in `b`, and in the rows of
+  `U` of units that are not themselves zero, and the cell's activation maps
+  0 to 0 (tanh, relu): its candidate is always 0, so from a zero initial
+  state its output and states stay 0 (`c_t = f c_{t-1} + i * 0`, `h_t =
+  z h_{t-1} + (1 - z) * 0`). Such a unit folds away like any zero channel.
+  With an initial state given, or other gates non-zero, recurrent units are
+  not constants (their state evolves over time).
 - A constant input channel folds exactly into the bias: `x_c W[c]` is added
   to the input part of every step (GRU with `reset_after=True` keeps the
   input bias in row 0 of its `(2, 3u)` bias).
@@ -203,6 +210,36 @@ class RecurrentHandler(LayerHandler):
             Use(sequence, input_matrix(node.layer), True, units),
             Use(units, recurrent_matrix(node.layer), False, units),
         ]
+
+    def constant_mask(self, node, in_valid, weights, in_value=None):
+        outputs = [np.zeros(t.channels, bool) for t in node.outputs]
+        sequence, states, _ = self._parts(node)
+        if self.check(node) or states or len(node.inputs) <= sequence:
+            return outputs
+        cell = cell_of(node.layer)
+        try:
+            zero = keras.ops.convert_to_numpy(cell.activation(keras.ops.zeros((1,))))
+        except Exception:  # noqa: BLE001 - an activation we cannot probe
+            return outputs
+        if float(np.abs(zero).max()) != 0.0:
+            return outputs
+        kernel, recurrent, bias = cell_arrays(node.layer)
+        units = cell.units
+        gate = 0 if gates_of(node.layer) == 1 else 2  # SimpleRNN, LSTM c, GRU h
+        cols = slice(gate * units, (gate + 1) * units)
+        silent = np.zeros(kernel.shape[0], bool)
+        if in_value is not None:
+            silent = in_valid[sequence] & (in_value[sequence] == 0)
+        zero = ~np.any(kernel[~silent, cols] != 0, axis=0)
+        if bias is not None:
+            zero &= ~np.any(bias.reshape(-1, bias.shape[-1])[:, cols] != 0, axis=0)
+        reads = recurrent[:, cols] != 0  # (source unit, candidate of unit)
+        while True:
+            now = zero & ~np.any(reads[~zero], axis=0)
+            if np.array_equal(now, zero):
+                break
+            zero = now
+        return [zero.copy() for _ in node.outputs]
 
     def rebuild(self, change):
         sequence, _, _ = self._parts(change.node)
