@@ -106,6 +106,10 @@ def _check_surgery(ns):
     x = ns["x"]
     np.testing.assert_allclose(ns["model"](x), ns["small"](x), atol=1e-5)
     assert os.path.isfile("plan.json")
+    assert ns["rnn_pruned"].get_layer("lstm").units == 6
+    assert ns["rnn_slim"].get_layer("lstm").units == 7
+    x = ns["seq_x"]
+    np.testing.assert_allclose(ns["rnn_model"](x), ns["rnn_slim"](x), atol=1e-5)
 
 
 def _check_export(ns):

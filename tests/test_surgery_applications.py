@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 import kprune
+from kprune.testing import zoo
 from tests import surgery_models as models
 
 APPLICATIONS = [
@@ -34,4 +35,23 @@ def test_slim_keras_application(name, size):
 
     kprune.testing.assert_same_outputs(model, small, x, rtol=1e-5)
     assert small.count_params() < 0.9 * model.count_params()
+    keras.backend.clear_session()
+
+
+ALL = [
+    pytest.param(name, marks=pytest.mark.zoo, id=name) for name in zoo.applications()
+]
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_slim_every_keras_application(name, request):
+    """All 40 applications: 30 % of units zeroed, slim exact (`-m zoo`)."""
+    if "zoo" not in (request.config.getoption("markexpr") or ""):
+        pytest.skip("every application: run with -m zoo")
+    model, x = zoo.applications()[name]()
+    zeroed, layers = zoo.zero_units(model, fraction=0.3, seed=0)
+    assert layers
+    small = kprune.surgery.slim(zeroed)
+    kprune.testing.assert_same_outputs(zeroed, small, x, rtol=1e-4)
+    assert small.count_params() < 0.95 * zeroed.count_params()
     keras.backend.clear_session()

@@ -14,13 +14,15 @@ turns that into another constant, ...) and what that constant is: removing
 such a unit and folding its constant into the consumers' biases is exact.
 """
 
+import inspect
+
 import keras
 import numpy as np
 from scipy import sparse
 from scipy.sparse import csgraph
 
 from kprune.surgery.graph import Graph
-from kprune.surgery.handlers import get_handler
+from kprune.surgery.handlers import LayerHandler, get_handler
 
 _SPATIAL_STANDIN = 8  # size used for unknown spatial dimensions
 
@@ -44,14 +46,22 @@ class ChannelAnalysis:
 
     def __init__(self, model):
         self.graph = Graph(model, expand=True)
+        self.graph.set_channel_axes(_channel_axes(self.graph))
         self.internals = {}
+        self.refused = set()
         self._weights = {}
         self._tie_a = []
         self._tie_b = []
         self._pins = []
         self._exact_pins = []
         for node in self.graph.nodes:
-            get_handler(node.layer).connect(node, self)
+            handler = get_handler(node.layer)
+            reason = _axis_refusal(handler, node)
+            if reason is not None:
+                self.refused.add(id(node))
+                self.pin_node(node, reason)
+                continue
+            handler.connect(node, self)
         self._tie_shared_layers()
         for tensor in self.graph.inputs:
             self.pin(tensor, "it is a model input")
@@ -179,19 +189,32 @@ class ChannelAnalysis:
         """Slice a per-element array for one tensor."""
         return array[tensor.offset : tensor.offset + tensor.channels]
 
+    def uses(self, node):
+        """The handler's `uses` of one call (`[]` for a refused call)."""
+        if id(node) in self.refused:
+            return []
+        return get_handler(node.layer).uses(node, self.weights(node.layer))
+
     def _constants(self):
         size = self.graph.size
         self.const_valid = np.zeros(size, dtype=bool)
         self.const_value = np.zeros(size, dtype=np.float64)
         for node in self.graph.nodes:
             handler = get_handler(node.layer)
-            if not all(t.channels for t in node.outputs):
+            if not all(t.channels for t in node.outputs) or id(node) in self.refused:
                 continue
             in_valid = [self.values(self.const_valid, t) for t in node.inputs]
+            in_value = [self.values(self.const_value, t) for t in node.inputs]
             try:
-                masks = handler.constant_mask(node, in_valid, self.weights(node.layer))
+                masks = _constant_mask(
+                    handler, node, in_valid, self.weights(node.layer), in_value
+                )
             except (KeyError, ValueError, IndexError):
                 continue
+            if len(masks) > len(node.outputs) or any(
+                np.shape(m) != (t.channels,) for m, t in zip(masks, node.outputs)
+            ):
+                continue  # a handler that does not know this call: no constants
             if not any(m.any() for m in masks):
                 continue
             try:
@@ -199,6 +222,12 @@ class ChannelAnalysis:
             except Exception:  # noqa: BLE001 - a layer we cannot probe: no constants
                 continue
             for tensor, mask, out in zip(node.outputs, masks, outputs):
+                out = np.asarray(out)
+                if out.ndim != len(tensor.shape) or out.shape[tensor.axis] != (
+                    tensor.channels
+                ):
+                    continue
+                out = np.moveaxis(out, tensor.axis, -1)
                 flat = out.reshape(-1, tensor.channels).astype(np.float64)
                 first = flat[0]
                 spread = flat.max(axis=0) - flat.min(axis=0)
@@ -217,5 +246,68 @@ class ChannelAnalysis:
                 arrays.append(np.zeros(shape, dtype=tensor.dtype))
                 continue
             values = self.values(self.const_value, tensor)
+            layout = [1] * len(shape)
+            layout[tensor.axis] = tensor.channels
+            values = values.reshape(layout)
             arrays.append(np.broadcast_to(values, shape).astype(tensor.dtype))
         return arrays
+
+
+_TAKES_VALUES = {}
+
+
+def _constant_mask(handler, node, in_valid, weights, in_value):
+    """`handler.constant_mask`, given the input constants when it takes them.
+
+    A handler whose `constant_mask` has an `in_value` parameter gets the
+    constant value of each input channel (0 where not constant): a product
+    with a channel that is constantly zero is zero whatever the other factor.
+    """
+    method = handler.constant_mask
+    key = type(handler)
+    if key not in _TAKES_VALUES:
+        try:
+            _TAKES_VALUES[key] = "in_value" in inspect.signature(method).parameters
+        except (TypeError, ValueError):
+            _TAKES_VALUES[key] = False
+    if _TAKES_VALUES[key]:
+        return method(node, in_valid, weights, in_value=in_value)
+    return method(node, in_valid, weights)
+
+
+def _channel_axes(graph):
+    """The `axes_of` callable of `Graph.set_channel_axes`, from the handlers.
+
+    A call's outputs take the axes its handler's `channel_axes` gives (the
+    default: the last axis). A model input takes axis 1 when a layer that
+    reads it wants its channels there (a `channels_first` convolution).
+    """
+    readers = {}
+    for node in graph.nodes:
+        for position, tensor in enumerate(node.inputs):
+            readers.setdefault(id(tensor), []).append((node, position))
+
+    def axes_of(node, tensor=None):
+        if node is None:
+            for reader, position in readers.get(id(tensor), []):
+                axis = get_handler(reader.layer).input_axis(reader, position)
+                if axis is not None and axis != -1:
+                    return axis
+            return -1
+        return get_handler(node.layer).channel_axes(node)
+
+    return axes_of
+
+
+def _axis_refusal(handler, node):
+    """Why a call whose channels are not last cannot be followed, or None."""
+    if handler.channel_axes_aware or type(handler).connect is LayerHandler.connect:
+        return None  # aware, or opaque (its own connect pins everything)
+    for tensor in node.inputs + node.outputs:
+        if tensor.channels and not tensor.last:
+            return (
+                f"its input has its channels on axis {tensor.axis} "
+                "(a channels_first layout), and kprune follows channels "
+                f"through {node.layer.__class__.__name__} on the last axis only"
+            )
+    return None

@@ -3,7 +3,6 @@
 import numpy as np
 
 from kprune.surgery.analysis import ChannelAnalysis
-from kprune.surgery.handlers import get_handler
 from kprune.surgery.handlers.base import as_use
 from kprune.surgery.plan import build_plan, unit_sources
 
@@ -13,10 +12,10 @@ def dead_groups(analysis):
 
     A group is dead when it is not pinned and, for every weighted consumer
     (Dense, Conv, ...) reading one of its channels, either every weight from
-    that channel to the consumer's *kept* units is zero, or the channel holds
-    a constant that folds exactly into the consumer's bias. Removing units
-    can make upstream units dead in turn (their only readers are gone), so
-    the rule is applied until nothing changes.
+    that channel to the consumer's *kept* units of other groups is zero, or
+    the channel holds a constant that folds exactly into the consumer's bias.
+    Removing units can make upstream units dead in turn (their only readers
+    are gone), so the rule is applied until nothing changes.
 
     Args:
         analysis: a `ChannelAnalysis`.
@@ -32,9 +31,8 @@ def dead_groups(analysis):
 
     consumers = []
     for node in analysis.graph.nodes:
-        handler = get_handler(node.layer)
         try:
-            uses = handler.uses(node, analysis.weights(node.layer))
+            uses = analysis.uses(node)
         except (KeyError, ValueError):
             uses = None
         for use in map(as_use, uses or ()):
@@ -47,14 +45,17 @@ def dead_groups(analysis):
             foldable = valid & (use.fold_exact | (value == 0))
             if use.constant is not None:
                 foldable = foldable | use.constant
-            consumers.append(
-                (
-                    analysis.values(comp, source),
-                    use.matrix,
-                    foldable,
-                    analysis.values(comp, target),
-                )
-            )
+            if np.shape(use.matrix) != (source.channels, target.channels):
+                # A handler that does not understand this call's layout:
+                # every channel it reads is needed.
+                use.matrix = np.ones((source.channels, target.channels), bool)
+                foldable = np.zeros(source.channels, bool)
+            in_comps = analysis.values(comp, source)
+            out_comps = analysis.values(comp, target)
+            # A group read only by itself (a depthwise conv's channel, a
+            # recurrent unit's own state) is not needed for that.
+            matrix = use.matrix & (in_comps[:, None] != out_comps[None, :])
+            consumers.append((in_comps, matrix, foldable, out_comps))
 
     removed = np.zeros(analysis.num_groups, dtype=bool)
     while True:

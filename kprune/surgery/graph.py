@@ -32,19 +32,34 @@ class TensorInfo:
         dtype: the dtype name.
         name: a readable name (`layer_path:node:index`).
         offset: first index of this tensor's channels in the element space.
+        axis: the channel axis: -1 (the last axis, the default) or 1 for a
+            tensor laid out `channels_first` (see `Graph.set_channel_axes`).
     """
 
     shape: tuple
     dtype: str
     name: str
     offset: int = -1
+    axis: int = -1
 
     @property
     def channels(self):
-        """Size of the last (channel) axis, or 0 when it has none."""
-        if len(self.shape) < 2 or self.shape[-1] is None:
+        """Size of the channel axis, or 0 when it has none."""
+        if len(self.shape) < 2:
             return 0
-        return int(self.shape[-1])
+        size = self.shape[self.axis]
+        return 0 if size is None else int(size)
+
+    @property
+    def last(self):
+        """True when the channels are on the last axis."""
+        return self.axis == -1 or self.axis == len(self.shape) - 1
+
+    def resized(self, width):
+        """The shape with `width` channels on the channel axis."""
+        shape = list(self.shape)
+        shape[self.axis] = width
+        return tuple(shape)
 
 
 @dataclasses.dataclass(eq=False)
@@ -269,6 +284,30 @@ class Graph:
 
         return np.arange(tensor.offset, tensor.offset + tensor.channels)
 
+    def set_channel_axes(self, axes_of):
+        """Put each tensor's channels on the axis `axes_of` decides.
+
+        Walks the calls in topological order; `axes_of(node)` returns one
+        channel axis per output (its inputs' axes are already set), and
+        each model input takes the axis `axes_of(None, tensor)` gives it.
+        The element space is then laid out again, so every tensor's
+        elements are its channels on that axis.
+
+        Args:
+            axes_of: callable `(node, tensor=None) -> list of axes` for a
+                call, or `-> axis` for a model input (`node` is None).
+        """
+        for tensor in self.inputs:
+            tensor.axis = _normal_axis(axes_of(None, tensor), tensor.shape)
+        for node in self.nodes:
+            axes = axes_of(node)
+            for tensor, axis in zip(node.outputs, axes):
+                tensor.axis = _normal_axis(axis, tensor.shape)
+        self._size = 0
+        for tensor in self.tensors:
+            tensor.offset = self._size
+            self._size += tensor.channels
+
     def _new_tensor(self, shape, dtype, name):
         dtype = getattr(dtype, "name", dtype)
         tensor = TensorInfo(tuple(shape), str(dtype), name)
@@ -395,6 +434,15 @@ class Graph:
         inner = [inputs[i] for i in trace.input_slots]
         call.outputs = self.trace_function(trace.function, path + "/", inner, call)
         return call.outputs
+
+
+def _normal_axis(axis, shape):
+    """-1 for the last axis (or an axis the shape does not have), else axis."""
+    rank = len(shape)
+    if axis is None or rank < 2 or not -rank <= axis < rank:
+        return -1
+    axis %= rank
+    return -1 if axis == rank - 1 or axis == 0 else axis
 
 
 def is_graph_model(model):

@@ -8,6 +8,7 @@ from kprune.surgery.compiling import clone_model, compile_like
 from kprune.surgery.composite import ChannelSets, Replacement, rebuild_composite
 from kprune.surgery.copying import carry_keep_mask, copy_layer
 from kprune.surgery.dead import dead_plan
+from kprune.surgery.errors import SurgeryError
 from kprune.surgery.graph import CompositeCall
 from kprune.surgery.handlers import LayerChange, get_handler
 from kprune.surgery.handlers.base import SublayerChanges
@@ -141,10 +142,12 @@ def _rebuild(analysis, plan):
         return np.flatnonzero(analysis.values(removed, tensor))
 
     changes = {}
+    op_calls = {}
     for nodes in graph.layer_nodes.values():
         node = nodes[0]
-        if not isinstance(node.layer, keras.layers.Layer):
-            continue  # keras.ops calls have no weights or config to change
+        is_op = not isinstance(node.layer, keras.layers.Layer)
+        if is_op and node.parent is not None:
+            continue  # ops inside a traced layer: the layer is rebuilt whole
         change = LayerChange(
             node.layer,
             node,
@@ -154,7 +157,12 @@ def _rebuild(analysis, plan):
             [analysis.values(fill, t) for t in node.inputs],
             {name: removed_of(t) for name, t in node.internal.items()},
         )
-        if change.changed:
+        if change.changed and is_op:
+            # A keras.ops call of the model: replayed as is, or replaced.
+            replacement = get_handler(node.layer).rebuild_op(change)
+            if replacement is not None:
+                op_calls[id(node.layer)] = replacement
+        elif change.changed:
             changes[id(node.layer)] = get_handler(node.layer).rebuild(change)
     composites = _rebuild_layers_of_sublayers(graph, changes, removed_of)
     composites.update(_rebuild_composites(graph, changes, composites, removed_of))
@@ -164,7 +172,8 @@ def _rebuild(analysis, plan):
         new_shapes.setdefault(
             id(call.model), [_new_shape(t, removed_of(t)) for t in call.inputs]
         )
-    cloner = _Cloner(changes, composites, new_shapes, _top_level_paths(graph))
+    paths = _top_level_paths(graph)
+    cloner = _Cloner(changes, composites, new_shapes, paths, op_calls)
     return cloner.clone(graph.model)
 
 
@@ -185,7 +194,7 @@ def _top_level_paths(graph):
 def _new_shape(tensor, removed):
     if not tensor.channels:
         return tuple(tensor.shape)
-    return tuple(tensor.shape[:-1]) + (tensor.channels - len(removed),)
+    return tensor.resized(tensor.channels - len(removed))
 
 
 def _rebuild_layers_of_sublayers(graph, changes, removed_of):
@@ -282,18 +291,41 @@ def _rebuild_composites(graph, changes, rebuilt_layers, removed_of):
     return rebuilt
 
 
+def _ordered_values(layer, values):
+    """A handler's new weights (a list, or a dict by name) in `layer.weights`
+    order. Variables created without a name (`add_weight(shape=...)`, as in
+    ConvNeXt's LayerScale) get a fresh `variable_N` name in every instance:
+    those are matched by creation order."""
+    if not isinstance(values, dict):
+        return values
+    names = [w.name for w in layer.weights]
+    if all(name in values for name in names):
+        return [values[name] for name in names]
+    if len(values) == len(names):
+        return list(values.values())
+    raise SurgeryError(
+        f"Could not match the new weights of layer '{layer.name}' "
+        f"({type(layer).__name__}) to its variables: it has {names}, the "
+        f"rebuild gave {list(values)}. Register a handler for this layer "
+        "class with kprune.surgery.register_handler."
+    )
+
+
 class _Cloner:
     """Clone a model with `keras.models.clone_model`, swapping changed layers.
 
     Records how each changed layer changed (by path), so that a Functional
     subclass can be returned as a `PrunedModel` that saves and loads.
+    `op_calls` maps a `keras.ops` call of the model itself to the callable
+    replayed in its place (a slice with shifted indices).
     """
 
-    def __init__(self, changes, composites, new_shapes, paths):
+    def __init__(self, changes, composites, new_shapes, paths, op_calls=None):
         self.changes = changes
         self.composites = composites
         self.new_shapes = new_shapes
         self.paths = paths
+        self.op_calls = op_calls or {}
         self.records = {}
         self.memo = {}
         self.weights = []
@@ -303,9 +335,7 @@ class _Cloner:
             model, input_tensors=input_tensors(model), clone_function=self
         )
         for layer, values in self.weights:
-            if isinstance(values, dict):
-                values = [values[w.name] for w in layer.weights]
-            layer.set_weights(values)
+            layer.set_weights(_ordered_values(layer, values))
             carry_keep_mask(layer)
         if not needs_plan_format(model):
             return new_model
@@ -327,6 +357,13 @@ class _Cloner:
         elif key in self.composites:
             new = self.composites[key]
             self.records[path] = record_of(new)
+        elif key in self.op_calls:
+            new = self.op_calls[key]
+            self.records[path] = {
+                "unsaveable": "a keras.ops call that slices or splits the "
+                "channel axis is replayed with new indices, which the "
+                "original model's constructor cannot express"
+            }
         elif key in self.changes:
             config, weights = self.changes[key]
             new = layer.__class__.from_config(config)

@@ -15,7 +15,8 @@ A handler answers four questions about a layer call (a node):
 4. `rebuild`: the config and weights of the smaller layer.
 
 The built-in handlers live in one module per family (`channelwise`,
-`reshaping`, `merging`, `producers`, `embedding`, ...), each registering its
+`reshaping`, `merging`, `producers`, `embedding`, `recurrent`, `wrappers`,
+...), each registering its
 classes on import. Users teach kprune their own layers with
 `register_handler`:
 
@@ -37,6 +38,13 @@ from kprune.surgery.handlers.base import (
     get_handler,
     register_handler,
     unregister_handler,
+)
+from kprune.surgery.handlers.channel_ops import (
+    ModelGetItemHandler,
+    ModelSplitHandler,
+    ModelStackHandler,
+    ModelTransposeHandler,
+    UnstackOpHandler,
 )
 from kprune.surgery.handlers.channelwise import (
     ActivationHandler,
@@ -73,16 +81,22 @@ from kprune.surgery.handlers.producers import (
     ProducerHandler,
     SeparableConvHandler,
 )
+from kprune.surgery.handlers.recurrent import RecurrentHandler
 from kprune.surgery.handlers.reshaping import (
     FlattenHandler,
     PermuteHandler,
     ReshapeHandler,
+)
+from kprune.surgery.handlers.wrappers import (
+    BidirectionalHandler,
+    TimeDistributedHandler,
 )
 
 __all__ = [
     "OPAQUE",
     "ActivationHandler",
     "AxisChannelwiseHandler",
+    "BidirectionalHandler",
     "ChannelwiseHandler",
     "ConcatenateHandler",
     "ConvTransposeHandler",
@@ -99,12 +113,17 @@ __all__ = [
     "LayerScaleHandler",
     "MergeHandler",
     "MixingHandler",
+    "ModelGetItemHandler",
+    "ModelSplitHandler",
+    "ModelStackHandler",
+    "ModelTransposeHandler",
     "MultiHeadAttentionHandler",
     "NormalizationHandler",
     "PassThroughOpHandler",
     "PermuteHandler",
     "PositionEmbeddingHandler",
     "ProducerHandler",
+    "RecurrentHandler",
     "ReductionOpHandler",
     "ReshapeOpHandler",
     "ReshapeHandler",
@@ -113,6 +132,8 @@ __all__ = [
     "SeparableConvHandler",
     "SoftmaxHandler",
     "SublayerChanges",
+    "TimeDistributedHandler",
+    "UnstackOpHandler",
     "Use",
     "get_handler",
     "register_handler",

@@ -212,6 +212,31 @@ class LayerHandler:
     #: (otherwise their inputs and outputs are tied call to call).
     ties_calls = False
 
+    #: True when the handler follows channels on any axis (`TensorInfo.axis`,
+    #: 1 for `channels_first` tensors). Calls of other handlers whose inputs
+    #: have their channels elsewhere than last are pinned with a reason.
+    channel_axes_aware = False
+
+    def channel_axes(self, node):
+        """The channel axis of each output (-1: last; 1: channels first).
+
+        Decided once, when the analysis lays out its elements, in
+        topological order (the inputs' `axis` is already set).
+        """
+        return [-1] * len(node.outputs)
+
+    def input_axis(self, node, position):
+        """Where the layer reads channels of input `position` (for model
+        inputs): 1 for a `channels_first` layer, else -1."""
+        return 1 if config_value(node.layer, "data_format") == "channels_first" else -1
+
+    def rebuild_op(self, change):
+        """For a `keras.ops` call in the model itself (not inside a traced
+        layer) whose channels change: a callable used in its place in the
+        smaller model (called with the call's arguments), or None to call
+        the operation again as it is (most ops follow their inputs)."""
+        return None
+
     def connect(self, node, ctx):
         """Declare ties and pins for one call. Default: pin everything."""
         traced = getattr(getattr(ctx, "graph", None), "opaque", {}).get(node.path)

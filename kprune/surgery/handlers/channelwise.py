@@ -22,8 +22,45 @@ def _last_axis(axis, rank):
     return axis is not None and axis % rank == rank - 1
 
 
+def _on_axis(axis, tensor):
+    """True when `axis` (int or 1-element list) is `tensor`'s channel axis."""
+    if isinstance(axis, (list, tuple)):
+        if len(axis) != 1:
+            return False
+        axis = axis[0]
+    rank = len(tensor.shape)
+    return axis is not None and axis % rank == tensor.axis % rank
+
+
 def _channels_first(layer):
     return config_value(layer, "data_format") == "channels_first"
+
+
+def layout_refusal(layer, tensor):
+    """Why a layer with a `data_format` does not read `tensor`'s channels.
+
+    A `channels_first` layer reads channels on axis 1, a `channels_last` one
+    on the last axis; the tensor's channels (`TensorInfo.axis`) must be
+    there. Layers without a `data_format` (and tensors of rank 2) pass.
+    """
+    data_format = config_value(layer, "data_format")
+    if data_format not in ("channels_first", "channels_last"):
+        return None
+    if len(tensor.shape) < 3 or not tensor.channels:
+        return None
+    first = data_format == "channels_first"
+    if first and tensor.axis == 1 or not first and tensor.last:
+        return None
+    where = "last" if tensor.last else str(tensor.axis)
+    return (
+        f"its data_format='{data_format}' does not match its input, whose "
+        f"channels are on axis {where}"
+    )
+
+
+def same_axis(source, target):
+    """`source`'s channel axis for `target`, or -1 when ranks differ."""
+    return source.axis if len(source.shape) == len(target.shape) else -1
 
 
 class ChannelwiseHandler(LayerHandler):
@@ -35,13 +72,32 @@ class ChannelwiseHandler(LayerHandler):
     values.
     """
 
+    channel_axes_aware = True
+
     def check(self, node):
         """Return a reason string when this call is not channel-wise."""
-        if _channels_first(node.layer):
-            return "data_format='channels_first' is not supported"
-        if not node.outputs or node.inputs[0].channels != node.outputs[0].channels:
+        if not node.inputs or not node.outputs:
+            return "it has no input or no output"
+        reason = layout_refusal(node.layer, node.inputs[0])
+        if reason:
+            return reason
+        if node.inputs[0].channels != node.outputs[0].channels:
             return "its output does not keep the input's channel axis"
         return None
+
+    def channel_axes(self, node):
+        if not node.inputs:
+            return super().channel_axes(node)
+        axes = [same_axis(node.inputs[0], node.outputs[0])] if node.outputs else []
+        return axes + [-1] * (len(node.outputs) - 1)
+
+    def input_axis(self, node, position):
+        axis = config_value(node.layer, "axis")
+        if isinstance(axis, (list, tuple)) and len(axis) == 1:
+            axis = axis[0]
+        if axis == 1:
+            return 1
+        return super().input_axis(node, position)
 
     def connect(self, node, ctx):
         reason = self.check(node)
@@ -61,11 +117,19 @@ class ChannelwiseHandler(LayerHandler):
         """Hook: update per-channel values held in the config."""
 
     def rebuild(self, change):
-        size = change.node.inputs[0].channels
+        source = change.node.inputs[0]
+        size = source.channels
         kept = change.kept(size, change.in_removed[0])
         weights = {}
+        rank = len(source.shape)
         for name, value in change.weights.items():
-            if value.ndim and value.shape[-1] == size:
+            if (
+                not source.last
+                and value.ndim == rank - 1
+                and (value.shape[source.axis - 1] == size)
+            ):
+                value = np.take(value, kept, axis=source.axis - 1)  # per position
+            elif value.ndim and value.shape[-1] == size:
                 value = value[..., kept]
             weights[name] = value
         self.edit_config(change, kept)
@@ -104,8 +168,8 @@ class AxisChannelwiseHandler(ChannelwiseHandler):
         if reason:
             return reason
         axis = config_value(node.layer, "axis", -1)
-        if not _last_axis(axis, len(node.inputs[0].shape)):
-            return f"its axis={axis} is not the channel (last) axis"
+        if not _on_axis(axis, node.inputs[0]):
+            return f"its axis={axis} is not the channel axis"
         return None
 
 
@@ -117,8 +181,8 @@ class LayerNormHandler(MixingHandler):
         if reason:
             return reason
         axis = config_value(node.layer, "axis", -1)
-        if not _last_axis(axis, len(node.inputs[0].shape)):
-            return f"its axis={axis} is not only the channel (last) axis"
+        if not _on_axis(axis, node.inputs[0]):
+            return f"its axis={axis} is not only the channel axis"
         return None
 
 
@@ -128,7 +192,7 @@ class SoftmaxHandler(ChannelwiseHandler):
     def connect(self, node, ctx):
         axis = config_value(node.layer, "axis", -1)
         super().connect(node, ctx)
-        if _last_axis(axis, len(node.inputs[0].shape)):
+        if _on_axis(axis, node.inputs[0]):
             ctx.pin_exact(node.inputs[0], f"softmax '{node.path}' mixes channels")
 
 
@@ -149,8 +213,8 @@ class GroupNormHandler(ChannelwiseHandler):
         if reason:
             return reason
         axis = config_value(node.layer, "axis", -1)
-        if not _last_axis(axis, len(node.inputs[0].shape)):
-            return f"its axis={axis} is not the channel (last) axis"
+        if not _on_axis(axis, node.inputs[0]):
+            return f"its axis={axis} is not the channel axis"
         return None
 
     def connect(self, node, ctx):
@@ -194,8 +258,8 @@ class NormalizationHandler(ChannelwiseHandler):
             return reason
         axis = config_value(node.layer, "axis", -1)
         axis = tuple(axis) if isinstance(axis, (list, tuple)) else (axis,)
-        if len(axis) != 1 or not _last_axis(axis, len(node.inputs[0].shape)):
-            return f"its axis={axis} is not the channel (last) axis"
+        if len(axis) != 1 or not _on_axis(axis, node.inputs[0]):
+            return f"its axis={axis} is not the channel axis"
         return None
 
     def edit_config(self, change, kept):

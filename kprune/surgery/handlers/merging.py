@@ -5,7 +5,21 @@ import numpy as np
 
 from kprune.surgery.graph import constant_arguments
 from kprune.surgery.handlers.base import LayerHandler, config_value
-from kprune.surgery.handlers.channelwise import _last_axis
+from kprune.surgery.handlers.channelwise import _on_axis
+
+
+def _merge_axis(node):
+    """The channel axis shared by a merge's full-rank inputs (-1 if none)."""
+    rank = len(node.outputs[0].shape) if node.outputs else 0
+    for tensor in node.inputs:
+        if len(tensor.shape) == rank:
+            return tensor.axis
+    return -1
+
+
+def _is_product(node):
+    """True for a multiplication (the layer or the `keras.ops` call)."""
+    return type(node.layer).__name__ == "Multiply"
 
 
 class MergeHandler(LayerHandler):
@@ -13,22 +27,41 @@ class MergeHandler(LayerHandler):
 
     Every input with the output's channel count loses the same channels as
     the output (coupled). An input broadcast over all channels is pinned.
+    A product with a channel that is constantly zero is constantly zero,
+    whatever the other factors (a squeeze-and-excitation gate times a
+    removed filter).
     """
+
+    channel_axes_aware = True
+
+    def channel_axes(self, node):
+        return [_merge_axis(node)] + [-1] * (len(node.outputs) - 1)
 
     def connect(self, node, ctx):
         out = node.outputs[0]
         for tensor in node.inputs:
-            if tensor.channels == out.channels:
+            aligned = (tensor.last and out.last) or (
+                tensor.axis == out.axis and len(tensor.shape) == len(out.shape)
+            )
+            if tensor.channels and tensor.channels == out.channels and aligned:
                 ctx.tie(tensor, out)
+            elif tensor.channels == out.channels and tensor.channels:
+                ctx.pin_node(node, "its inputs have their channels on different axes")
+                return
             else:
                 ctx.pin(tensor, f"it is broadcast over the channels of '{node.path}'")
 
-    def constant_mask(self, node, in_valid, weights):
+    def constant_mask(self, node, in_valid, weights, in_value=None):
         out = node.outputs[0]
         valid = np.ones(out.channels, bool)
-        for tensor, mask in zip(node.inputs, in_valid):
-            valid &= mask if tensor.channels == out.channels else bool(mask.all())
-        return [valid]
+        zero = np.zeros(out.channels, bool)
+        for i, (tensor, mask) in enumerate(zip(node.inputs, in_valid)):
+            same = tensor.channels == out.channels
+            valid &= mask if same else bool(mask.all())
+            if in_value is not None and _is_product(node):
+                is_zero = mask & (in_value[i] == 0)
+                zero |= is_zero if same else bool(is_zero.all())
+        return [valid | zero]
 
     def rebuild(self, change):
         return change.config, dict(change.weights)
@@ -69,12 +102,19 @@ class ElementwiseOpHandler(MergeHandler):
 class ConcatenateHandler(LayerHandler):
     """Concatenate: offsets on the channel axis, coupling on any other axis."""
 
+    channel_axes_aware = True
+
+    def channel_axes(self, node):
+        return [_merge_axis(node)]
+
     def _on_channels(self, node):
-        rank = len(node.outputs[0].shape)
-        return _last_axis(config_value(node.layer, "axis"), rank)
+        return _on_axis(config_value(node.layer, "axis"), node.outputs[0])
 
     def connect(self, node, ctx):
         out = node.outputs[0]
+        if any(t.axis != out.axis for t in node.inputs):
+            ctx.pin_node(node, "its inputs have their channels on different axes")
+            return
         if self._on_channels(node):
             start = 0
             for tensor in node.inputs:
@@ -89,6 +129,8 @@ class ConcatenateHandler(LayerHandler):
             MergeHandler.connect(self, node, ctx)
 
     def constant_mask(self, node, in_valid, weights):
+        if any(t.axis != node.outputs[0].axis for t in node.inputs):
+            return [np.zeros(node.outputs[0].channels, bool)]
         if self._on_channels(node):
             return [np.concatenate(in_valid)]
         return MergeHandler.constant_mask(self, node, in_valid, weights)

@@ -12,7 +12,7 @@ import keras
 import numpy as np
 
 from kprune.surgery.handlers.base import LayerHandler, config_value
-from kprune.surgery.handlers.channelwise import _channels_first
+from kprune.surgery.handlers.channelwise import layout_refusal, same_axis
 
 
 class ProducerHandler(LayerHandler):
@@ -25,6 +25,7 @@ class ProducerHandler(LayerHandler):
     """
 
     produces_units = True
+    channel_axes_aware = True
 
     def __init__(self, units_key, in_axis=-2, out_axis=-1, kernel="kernel"):
         self.units_key = units_key
@@ -32,10 +33,54 @@ class ProducerHandler(LayerHandler):
         self.out_axis = out_axis
         self.kernel = kernel
 
+    def channel_axes(self, node):
+        """Units on axis 1 for a `channels_first` layer, else last."""
+        axes = [-1] * len(node.outputs)
+        if not node.outputs or not node.inputs:
+            return axes
+        if config_value(node.layer, "data_format") == "channels_first":
+            axes[0] = 1
+        elif self.passes_through(node):
+            axes[0] = same_axis(node.inputs[0], node.outputs[0])
+        return axes
+
+    def misread(self, node):
+        """Why the layer does not read its input's channel axis, or None."""
+        if not node.inputs:
+            return "it has no input"
+        source = node.inputs[0]
+        reason = layout_refusal(node.layer, source)
+        if (
+            reason is None
+            and not source.last
+            and (config_value(node.layer, "data_format") is None)
+        ):
+            reason = (
+                "it reads the last axis, its input's channels are on axis "
+                f"{source.axis}"
+            )
+        return reason
+
+    def passes_through(self, node):
+        """A Dense on a tensor whose channels are not last (a token-mixing
+        Dense after a `Permute`): channel `c` of the output is computed from
+        channel `c` of the input only, so the channels pass through it."""
+        return (
+            self.units_key == "units"
+            and isinstance(node.layer, keras.layers.Dense)
+            and bool(node.inputs)
+            and bool(node.outputs)
+            and not node.inputs[0].last
+            and len(node.inputs[0].shape) == len(node.outputs[0].shape)
+        )
+
+    def unit_tensors(self, node, ctx):
+        if self.passes_through(node):
+            return []
+        return super().unit_tensors(node, ctx)
+
     def check(self, node):
         layer = node.layer
-        if _channels_first(layer):
-            return "data_format='channels_first' is not supported"
         groups = config_value(layer, "groups", 1) or 1
         if groups != 1 and not isinstance(self, GroupedConvHandler):
             return f"grouped convolution (groups={groups})"
@@ -47,12 +92,24 @@ class ProducerHandler(LayerHandler):
 
     def usable(self, node):
         """Whether `uses` / `constant_mask` can read this call's weights."""
-        return self.check(node) is None
+        return self.check(node) is None and self.misread(node) is None
 
     def connect(self, node, ctx):
+        if self.passes_through(node):
+            ctx.tie(node.inputs[0], node.outputs[0])
+            for tensor in node.inputs[1:]:
+                ctx.pin(tensor, f"extra input of layer '{node.path}'")
+            return
         reason = self.check(node)
         if reason:
             ctx.pin_node(node, reason)
+        else:
+            misread = self.misread(node)
+            if misread:
+                ctx.pin(
+                    node.inputs[0],
+                    f"layer '{node.path}' ({node.layer.__class__.__name__}): {misread}",
+                )
         for tensor in node.inputs[1:]:
             ctx.pin(tensor, f"extra input of layer '{node.path}'")
 
@@ -81,6 +138,8 @@ class ProducerHandler(LayerHandler):
         return [(0, nonzero, self.fold_exact(node))]
 
     def constant_mask(self, node, in_valid, weights):
+        if self.passes_through(node):
+            return [in_valid[0].copy()]
         uses = self.uses(node, weights)
         if not uses:
             return [np.zeros(t.channels, bool) for t in node.outputs]
@@ -100,6 +159,8 @@ class ProducerHandler(LayerHandler):
         return values @ taps[removed]
 
     def rebuild(self, change):
+        if self.passes_through(change.node):
+            return change.config, dict(change.weights)
         weights = dict(change.weights)
         kernel = weights[self.kernel]
         size_in = kernel.shape[self.in_axis]
@@ -182,7 +243,7 @@ class GroupedConvHandler(ProducerHandler):
 
     def connect(self, node, ctx):
         super().connect(node, ctx)
-        if self.check(node):
+        if not self.usable(node):
             return
         groups, per_in, per_out = self._sizes(node)
         source, out = node.inputs[0], node.outputs[0]
@@ -267,6 +328,8 @@ class SeparableConvHandler(ProducerHandler):
         return np.einsum("tcm,cmo->tco", depthwise, pointwise)
 
     def uses(self, node, weights):
+        if not self.usable(node):
+            return []
         depthwise, pointwise = self._parts(weights)
         nonzero = np.einsum(
             "cm,cmo->co",
@@ -303,10 +366,19 @@ class SeparableConvHandler(ProducerHandler):
 class DepthwiseConvHandler(LayerHandler):
     """DepthwiseConv: output `c * m + k` comes from input channel `c` only."""
 
+    channel_axes_aware = True
+
+    def channel_axes(self, node):
+        axes = [-1] * len(node.outputs)
+        if axes and config_value(node.layer, "data_format") == "channels_first":
+            axes[0] = 1
+        return axes
+
     def connect(self, node, ctx):
         source, out = node.inputs[0], node.outputs[0]
-        if _channels_first(node.layer):
-            ctx.pin_node(node, "data_format='channels_first' is not supported")
+        reason = layout_refusal(node.layer, source)
+        if reason:
+            ctx.pin_node(node, reason)
             return
         mult = config_value(node.layer, "depth_multiplier")
         ctx.tie_indices(
@@ -317,6 +389,8 @@ class DepthwiseConvHandler(LayerHandler):
         )
 
     def constant_mask(self, node, in_valid, weights):
+        if layout_refusal(node.layer, node.inputs[0]):
+            return [np.zeros(t.channels, bool) for t in node.outputs]
         kernel = weights["kernel"]  # (*taps, in, mult)
         zero = ~np.any(kernel.reshape(-1, *kernel.shape[-2:]) != 0, axis=0)
         mult = kernel.shape[-1]
@@ -391,6 +465,8 @@ class EinsumDenseHandler(ProducerHandler):
         return self._fold_ok(node.layer)
 
     def uses(self, node, weights):
+        if not self.usable(node):
+            return []
         taps = self._matrix(node.layer, weights[self.kernel])
         return [(0, np.any(taps != 0, axis=0), self.fold_exact(node))]
 

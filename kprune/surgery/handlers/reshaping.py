@@ -4,34 +4,87 @@ import keras
 import numpy as np
 
 from kprune.surgery.handlers.base import LayerHandler, config_value
-from kprune.surgery.handlers.channelwise import ChannelwiseHandler, _channels_first
+from kprune.surgery.handlers.channelwise import ChannelwiseHandler
 
 
 class PermuteHandler(ChannelwiseHandler):
-    """Permute: channel-wise when the last axis stays last."""
+    """Permute: the channels go wherever `dims` moves their axis.
+
+    Permute never mixes channels: channel `c` of the output is channel `c`
+    of the input, on the axis `dims` moved it to (the output's channel axis
+    is that one, e.g. 1 after `Permute((2, 1))` of a `(batch, steps,
+    channels)` tensor).
+    """
+
+    def channel_axes(self, node):
+        dims = [int(d) for d in config_value(node.layer, "dims")]
+        source = node.inputs[0]
+        axis = len(source.shape) - 1 if source.last else source.axis
+        if axis not in dims:
+            return [-1]
+        return [1 + dims.index(axis)]
 
     def check(self, node):
-        dims = config_value(node.layer, "dims")
-        if dims[-1] != len(dims):
-            return f"it moves the channel axis (dims={dims})"
-        return super().check(node)
+        if not node.inputs or not node.outputs:
+            return "it has no input or no output"
+        if node.inputs[0].channels != node.outputs[0].channels:
+            return "its output does not keep the input's channels"
+        return None
 
 
 class FlattenHandler(LayerHandler):
-    """Flatten: channel `c` becomes every position `s * C + c`."""
+    """Flatten: each output position holds one input channel.
+
+    Channels last: channel `c` becomes every position `s * C + c`. Channels
+    on axis 1 (a `channels_first` tensor): `Flatten()` keeps that order, so
+    channel `c` becomes positions `c * S .. c * S + S - 1`, while
+    `Flatten(data_format="channels_first")` moves channels last first.
+    """
+
+    channel_axes_aware = True
 
     def connect(self, node, ctx):
         source, target = node.inputs[0], node.outputs[0]
-        if _channels_first(node.layer):
-            ctx.pin_node(node, "data_format='channels_first' is not supported")
+        positions = _flat_channels(node)
+        if positions is None:
+            if source.last:
+                _tie_flatten(ctx, source, target, node)
+            else:
+                ctx.pin_node(node, "its channel axis cannot be followed")
             return
-        _tie_flatten(ctx, source, target, node)
+        ctx.tie_indices(source, positions, target, np.arange(target.channels))
 
     def constant_mask(self, node, in_valid, weights):
-        return [_flat_repeat(node.inputs[0], node.outputs[0], in_valid[0])]
+        positions = _flat_channels(node)
+        if positions is None:
+            if not node.inputs[0].last:
+                return [np.zeros(node.outputs[0].channels, bool)]
+            return [_flat_repeat(node.inputs[0], node.outputs[0], in_valid[0])]
+        return [in_valid[0][positions]]
 
     def rebuild(self, change):
         return change.config, dict(change.weights)
+
+
+def _flat_channels(node):
+    """For a Flatten call: the input channel at each output position.
+
+    None when the spatial sizes are unknown.
+    """
+    source, target = node.inputs[0], node.outputs[0]
+    shape = tuple(source.shape[1:])
+    if len(shape) < 2 or any(d is None for d in shape) or not source.channels:
+        return None
+    axis = len(shape) - 1 if source.last else source.axis - 1
+    layout = [1] * len(shape)
+    layout[axis] = source.channels
+    channel = np.broadcast_to(np.arange(source.channels).reshape(layout), shape)
+    if config_value(node.layer, "data_format") == "channels_first":
+        channel = np.moveaxis(channel, 0, -1)
+    positions = channel.reshape(-1)
+    if len(positions) != target.channels:
+        return None
+    return positions
 
 
 def _tie_flatten(ctx, source, target, node):

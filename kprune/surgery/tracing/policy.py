@@ -20,8 +20,14 @@ def should_trace(layer):
     """
     if not isinstance(layer, keras.layers.Layer) or isinstance(layer, keras.Model):
         return False, "it is not a layer"
-    if isinstance(layer, (keras.layers.InputLayer, keras.layers.Lambda)):
-        return False, "Lambda layers are never traced"
+    if isinstance(layer, keras.layers.InputLayer):
+        return False, "it is an input layer"
+    if isinstance(layer, keras.layers.Lambda):
+        return False, (
+            "Lambda layers are never traced (no smaller copy of a Lambda's "
+            "function can be made: write it as Keras layers or keras.ops "
+            "calls in the model to make these channels prunable)"
+        )
     if get_handler(layer) is not OPAQUE:
         return False, "it has a handler"
     if not layer.built:
