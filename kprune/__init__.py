@@ -27,6 +27,7 @@ from kprune import (
     surgery,  # noqa: E402
     testing,  # noqa: E402
 )
+from kprune.pruning.budget import prune  # noqa: E402
 
 __version__ = "0.1.0"
 
@@ -37,6 +38,7 @@ __all__ = [
     "export",
     "losses",
     "ops",
+    "prune",
     "pruning",
     "regularizers",
     "report",

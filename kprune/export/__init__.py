@@ -4,11 +4,14 @@
 - `verify_tflite(path, model, ...)`: compare a file with the Keras model.
 - `measure_tflite(path, ...)`: file size, gzipped size, LiteRT latency.
 - `sizes(path)`: raw and gzipped size.
+- `layer_latency(...)`, `model_latency(model, ...)`: LiteRT latency of one
+  layer at a given width / of a model (used by latency tables).
 
 This is the only part of kprune that imports `tensorflow` (lazily, inside
 the conversion).
 """
 
+from kprune.export.latency import layer_latency, model_latency
 from kprune.export.measure import measure_tflite, sizes
 from kprune.export.tflite import (
     DEFAULT_TOLERANCES,
@@ -23,7 +26,9 @@ __all__ = [
     "DEFAULT_TOLERANCES",
     "QUANTIZE_MODES",
     "VerificationError",
+    "layer_latency",
     "measure_tflite",
+    "model_latency",
     "representative_samples",
     "sizes",
     "to_tflite",
