@@ -2,6 +2,8 @@
 
     kprune inspect MODEL.keras [--json | --markdown] [--input-shape 224,224,3]
     kprune slim IN.keras OUT.keras [--plan plan.json] [--json REPORT.json]
+    kprune prune IN.keras OUT.keras (--macs 0.5 | --params 0.5) [--data X.npz]
+                 [--importance l2] [--round-to 8] [--plan PLAN.json]
     kprune export IN.keras OUT.tflite [--quantize dynamic|float16|int8]
                   [--sparse] [--no-verify] [--measure]
     kprune demo [ARGS...]
@@ -95,6 +97,52 @@ def _slim(args):
     print(report.format_table(comparison), end="")
     if args.json is not None:
         report.to_json(comparison, path=args.json)
+    print(f"saved {args.output}")
+    return 0
+
+
+def _prune(args):
+    import numpy as np
+
+    import kprune
+    from kprune import report
+
+    _check_output(args.output, ".keras")
+    data = None
+    if args.data is not None:
+        if not os.path.isfile(args.data):
+            raise CliError(f"no such data file: {args.data}")
+        with np.load(args.data) as arrays:
+            if "x" not in arrays:
+                raise CliError(
+                    f"{args.data} has no array 'x' (save it with "
+                    f"np.savez(path, x=inputs, y=labels)); it has {sorted(arrays)}"
+                )
+            x = arrays["x"]
+            y = arrays["y"] if "y" in arrays else None
+        data = (x, y) if y is not None else x
+    model = _load(args.input)
+    pruned, plan = kprune.prune(
+        model,
+        data,
+        macs=args.macs,
+        params=args.params,
+        importance=args.importance,
+        round_to=args.round_to,
+        scope=args.scope,
+        steps=args.steps,
+        ignore=args.ignore or (),
+    )
+    pruned.save(args.output)
+    print(report.format_table(report.compare(model, pruned)), end="")
+    key = "macs" if args.macs is not None else "params"
+    print(
+        f"{key}: kept {plan.report[key + '_ratio']:.4f} of the original "
+        f"(target {plan.report['target']:g}), importance={args.importance}"
+    )
+    if args.plan is not None:
+        plan.save(args.plan)
+        print(f"saved plan {args.plan}")
     print(f"saved {args.output}")
     return 0
 
@@ -196,6 +244,39 @@ def _parser():
     )
     slim.add_argument("--json", metavar="REPORT.json", help="also write the comparison")
     slim.set_defaults(run=_slim)
+
+    pruner = commands.add_parser(
+        "prune", help="structured pruning to a MACs or parameter budget"
+    )
+    pruner.add_argument("input", metavar="IN.keras")
+    pruner.add_argument("output", metavar="OUT.keras")
+    budget = pruner.add_mutually_exclusive_group(required=True)
+    budget.add_argument(
+        "--macs", type=float, help="fraction of the MACs to keep (0.5 = half)"
+    )
+    budget.add_argument(
+        "--params", type=float, help="fraction of the parameters to keep"
+    )
+    pruner.add_argument(
+        "--data",
+        metavar="X.npz",
+        help="calibration data: an .npz with 'x' (and 'y' for taylor / car)",
+    )
+    pruner.add_argument(
+        "--importance",
+        default="l2",
+        choices=["l1", "l2", "fpgm", "lamp", "taylor", "activation", "car", "random"],
+    )
+    pruner.add_argument(
+        "--round-to", type=int, default=None, help="keep widths at multiples of N"
+    )
+    pruner.add_argument("--scope", choices=["global", "layer"], default="global")
+    pruner.add_argument("--steps", type=int, default=1, help="pruning rounds")
+    pruner.add_argument(
+        "--ignore", action="append", metavar="LAYER", help="keep this layer's units"
+    )
+    pruner.add_argument("--plan", metavar="PLAN.json", help="also save the plan")
+    pruner.set_defaults(run=_prune)
 
     exporter = commands.add_parser("export", help="convert to a verified .tflite file")
     exporter.add_argument("input", metavar="IN.keras")
