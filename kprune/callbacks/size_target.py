@@ -206,3 +206,7 @@ class SizeTarget(keras.callbacks.Callback):
             "check_every": self.check_every,
             "input_shape": self.input_shape,
         }
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)

@@ -11,7 +11,10 @@ pruned model's latency as
 
 with `T_l` interpolated bilinearly between grid points and `rest` the
 measured latency of the whole model minus the table's sum at full width
-(pooling, additions, the interpreter's overhead).
+(pooling, additions, the interpreter's overhead); when that difference is
+negative (layers timed alone carry their own overhead), the sum is scaled
+by `measured / sum` instead. `kprune.prune` measures the pruned model and
+corrects its target, so the table need only rank candidates well.
 
 Cache: one JSON file per machine, thread count and dtype in
 `$KPRUNE_CACHE_DIR/latency/` (default `$XDG_CACHE_HOME/kprune/latency/`, i.e.
@@ -296,11 +299,19 @@ class LatencyTable:
             path: self.layer_ms(name, config, shape, si, so, si, so)
             for path, name, config, shape, si, so in layers
         }
-        rest = self.measure_model(model) - sum(full.values())
+        measured = self.measure_model(model)
+        table_full = sum(full.values())
+        # Overhead outside the table's layers (pooling, adds, interpreter);
+        # when the layers timed alone add up to more than the whole model
+        # (each standalone file has its own overhead), scale them instead.
+        scale = 1.0
+        rest = measured - table_full
+        if rest < 0 and table_full > 0:
+            scale, rest = measured / table_full, 0.0
         self.save()
 
         def predict(widths):
-            total = rest
+            total = 0.0
             for path, name, config, shape, si, so in layers:
                 kin, kout = widths.get(path, (si, so))
                 kin = si if kin is None else kin
@@ -309,7 +320,7 @@ class LatencyTable:
                     total += full[path]
                 else:
                     total += self.layer_ms(name, config, shape, si, so, kin, kout)
-            return total
+            return scale * total + rest
 
         return predict
 
