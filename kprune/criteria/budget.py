@@ -10,7 +10,8 @@ so rounding re-keeps the best of the removed). The cost of a candidate is
 estimated from the original model's per-layer MACs / parameters (from
 `kprune.report.summary`) scaled by the kept fraction of each weighted
 layer's input and output channels, or from a latency table; `search` finds
-the smallest `k` whose estimate meets the target by bisection.
+the smallest `k` whose estimate meets the target by bisection, then gives back
+the best removed groups (whole `round_to` blocks) that still fit.
 """
 
 import numpy as np
@@ -213,7 +214,48 @@ class BudgetPlanner:
                 hi = mid
             else:
                 lo = mid
-        return self.select(hi)
+        removed = self.select(hi)
+        if metric != "latency":
+            removed = self._fill(removed, metric, goal)
+        return removed
+
+    def _fill(self, removed, metric, goal, tries=512):
+        """Give back removed groups, best first, while the budget holds.
+
+        Removing the `k`-th group can cost a lot at once (a filter of a
+        large early layer), leaving the budget under-used; this re-keeps
+        the best removed groups of a structure (`round_to` of them at a
+        time, so widths stay multiples) wherever they still fit.
+        """
+        step = self.round_to or 1
+        structure = self.view.structure
+        gone = {}
+        for position in removed:
+            gone.setdefault(int(structure[position]), []).append(int(position))
+        for s in gone:
+            gone[s].sort(key=lambda p: -self.scores[p])  # best first
+
+        def flat():
+            items = [p for positions in gone.values() for p in positions]
+            return np.array(sorted(items), dtype=np.int64)
+
+        changed = True
+        while changed and tries > 0:
+            changed = False
+            order = sorted(gone, key=lambda s: -self.scores[gone[s][0]])
+            for s in order:
+                tries -= 1
+                block, rest = gone[s][:step], gone[s][step:]
+                gone[s] = rest
+                if self.estimate(flat())[metric] <= goal:
+                    changed = True
+                    if not rest:
+                        del gone[s]
+                    break
+                gone[s] = block + rest
+                if tries <= 0:
+                    break
+        return flat()
 
     # ------------------------------------------------------------- internals
     def _keep(self, positions):
