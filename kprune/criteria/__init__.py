@@ -31,11 +31,13 @@ from kprune.criteria.group_importance import (
     group_importance,
     normalize_scores,
 )
+from kprune.criteria.latency_table import LatencyTable
 from kprune.criteria.metrics import importance, resolve_metric
 from kprune.criteria.plots import filter_images, plot_filters, plot_scores
 
 __all__ = [
     "IMPORTANCES",
+    "LatencyTable",
     "BudgetPlanner",
     "gradient_means",
     "group_importance",

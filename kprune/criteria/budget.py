@@ -46,6 +46,7 @@ class BudgetPlanner:
             is `{layer path: (kept_in, kept_out)}`, for `metric="latency"`.
         input_shape: passed to `kprune.report.summary` (models built on
             unknown dimensions).
+        summary: the model's `kprune.report.summary`, if already computed.
 
     Example:
 
@@ -69,6 +70,7 @@ class BudgetPlanner:
         round_to=None,
         latency_fn=None,
         input_shape=None,
+        summary=None,
     ):
         self.view = groups
         self.scores = np.asarray(scores, dtype=np.float64)
@@ -101,7 +103,7 @@ class BudgetPlanner:
             groups.structure[protected], minlength=num_structures
         )
         # Layers and what scales their cost.
-        report = model_summary(model, input_shape=input_shape)
+        report = summary or model_summary(model, input_shape=input_shape)
         rows = {row["name"]: row for row in report["layers"]}
         self.base = {"macs": float(report["macs"]), "params": float(report["params"])}
         self._terms = []  # (macs, params, tensor_in, tensor_out)

@@ -174,6 +174,7 @@ def prune(
         base_latency = table.measure_model(model)
         started += table_seconds
     current = model
+    current_summary = base
     kept = {}
     plan_units = {}
     report = {"metric": metric, "target": target, "rounds": []}
@@ -203,16 +204,17 @@ def prune(
             ignore=view.groups_of_layers(ignore),
             round_to=round_to,
             latency_fn=None if table is None else table.predictor(current),
+            summary=current_summary,
         )
-        pruned, units, achieved, history = _search(
-            current, planner, metric, goal, base, table, max_iterations
+        pruned, units, achieved, history, current_summary = _search(
+            current, planner, metric, goal, base, current_summary, table, max_iterations
         )
         _compose(kept, units, plan_units)
         current = pruned
         report["rounds"].append({"goal": goal, "achieved": achieved, "tries": history})
         if verbose:
             print(f"kprune.prune round {step}/{steps}: {metric} {achieved:.4g}")
-    final = model_summary(current)
+    final = current_summary
     report.update(
         macs_before=base["macs"],
         macs_after=final["macs"],
@@ -233,38 +235,34 @@ def prune(
     return current, plan
 
 
-def _search(model, planner, metric, goal, base, table, max_iterations):
+def _search(model, planner, metric, goal, base, current, table, max_iterations):
     """Bisection under the estimate, then check the rebuilt model."""
-    internal = (
-        goal if metric == "latency" else goal * base[metric] / _cost(model, metric)
-    )
+    internal = goal
+    if metric != "latency":
+        internal = goal * base[metric] / current[metric]
     history = []
     best = None
     for _ in range(max(1, int(max_iterations))):
         positions = planner.search(metric, internal)
         units = planner.view.removed_units(planner.removed_ids(positions))
         pruned = remove_units(model, units) if units else model
+        report = model_summary(pruned) if units else current
         if metric == "latency":
             achieved = table.measure_model(pruned)
             ok = abs(achieved - goal) <= 0.1 * goal
+            miss = abs(achieved - goal)
         else:
-            achieved = _cost(pruned, metric) / base[metric]
+            achieved = report[metric] / base[metric]
             ok = achieved <= goal * (1 + 1e-9)
+            miss = achieved
         history.append({"internal": internal, "achieved": achieved})
         if ok:
-            return pruned, units, achieved, history
-        if best is None or (metric != "latency" and achieved < best[2]):
-            best = (pruned, units, achieved)
-        if metric == "latency" and (
-            best is None or abs(achieved - goal) < abs(best[2] - goal)
-        ):
-            best = (pruned, units, achieved)
+            return pruned, units, achieved, history, report
+        if best is None or miss < best[0]:
+            best = (miss, pruned, units, achieved, report)
         internal = internal * goal / achieved
-    return (*best, history)
-
-
-def _cost(model, metric):
-    return float(model_summary(model)[metric])
+    _, pruned, units, achieved, report = best
+    return pruned, units, achieved, history, report
 
 
 def _all_paths(model):
