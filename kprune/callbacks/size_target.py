@@ -173,7 +173,9 @@ class SizeTarget(keras.callbacks.Callback):
             self._base = self._size(self.model)
 
     def strength(self):
-        """The (first) controlled strength, as a float."""
+        """The (first) controlled strength, as a float (None before `fit`)."""
+        if not self._controlled:
+            return None
         return float(keras.ops.convert_to_numpy(self._controlled[0].strength))
 
     def on_epoch_end(self, epoch, logs=None):
