@@ -15,7 +15,9 @@ full MNIST, split 55k train / 5k validation / 10k test.
    (checked 5 times per epoch: each epoch is fed as 5 chunks), then `slim`.
 4. From scratch: the architecture kprune's best one-shot criterion (by
    validation error) produced, re-initialized and trained with the same
-   recipe for `dense + finetune` epochs ("Rethinking the value of network
+   recipe for `dense + finetune` epochs (the same images: the dense epochs
+   on the training set, the fine-tuning epochs on its first
+   `--finetune-samples`) ("Rethinking the value of network
    pruning", Liu et al. 2019).
 5. With `--torch`: Torch-Pruning 1.6.1 (PyTorch CPU, `.venv-tp`, run by
    `benchmarks/_tp_worker.py` in its own process) on the same dense weights
@@ -99,7 +101,9 @@ def compile_(model, lr):
     return model
 
 
-def fit(model, x, y, epochs, args, callbacks=()):
+def fit(model, x, y, epochs, args, callbacks=(), samples=None):
+    if samples:
+        x, y = x[:samples], y[:samples]
     if epochs:
         model.fit(
             x,
@@ -134,7 +138,7 @@ def prune_run(dense, data, importance, budget, args, seed):
     one_shot = test_error(small, xv, yv)
     compile_(small, args.lr)
     keras.utils.set_random_seed(seed)
-    fit(small, x, y, args.finetune_epochs, args)
+    fit(small, x, y, args.finetune_epochs, args, samples=args.finetune_samples)
     return small, {
         "importance": importance,
         "budget": budget,
@@ -155,6 +159,8 @@ def group_sparsity_run(dense, data, budget, args, seed):
     compile_(sparse, args.lr)
     target = kprune.callbacks.SizeTarget(macs=1.0 / budget, growth=args.gs_growth)
     chunks = 5
+    if args.finetune_samples:
+        x, y = x[: args.finetune_samples], y[: args.finetune_samples]
     n = len(x)
     order = np.random.default_rng(seed).permutation(n)
     for _ in range(args.finetune_epochs):
@@ -187,7 +193,8 @@ def scratch_run(pruned, data, budget, source, args, seed):
     keras.utils.set_random_seed(seed + 1000)
     fresh = keras.models.clone_model(pruned)  # same widths, new initial weights
     compile_(fresh, args.lr)
-    fit(fresh, x, y, args.dense_epochs + args.finetune_epochs, args)
+    fit(fresh, x, y, args.dense_epochs, args)
+    fit(fresh, x, y, args.finetune_epochs, args, samples=args.finetune_samples)
     return {
         "importance": f"scratch ({source} architecture)",
         "budget": budget,
@@ -206,6 +213,7 @@ def torch_runs(kind, weights_path, data_path, args, seed):
         "budgets": list(args.budgets),
         "importances": ["l2", "taylor"],
         "epochs": args.finetune_epochs,
+        "finetune_samples": args.finetune_samples,
         "lr": args.lr,
         "batch": args.batch,
         "seed": seed,
@@ -236,6 +244,12 @@ def main(argv=None):
     parser.add_argument("--budgets", nargs="+", type=int, default=list(BUDGETS))
     parser.add_argument("--dense-epochs", type=int, default=3)
     parser.add_argument("--finetune-epochs", type=int, default=2)
+    parser.add_argument(
+        "--finetune-samples",
+        type=int,
+        default=0,
+        help="fine-tune on the first N training images (0: all)",
+    )
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--calibration", type=int, default=512)
@@ -272,12 +286,21 @@ def main(argv=None):
             "optimizer": f"Adam(lr={args.lr}, epsilon=1e-7)",
             "batch": args.batch,
             "calibration_images": args.calibration,
+            "finetune_samples": args.finetune_samples or len(x),
         }
         for seed in args.seeds:
             keras.utils.set_random_seed(seed)
             dense = compile_(MODELS[kind](), args.lr)
+            cached = os.path.join(
+                REPO, ".scratch", f"dense_{kind}_{seed}_{args.dense_epochs}.weights.h5"
+            )
             start = time.perf_counter()
-            fit(dense, x, y, args.dense_epochs, args)
+            if os.path.isfile(cached):
+                dense.load_weights(cached)
+            else:
+                fit(dense, x, y, args.dense_epochs, args)
+                os.makedirs(os.path.dirname(cached), exist_ok=True)
+                dense.save_weights(cached)
             dense_seconds = time.perf_counter() - start
             args._dense_macs = macs(dense)
             dense_err = test_error(dense, xt, yt)
