@@ -256,6 +256,13 @@ def main(argv=None):
     parser.add_argument("--gs-strength", type=float, default=1e-3)
     parser.add_argument("--gs-growth", type=float, default=2.0)
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
+    parser.add_argument(
+        "--scratch-budgets",
+        nargs="+",
+        type=int,
+        default=list(BUDGETS),
+        help="budgets at which the pruned architecture is also trained from scratch",
+    )
     parser.add_argument("--torch", action="store_true")
     parser.add_argument(
         "--torch-python", default=os.path.join(REPO, ".venv-tp", "bin", "python")
@@ -336,7 +343,7 @@ def main(argv=None):
                         json.dumps({k: v for k, v in run.items() if k != "widths"}),
                         flush=True,
                     )
-                    if best and (budget,) in best:
+                    if best and (budget,) in best and budget in args.scratch_budgets:
                         _, small, source = best[(budget,)]
                         run = scratch_run(small, data, budget, source, args, seed)
                         runs.append(run)
