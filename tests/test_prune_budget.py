@@ -319,3 +319,25 @@ def test_cli_prune(tmp_path, capsys):
     )
     assert main(["prune", path, out, "--macs", "3"]) == 1
     assert "fraction" in capsys.readouterr().err
+
+
+def test_car_and_callable_importances(data):
+    model = _lenet()
+    x, y = data[0][:32], data[1][:32]
+    view = DependencyGroups(model)
+    car = group_importance(model, "car", (x, y), groups=view)
+    assert car.shape == (len(view),) and np.all(np.isfinite(car))
+
+    def by_index(model, layer, x, y):
+        units = (
+            model.get_layer(layer)
+            .get_config()
+            .get("filters", model.get_layer(layer).get_config().get("units"))
+        )
+        return np.arange(units, dtype=float)
+
+    scores = group_importance(model, by_index, groups=view)
+    conv1 = view.structure == view.structures.index(("conv1",))
+    np.testing.assert_allclose(scores[conv1], np.arange(12.0))
+    with pytest.raises(ValueError, match="one score per unit"):
+        group_importance(model, lambda *a: np.zeros(3), groups=view)
