@@ -105,6 +105,8 @@ class LatencyTable:
         grid: fractions of each layer's width to measure.
         round_to: round the measured widths up to multiples of this.
         runs: timed calls per measurement.
+        statistic: "median" (default) or "min" of the timed calls (the
+            least-contended run: steadier on a shared machine).
         cache_dir: where the table files live (default:
             `default_cache_dir()`).
 
@@ -129,6 +131,7 @@ class LatencyTable:
         round_to=None,
         runs=20,
         cache_dir=None,
+        statistic="median",
     ):
         if int(num_threads) < 1:
             raise ValueError(
@@ -148,11 +151,18 @@ class LatencyTable:
         self.grid = grid
         self.round_to = round_to
         self.runs = int(runs)
+        if statistic not in ("median", "min"):
+            raise ValueError(
+                "`statistic` must be 'median' or 'min'. "
+                f"Received: statistic={statistic!r}"
+            )
+        self.statistic = statistic
         self.cache_dir = os.fspath(cache_dir) if cache_dir else default_cache_dir()
         self.machine = machine_id()
         tag = hashlib.sha1(self.machine.encode()).hexdigest()[:12]
+        suffix = "" if statistic == "median" else "-min"
         self.path = os.path.join(
-            self.cache_dir, f"{tag}-t{self.num_threads}-{self.dtype}.json"
+            self.cache_dir, f"{tag}-t{self.num_threads}-{self.dtype}{suffix}.json"
         )
         self.entries = self._load()
         self.measured = 0  # measurements made (not read from the cache)
@@ -247,6 +257,7 @@ class LatencyTable:
                 num_threads=self.num_threads,
                 dtype=self.dtype,
                 runs=self.runs,
+                statistic=self.statistic,
             )
             self.measured += 1
         return self.entries[key]
@@ -325,8 +336,8 @@ class LatencyTable:
         return predict
 
     def measure_model(self, model, runs=None):
-        """Median LiteRT latency of the whole model (ms), with this table's
-        threads and dtype."""
+        """LiteRT latency of the whole model (ms), with this table's threads,
+        dtype and statistic."""
         from kprune.export.latency import model_latency
 
         stats = model_latency(
@@ -335,4 +346,4 @@ class LatencyTable:
             dtype=self.dtype,
             runs=runs or self.runs,
         )
-        return float(stats["latency_ms_median"])
+        return float(stats[f"latency_ms_{self.statistic}"])
