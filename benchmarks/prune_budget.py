@@ -253,7 +253,7 @@ def main(argv=None):
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--calibration", type=int, default=512)
-    parser.add_argument("--gs-strength", type=float, default=1e-3)
+    parser.add_argument("--gs-strength", type=float, default=0.5)
     parser.add_argument("--gs-growth", type=float, default=2.0)
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
     parser.add_argument(
