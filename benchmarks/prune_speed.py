@@ -140,7 +140,7 @@ def speed(args, result, folder):
                     name,
                     dtype,
                     threads,
-                    {k: round(v, 2) for k, v in ms.items()},
+                    {os.path.basename(k): v for k, v in ms.items()},
                     flush=True,
                 )
                 result.setdefault("speed", {})[name] = entry
