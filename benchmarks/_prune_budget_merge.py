@@ -37,6 +37,14 @@ def main(log, gs_path, tp_path, commands):
     if os.path.isfile(tp_path):
         with open(tp_path) as f:
             seed["torch_pruning"] = json.load(f)
+    elif os.path.isfile(tp_path + ".log"):
+        with open(tp_path + ".log") as f:
+            tp_runs = [json.loads(x) for x in f if x.startswith('{"importance"')]
+        seed["torch_pruning"] = {"runs": tp_runs, "stopped_early": True}
+    scratch = os.path.join(os.path.dirname(gs_path), "scratch_lenet_out.json")
+    if os.path.isfile(scratch):
+        with open(scratch) as f:
+            runs += json.load(f)
     info = machine()
     info["load_after"] = os.getloadavg()
     result = {
