@@ -338,3 +338,105 @@ def gzip_bytes(path):
     """Bytes of `path` gzipped (level 9, no timestamp)."""
     with open(path, "rb") as f:
         return len(gzip.compress(f.read(), compresslevel=9, mtime=0))
+
+
+# ------------------------------------------------------- recipes
+
+
+def cosine_sgd(learning_rate, steps, alpha=0.02, momentum=0.9, weight_decay=None):
+    """SGD with momentum, cosine decay from `learning_rate` to `alpha` of it."""
+    schedule = keras.optimizers.schedules.CosineDecay(
+        learning_rate, decay_steps=steps, alpha=alpha
+    )
+    return keras.optimizers.SGD(
+        schedule, momentum=momentum, weight_decay=weight_decay or None
+    )
+
+
+def smoothed_crossentropy(label_smoothing, classes=10):
+    """Cross-entropy of logits against smoothed integer labels.
+
+    Target distribution `(1 - eps) * one_hot(y) + eps / classes`, with
+    `eps = label_smoothing`.
+    """
+
+    def loss(y_true, logits):
+        y_true = keras.ops.reshape(keras.ops.cast(y_true, "int32"), (-1,))
+        target = keras.ops.one_hot(y_true, classes)
+        return keras.losses.categorical_crossentropy(
+            target, logits, from_logits=True, label_smoothing=label_smoothing
+        )
+
+    return loss
+
+
+def set_dropout(model, rate):
+    """Sets the rate of every Dropout layer of `model` (None: leave them)."""
+    if rate is None:
+        return
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.Dropout):
+            layer.rate = float(rate)
+
+
+# ------------------------------------------------ step time, side by side
+
+
+def interleaved_step_times(variants, x, y, batch_size, steps, rounds, reference):
+    """Seconds per training step of several variants, measured side by side.
+
+    `variants` maps a name to `(model, callbacks)`: compiled models of the
+    same architecture, data and optimizer, already warmed up (traced).
+    Each round fits every variant for one "epoch" of `steps` steps on the
+    next slice of `(x, y)`, in rotating order, so that load from other
+    processes hits all of them alike.
+
+    Returns:
+        A dict: `ms_per_step_median` and `ms_per_step_min` per variant, and
+        `ratio_vs_<reference>` per other variant: the median over rounds
+        of the per-round time ratio (`median_ratio`), the ratio of the
+        fastest rounds (`min_time_ratio`) and the per-round ratios; also the
+        process CPU time (all threads) per step (`cpu_ms_per_step_median`)
+        and its median per-round ratio (`median_cpu_ratio`), less
+        sensitive to other processes on a shared machine.
+    """
+    n = steps * batch_size
+    chunks = max(1, len(x) // n)
+    names = list(variants)
+    times = {name: [] for name in names}
+    cpu = {name: [] for name in names}
+    for r in range(rounds):
+        c = r % chunks
+        xs, ys = x[c * n : (c + 1) * n], y[c * n : (c + 1) * n]
+        order = names[r % len(names) :] + names[: r % len(names)]
+        for name in order:
+            model, callbacks = variants[name]
+            start, start_cpu = time.perf_counter(), time.process_time()
+            model.fit(
+                xs, ys, batch_size=batch_size, epochs=1, verbose=0, callbacks=callbacks
+            )
+            times[name].append((time.perf_counter() - start) / steps)
+            cpu[name].append((time.process_time() - start_cpu) / steps)
+    ratios = {}
+    for name in names:
+        if name == reference:
+            continue
+        per_round = [a / b for a, b in zip(times[name], times[reference])]
+        cpu_round = [a / b for a, b in zip(cpu[name], cpu[reference])]
+        ratios[name] = {
+            "median_ratio": float(np.median(per_round)),
+            "min_time_ratio": float(min(times[name]) / min(times[reference])),
+            "per_round": per_round,
+            "median_cpu_ratio": float(np.median(cpu_round)),
+        }
+    return {
+        "rounds": rounds,
+        "steps_per_round": steps,
+        "batch_size": batch_size,
+        "ms_per_step_median": {k: 1e3 * float(np.median(v)) for k, v in times.items()},
+        "ms_per_step_min": {k: 1e3 * float(np.min(v)) for k, v in times.items()},
+        "cpu_ms_per_step_median": {
+            k: 1e3 * float(np.median(v)) for k, v in cpu.items()
+        },
+        f"ratio_vs_{reference}": ratios,
+    }

@@ -92,13 +92,24 @@ def resnet_small():
 MODELS = {"lenet5": lenet_5, "resnet": resnet_small}
 
 
-def compile_(model, lr):
+def compile_(model, lr, decay_steps=None):
+    """Adam; with `decay_steps`, the learning rate follows a cosine to 0."""
+    if decay_steps:
+        lr = keras.optimizers.schedules.CosineDecay(lr, decay_steps)
     model.compile(
         optimizer=keras.optimizers.Adam(lr, epsilon=1e-7),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=["accuracy"],
     )
     return model
+
+
+def finetune_steps(args, n):
+    """Optimizer steps of the fine-tuning (for the cosine schedule), or None."""
+    if args.finetune_schedule != "cosine" or not args.finetune_epochs:
+        return None
+    n = min(n, args.finetune_samples or n)
+    return args.finetune_epochs * -(-n // args.batch)
 
 
 def fit(model, x, y, epochs, args, callbacks=(), samples=None):
@@ -136,7 +147,7 @@ def prune_run(dense, data, importance, budget, args, seed):
     small, plan = kprune.prune(dense, cal, macs=1.0 / budget, importance=importance)
     seconds = time.perf_counter() - start
     one_shot = test_error(small, xv, yv)
-    compile_(small, args.lr)
+    compile_(small, args.finetune_lr or args.lr, finetune_steps(args, len(x)))
     keras.utils.set_random_seed(seed)
     fit(small, x, y, args.finetune_epochs, args, samples=args.finetune_samples)
     return small, {
@@ -194,6 +205,7 @@ def scratch_run(pruned, data, budget, source, args, seed):
     fresh = keras.models.clone_model(pruned)  # same widths, new initial weights
     compile_(fresh, args.lr)
     fit(fresh, x, y, args.dense_epochs, args)
+    compile_(fresh, args.finetune_lr or args.lr, finetune_steps(args, len(x)))
     fit(fresh, x, y, args.finetune_epochs, args, samples=args.finetune_samples)
     return {
         "importance": f"scratch ({source} architecture)",
@@ -251,6 +263,18 @@ def main(argv=None):
         help="fine-tune on the first N training images (0: all)",
     )
     parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--finetune-lr", type=float, default=None, help="default: --lr")
+    parser.add_argument(
+        "--finetune-schedule",
+        choices=["constant", "cosine"],
+        default="constant",
+        help="learning rate during fine-tuning (cosine: decays to 0)",
+    )
+    parser.add_argument(
+        "--no-group-sparsity",
+        action="store_true",
+        help="skip the group-sparsity target-mode runs",
+    )
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--calibration", type=int, default=512)
     parser.add_argument("--gs-strength", type=float, default=0.5)
@@ -304,6 +328,8 @@ def main(argv=None):
             "dense_epochs": args.dense_epochs,
             "finetune_epochs": args.finetune_epochs,
             "optimizer": f"Adam(lr={args.lr}, epsilon=1e-7)",
+            "finetune_lr": args.finetune_lr or args.lr,
+            "finetune_schedule": args.finetune_schedule,
             "batch": args.batch,
             "calibration_images": args.calibration,
             "finetune_samples": args.finetune_samples or len(x),
@@ -350,12 +376,13 @@ def main(argv=None):
                             best[key] = (run["val_error"], small, importance)
             if seed == args.seeds[0] and not args.no_sweep:
                 for budget in args.budgets:
-                    run = group_sparsity_run(dense, data, budget, args, seed)
-                    runs.append(run)
-                    print(
-                        json.dumps({k: v for k, v in run.items() if k != "widths"}),
-                        flush=True,
-                    )
+                    if not args.no_group_sparsity:
+                        run = group_sparsity_run(dense, data, budget, args, seed)
+                        runs.append(run)
+                        print(
+                            json.dumps({k: v for k, v in run.items() if k != "widths"}),
+                            flush=True,
+                        )
                     if best and (budget,) in best and budget in args.scratch_budgets:
                         _, small, source = best[(budget,)]
                         run = scratch_run(small, data, budget, source, args, seed)

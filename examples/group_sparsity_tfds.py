@@ -9,12 +9,12 @@ TFLite (verified), compare.
 
 `tfds.load("mnist")` downloads and prepares the data set the first time. If
 it is not prepared under `--data_dir` and cannot be downloaded (no internet),
-the script falls back to `tfds.testing.mock_data` (random images and labels
-with MNIST's shapes, so accuracies are chance level) and says so. Without
-internet, tfds retries the download for a few minutes before failing;
-`--mock` skips that (a quick check that the pipeline runs). The tfds 4.9
-download code also needs `importlib_resources` (`pip install
-importlib_resources`), which pip does not always install with it.
+the script stops with an error saying so: it never trains on anything but
+MNIST without being asked. `--mock` is that request: it runs the pipeline on
+`tfds.testing.mock_data` (random images and labels with MNIST's shapes, so
+accuracies are chance level), a quick check that everything runs. The tfds
+download code also needs `importlib_resources`; `pip install
+"kprune[examples]"` installs both.
 """
 
 import argparse
@@ -23,7 +23,6 @@ import os
 import keras
 import numpy as np
 import tensorflow as tf
-import tensorflow_datasets as tfds
 
 import kprune
 import kprune.sparsity
@@ -32,8 +31,24 @@ from kprune.demo import LAYER_SCALES, lenet5
 BATCH_SIZE = 100
 
 
+def _tfds():
+    try:
+        import tensorflow_datasets as tfds
+    except ImportError as error:
+        raise SystemExit(
+            f"error: this example needs tensorflow-datasets ({error}); "
+            'install it with pip install "kprune[examples]"'
+        ) from None
+    return tfds
+
+
 def load(data_dir, mock, mock_examples):
-    """(train, test) tf.data datasets of (image, label) and a description."""
+    """(train, test) tf.data datasets of (image, label) and a description.
+
+    Raises SystemExit (with the reason) when MNIST cannot be loaded: the
+    random mock data is used only when asked for with `mock=True`.
+    """
+    tfds = _tfds()
     if not mock:
         try:
             train, test = tfds.load(
@@ -43,10 +58,14 @@ def load(data_dir, mock, mock_examples):
                 data_dir=data_dir,
                 download=True,
             )
-            return train, test, f"tfds mnist (data_dir={data_dir or 'default'})"
         except Exception as error:  # not prepared and no internet
-            reason = " ".join(str(error).split())[:200]
-            print(f"tfds.load('mnist') failed ({reason}); using tfds.testing.mock_data")
+            reason = " ".join(str(error).split())[:300]
+            raise SystemExit(
+                f"error: tfds.load('mnist') failed ({type(error).__name__}: "
+                f"{reason}). Prepare MNIST under --data_dir (this needs internet "
+                "once), or pass --mock to check the pipeline on random data."
+            ) from None
+        return train, test, f"tfds mnist (data_dir={data_dir or 'default'})"
     with tfds.testing.mock_data(num_examples=mock_examples):
         train, test = tfds.load(
             "mnist", split=["train", "test"], as_supervised=True, data_dir=data_dir
@@ -55,8 +74,8 @@ def load(data_dir, mock, mock_examples):
         train,
         test,
         (
-            f"tfds.testing.mock_data: {mock_examples} random MNIST-shaped examples "
-            "per split (accuracy is chance level)"
+            f"--mock: tfds.testing.mock_data, {mock_examples} random MNIST-shaped "
+            "examples per split (accuracy is chance level)"
         ),
     )
 
@@ -83,7 +102,11 @@ def accuracy(model, ds):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data_dir", default=None, help="TFDS data folder")
-    parser.add_argument("--mock", action="store_true", help="use tfds mock data")
+    parser.add_argument(
+        "--mock",
+        action="store_true",
+        help="train on random MNIST-shaped data (tfds mock data): a smoke test",
+    )
     parser.add_argument("--mock_examples", type=int, default=1000)
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--strength", type=float, default=0.1)

@@ -2,47 +2,78 @@
 
 Modules:
     regularizers: group sparsity and HyperSparse penalties.
-    constraints: proximal operators and keep-mask constraints.
+    constraints: keep-mask constraints (and proximal operators).
     callbacks: training-time pruning (proximal steps, magnitude pruning, logging).
+    sparsity: `apply_group_sparsity`, a whole model under group sparsity.
+    pruning: magnitude-pruning building blocks (masks, schedules, ART).
     criteria: per-unit importance scores.
     losses: training losses that compose with the callbacks (distillation).
+    recovery: `Distiller`, a student trained on a frozen teacher inside `fit`.
+    transformers: width and depth pruning of KerasHub backbones (same class).
     surgery: the rebuilder that physically removes units/filters.
     export: TFLite (LiteRT) export and verification.
     report: parameter / MAC / width summaries.
+    data: the small MNIST subset shipped with kprune.
+
+`import kprune` imports all of them (so every kprune object is registered
+for `keras.models.load_model`) and changes nothing in the process: no
+environment variable, no Keras setting. The one exception is the `kprune`
+command itself (the process whose program is `kprune`): it is its own host,
+and it asks TensorFlow, before TensorFlow loads, to keep its C++ info and
+warning lines (a dozen per TFLite conversion) off the terminal.
 """
 
-import os
+import os as _os
+import sys as _sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from kprune import (
-    callbacks,  # noqa: E402
-    constraints,  # noqa: E402
-    criteria,  # noqa: E402
-    export,  # noqa: E402
-    losses,  # noqa: E402
-    ops,  # noqa: E402
-    regularizers,  # noqa: E402
-    report,  # noqa: E402
-    surgery,  # noqa: E402
-    testing,  # noqa: E402
+def _quiet_tensorflow_in_the_kprune_command():
+    argv = getattr(_sys, "argv", None) or [""]
+    program = _os.path.splitext(_os.path.basename(str(argv[0])))[0]
+    if program == "kprune":
+        _os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+_quiet_tensorflow_in_the_kprune_command()
+
+from kprune import (  # noqa: E402  (after the line above, before TensorFlow)
+    callbacks,
+    constraints,
+    criteria,
+    data,
+    export,
+    losses,
+    ops,
+    pruning,
+    recovery,
+    regularizers,
+    report,
+    sparsity,
+    surgery,
+    testing,
+    transformers,
 )
 from kprune.pruning.budget import prune  # noqa: E402
+from kprune.recovery import Distiller  # noqa: E402
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Distiller",
     "callbacks",
     "constraints",
     "criteria",
+    "data",
     "export",
     "losses",
     "ops",
     "prune",
     "pruning",
+    "recovery",
     "regularizers",
     "report",
     "sparsity",
     "surgery",
     "testing",
+    "transformers",
 ]

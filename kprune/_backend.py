@@ -77,3 +77,36 @@ def retrace(model):
     """
     if bakes_variables() and getattr(model, "compiled", False):
         model.make_train_function(force=True)
+
+
+def applying_optimizer():
+    """The Keras optimizer whose `apply` is running now, or `None`.
+
+    Keras 3 optimizers run `apply` (gradient updates, then
+    `variable.assign(variable.constraint(variable))` for every constrained
+    variable) inside `keras.name_scope(optimizer.name, caller=optimizer)`,
+    in the compiled train step on every backend and, under
+    `tf.distribute`, on every replica's thread. A constraint called there
+    finds the optimizer applying it as the innermost name scope whose
+    caller is an optimizer (for a `LossScaleOptimizer`, its inner
+    optimizer, which holds the learning rate). The name-scope stack is a
+    Keras internal (`keras.src.backend.common.global_state`); kprune's
+    tests check this lookup on TensorFlow, JAX and under
+    `MirroredStrategy`.
+
+    Returns:
+        A `keras.optimizers.Optimizer`, or `None` outside `apply`.
+
+    Example:
+
+    >>> applying_optimizer() is None
+    True
+    """
+    from keras.src.backend.common import global_state
+    from keras.src.optimizers.base_optimizer import BaseOptimizer
+
+    stack = global_state.get_global_attribute("name_scope_stack") or []
+    for scope in reversed(stack):
+        if isinstance(getattr(scope, "caller", None), BaseOptimizer):
+            return scope.caller
+    return None

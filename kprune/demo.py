@@ -17,7 +17,8 @@
 5. Prints the before/after table (params, MACs, Keras and TFLite test
    accuracy, TFLite bytes, LiteRT latency) and writes the widths plot, the
    report JSON, the training log, the models and the `.tflite` files to
-   `--out`.
+   `--out`. Each file is written atomically: Ctrl-C leaves complete files
+   or none, never a partial one.
 """
 
 import argparse
@@ -261,7 +262,7 @@ def main(argv=None):
     import keras
 
     import kprune
-    import kprune.sparsity
+    from kprune._atomic import atomic_path, write_text
 
     os.makedirs(args.out, exist_ok=True)
     (x_train, y_train), (x_test, y_test), source = _load(args)
@@ -308,19 +309,21 @@ def main(argv=None):
         flush=True,
     )
     train_start = time.perf_counter()
-    sparse.fit(
-        x_train,
-        y_train,
-        batch_size=args.batch_size,
-        epochs=epochs,
-        verbose=0,
-        callbacks=[
-            prox,  # first: the callbacks after it see the weights after the step
-            kprune.callbacks.SparsityLogger(),
-            keras.callbacks.CSVLogger(log_path),
-            _epoch_printer(epochs, widths),
-        ],
-    )
+    # The log appears complete at the end of training, or not at all (Ctrl-C).
+    with atomic_path(log_path) as tmp_log:
+        sparse.fit(
+            x_train,
+            y_train,
+            batch_size=args.batch_size,
+            epochs=epochs,
+            verbose=0,
+            callbacks=[
+                prox,  # first: the callbacks after it see the weights after it
+                kprune.callbacks.SparsityLogger(),
+                keras.callbacks.CSVLogger(tmp_log),
+                _epoch_printer(epochs, widths),
+            ],
+        )
     train_seconds = time.perf_counter() - train_start
     if total_steps % prox_every:
         prox.apply()  # end on a proximal step, so the dead groups are exact zeros
@@ -330,8 +333,9 @@ def main(argv=None):
     acc_after = _keras_accuracy(slim, x_test, y_test)
     sparse_path = os.path.join(args.out, "lenet5_sparse.keras")
     slim_path = os.path.join(args.out, "lenet5_slim.keras")
-    sparse.save(sparse_path)
-    slim.save(slim_path)
+    for model, path in ((sparse, sparse_path), (slim, slim_path)):
+        with atomic_path(path) as tmp:
+            model.save(tmp)
 
     sample = x_test[:8]
     tflite = {}
@@ -422,8 +426,7 @@ def main(argv=None):
         "comparison": comparison,
     }
     report_path = os.path.join(args.out, "report.json")
-    with open(report_path, "w") as f:
-        json.dump(result, f, indent=2, default=float)
+    write_text(report_path, json.dumps(result, indent=2, default=float))
     print()
     print(
         f"kprune demo: trained in {train_seconds:.1f} s "

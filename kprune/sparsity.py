@@ -2,22 +2,38 @@
 
 `apply_group_sparsity(model, strength)` returns a copy of `model` whose
 hidden Dense / Conv layers carry `GroupLasso` (or `SparseGroupLasso`)
-regularizers, ready for `fit` with `kprune.callbacks.ProximalStep`.
+regularizers, ready for `fit` with `kprune.callbacks.ProximalStep`; with
+`method="constraint"`, `GroupSoftThreshold` (or `SparseGroupSoftThreshold`)
+constraints that apply the proximal step inside every optimizer step.
+`strip_group_sparsity(model)` removes them again.
 """
 
 import warnings
 
 import keras
 
+from kprune.constraints.group_soft_threshold import (
+    GroupSoftThreshold,
+    SparseGroupSoftThreshold,
+    is_group_constraint,
+)
 from kprune.regularizers.group_lasso import (
     GroupLasso,
     SparseGroupLasso,
     is_group_regularizer,
 )
-from kprune.regularizers.targets import default_slot, is_groupable, iter_layers
+from kprune.regularizers.targets import (
+    _CONSTRAINT_ATTRS,
+    _REGULARIZER_ATTRS,
+    constraint_slot,
+    default_slot,
+    is_groupable,
+    iter_layers,
+)
 from kprune.surgery.compiling import clone_model
 
 _MODES = ("proximal", "penalty")
+_METHODS = ("callback", "constraint")
 
 
 def _producer(tensor):
@@ -123,8 +139,9 @@ def apply_group_sparsity(
     strength_per_layer=None,
     first_layer_scale=1.0,
     mode="proximal",
+    method="callback",
 ):
-    """A copy of `model` with group-sparsity regularizers on its hidden layers.
+    """A copy of `model` with group sparsity on its hidden layers.
 
     Layer `l` gets `GroupLasso(strength, scale=s_l, mode=mode)` (or
     `SparseGroupLasso(strength, alpha, ...)` when `alpha > 0`) on the kernel
@@ -142,9 +159,19 @@ def apply_group_sparsity(
     model is not modified: the result is a `keras.models.clone_model` copy
     (nested models included) with the same weights. Compile it, then:
 
-    - `mode="proximal"` (default, the paper's method): fit with
-      `kprune.callbacks.ProximalStep()`; the loss holds the data term only
-      and whole units become exactly zero.
+    - `mode="proximal"` (default, the paper's method): the loss holds the
+      data term only and whole units become exactly zero. How the proximal
+      step runs is `method`:
+      - `method="callback"` (default): fit with
+        `kprune.callbacks.ProximalStep()` (every `n` steps or at epoch
+        end, from Python).
+      - `method="constraint"`: layer `l` gets a
+        `kprune.constraints.GroupSoftThreshold(strength, scale=s_l)` (or
+        `SparseGroupSoftThreshold`) as its kernel constraint, which applies
+        the proximal step with the optimizer's learning rate inside every
+        optimizer step; no callback and no regularizer. The step runs at
+        every step, so `strength` is about `1 / n` of what
+        `ProximalStep(every_n_steps=n)` needs.
     - `mode="penalty"`: the regularizers add their penalty to the loss
       (subgradient descent, no callback needed; no exact zeros).
 
@@ -162,6 +189,8 @@ def apply_group_sparsity(
             the inputs (the paper uses a smaller `lambda` for the first
             layers).
         mode: `"proximal"` or `"penalty"`.
+        method: `"callback"` (regularizers for `ProximalStep`) or
+            `"constraint"` (constraints, `mode="proximal"` only).
 
     Returns:
         A new `keras.Model` (not compiled).
@@ -178,6 +207,12 @@ def apply_group_sparsity(
     ['GroupLasso', 'GroupLasso', 'NoneType']
     >>> sparse.compile("sgd", "sparse_categorical_crossentropy")
     >>> # sparse.fit(x, y, callbacks=[kprune.callbacks.ProximalStep()])
+    >>> sparse = kprune.sparsity.apply_group_sparsity(
+    ...     model, 2e-6, method="constraint")
+    >>> [type(l.kernel_constraint).__name__ for l in sparse.layers]
+    ['GroupSoftThreshold', 'GroupSoftThreshold', 'NoneType']
+    >>> sparse.compile("sgd", "sparse_categorical_crossentropy")
+    >>> # sparse.fit(x, y)  # the proximal step runs inside every SGD step
 
     Reference:
         Alvarez & Salzmann, "Learning the Number of Neurons in Deep
@@ -198,6 +233,16 @@ def apply_group_sparsity(
         )
     if mode not in _MODES:
         raise ValueError(f"`mode` must be one of {_MODES}. Received: mode={mode!r}")
+    if method not in _METHODS:
+        raise ValueError(
+            f"`method` must be one of {_METHODS}. Received: method={method!r}"
+        )
+    if method == "constraint" and mode != "proximal":
+        raise ValueError(
+            "method='constraint' applies the proximal step; a penalty in the "
+            "loss is mode='penalty' with method='callback' (no callback "
+            f"needed). Received: mode={mode!r}, method={method!r}"
+        )
     strength_per_layer = dict(strength_per_layer or {})
     if strength_per_layer and strength == 0.0:
         raise ValueError(
@@ -277,6 +322,21 @@ def apply_group_sparsity(
             scale = first_layer_scale
         else:
             scale = 1.0
+        if method == "constraint":
+            attr = constraint_slot(layer)
+            existing = getattr(layer, attr, None)
+            if existing is not None and not is_group_constraint(existing):
+                warnings.warn(
+                    f"Layer '{layer.name}': replacing its {attr} "
+                    f"{existing!r} with a group-sparsity constraint.",
+                    stacklevel=2,
+                )
+            if alpha > 0.0:
+                obj = SparseGroupSoftThreshold(strength, alpha, scale=scale, axis=axis)
+            else:
+                obj = GroupSoftThreshold(strength, scale=scale, axis=axis)
+            plan[id(layer)] = (attr, obj)
+            continue
         existing = getattr(layer, reg_attr, None)
         if existing is not None and not is_group_regularizer(existing):
             warnings.warn(
@@ -309,4 +369,58 @@ def apply_group_sparsity(
             f"Received: model={model.name!r}"
         )
     clone.set_weights(weights)
+    return clone
+
+
+def strip_group_sparsity(model):
+    """A copy of `model` without kprune's group-sparsity regularizers and constraints.
+
+    Removes every `GroupLasso` / `SparseGroupLasso` regularizer and
+    `GroupSoftThreshold` / `SparseGroupSoftThreshold` constraint (nested
+    models included) and keeps everything else, weights included: zero
+    units stay zero. `kprune.surgery.slim` keeps them (training the slimmed
+    model further under group sparsity is a valid use); strip them for
+    plain fine-tuning, where a constraint would go on pruning at every step.
+    The input model is not modified.
+
+    Args:
+        model: a Sequential or Functional model.
+
+    Returns:
+        A new `keras.Model` (not compiled).
+
+    Example:
+
+    >>> import keras, kprune.sparsity
+    >>> model = keras.Sequential([keras.Input((4,)),
+    ...     keras.layers.Dense(8, name="hidden"), keras.layers.Dense(1)])
+    >>> sparse = kprune.sparsity.apply_group_sparsity(model, 1e-3,
+    ...     method="constraint")
+    >>> plain = kprune.sparsity.strip_group_sparsity(sparse)
+    >>> plain.get_layer("hidden").kernel_constraint is None
+    True
+    """
+    _check_model(model)
+    attrs = _REGULARIZER_ATTRS + _CONSTRAINT_ATTRS
+    plan = {}
+    for layer in iter_layers(model):
+        found = [
+            attr
+            for attr in attrs
+            if is_group_regularizer(getattr(layer, attr, None))
+            or is_group_constraint(getattr(layer, attr, None))
+        ]
+        if found:
+            plan[id(layer)] = found
+
+    def clone_function(layer):
+        config = layer.get_config()
+        for attr in plan.get(id(layer), ()):
+            config[attr] = None
+        return layer.__class__.from_config(config)
+
+    clone = clone_model(
+        model, compile=False, clone_function=clone_function, recursive=True
+    )
+    clone.set_weights(model.get_weights())
     return clone

@@ -95,7 +95,7 @@ class CliTest(TestCase):
         with open(corrupt, "wb") as f:
             f.write(b"\x00garbage" * 10)
         code, _, err = run(["inspect", corrupt])
-        self.assertOneLineError(code, err, "could not load")
+        self.assertOneLineError(code, err, "not a valid .keras file")
         code, _, err = run(["inspect", self.tmp_dir])
         self.assertOneLineError(code, err, "folder")
 

@@ -250,9 +250,9 @@ class ProximalStepConfigTest(kprune.testing.TestCase):
         with self.assertRaisesRegex(ValueError, "needs its strength"):
             callback.apply()
         callback = ProximalStep(layers=["nope"], strength=1.0)
-        callback.set_model(model)
+        # Unknown names are refused as soon as the callback meets the model.
         with self.assertRaisesRegex(ValueError, "No layer named 'nope'"):
-            callback.apply()
+            callback.set_model(model)
 
     def test_uncompiled_model_needs_step_size(self):
         model = apply_group_sparsity(mlp(), 0.1)
@@ -441,9 +441,8 @@ class InputGroupsTest(kprune.testing.TestCase):
         with self.assertRaisesRegex(ValueError, "inputs of layer 'dw'"):
             callback.apply()
         callback = ProximalStep(step_size=0.1, input_groups={"nope": 0.1})
-        callback.set_model(mlp())
         with self.assertRaisesRegex(ValueError, "input_groups containing 'nope'"):
-            callback.apply()
+            callback.set_model(mlp())  # refused as soon as it meets the model
 
     def test_config_round_trip(self):
         callback = ProximalStep(every_n_steps=3, input_groups={"h1": 0.2})

@@ -317,8 +317,11 @@ def test_cli_prune(tmp_path, capsys):
         kprune.report.summary(small)["macs"]
         <= 0.5 * kprune.report.summary(model)["macs"]
     )
-    assert main(["prune", path, out, "--macs", "3"]) == 1
+    assert main(["prune", path, out, "--macs", "0.5"]) == 1  # exists: no --force
+    assert "--force" in capsys.readouterr().err
+    assert main(["prune", path, out, "--macs", "3", "--force"]) == 1
     assert "fraction" in capsys.readouterr().err
+    assert os.path.isfile(out)  # a failed run leaves the old output in place
 
 
 def test_car_and_callable_importances(data):
@@ -341,3 +344,57 @@ def test_car_and_callable_importances(data):
     np.testing.assert_allclose(scores[conv1], np.arange(12.0))
     with pytest.raises(ValueError, match="one score per unit"):
         group_importance(model, lambda *a: np.zeros(3), groups=view)
+
+
+def _hub_block_model():
+    keras_hub = pytest.importorskip("keras_hub")
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((8, 16))
+    hidden = L.Dense(16, name="embed")(inputs)
+    hidden = keras_hub.layers.TransformerEncoder(
+        intermediate_dim=32, num_heads=2, name="block"
+    )(hidden)
+    hidden = L.GlobalAveragePooling1D()(hidden)
+    return keras.Model(inputs, L.Dense(3, name="head")(hidden))
+
+
+def test_groups_see_inside_composite_layers():
+    model = _hub_block_model()
+    view = DependencyGroups(model)
+    assert ("block/feedforward_intermediate_dense",) in view.structures
+    # attention heads live inside the layer: held, never removable here
+    assert "block/self_attention_layer" in view.internal
+    held = view.analysis.values(
+        view.analysis.component, view.internal["block/self_attention_layer"][1]
+    )
+    assert not np.isin(held, view.ids).any()
+    x = np.random.default_rng(0).random((16, 8, 16)).astype("float32")
+    y = np.arange(16) % 3
+    scores = group_importance(model, "taylor", (x, y), groups=view)
+    ffn = view.structure == view.structures.index(
+        ("block/feedforward_intermediate_dense",)
+    )
+    assert np.all(np.isfinite(scores)) and np.ptp(scores[ffn]) > 0
+    small, plan = kprune.prune(model, (x, y), params=0.6, importance="l2")
+    assert "block/feedforward_intermediate_dense" in plan.units
+    assert 0.5 <= plan.report["params_ratio"] <= 0.6
+    assert np.all(np.isfinite(small.predict(x, verbose=0)))
+    with pytest.warns(UserWarning, match="composite"):
+        kprune.prune(model, x, macs=0.8, importance="l1")
+
+
+def test_prune_leaves_opaque_layers_alone():
+    class Opaque(L.Layer):
+        def call(self, x):
+            return keras.ops.flip(x, axis=-1)  # reorders channels
+
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((6,))
+    hidden = L.Dense(8, name="a")(inputs)
+    hidden = Opaque(name="mystery")(hidden)
+    hidden = L.Dense(8, name="b")(hidden)
+    model = keras.Model(inputs, L.Dense(2, name="out")(hidden))
+    view = DependencyGroups(model)
+    assert [s for s in view.structures] == [("b",)]
+    small, plan = kprune.prune(model, macs=0.9)
+    assert set(plan.units) == {"b"}

@@ -29,6 +29,16 @@ class ChannelScale(L.Layer):
         return x * self.scale
 
 
+@keras.saving.register_keras_serializable(package="kprune_tests")
+class TensorFlowScale(ChannelScale):
+    """A per-channel scale written with a raw TensorFlow op: not traceable."""
+
+    def call(self, x):
+        import tensorflow as tf
+
+        return tf.multiply(x, tf.convert_to_tensor(self.scale))
+
+
 class Subclassed(keras.Model):
     def __init__(self):
         super().__init__()
@@ -121,13 +131,29 @@ class SurgeryApiTest(TestCase):
         with self.assertRaisesRegex(CouplingError, "'flip'.*register_handler"):
             kprune.surgery.remove_units(model, {"conv": [0]})
 
-    def test_unknown_custom_layer_then_registered(self):
+    def test_custom_layer_is_traced_into_ops(self):
         model = _conv_then(ChannelScale(name="scale"))
-        with self.assertRaisesRegex(CouplingError, "'scale' \\(ChannelScale\\)"):
+        conv = model.get_layer("conv")
+        kernel, bias = conv.get_weights()
+        kernel[..., 1], bias[1] = 0.0, 0.0
+        conv.set_weights([kernel, bias])
+        small = kprune.surgery.slim(model)
+        self.assertEqual(small.get_layer("conv").filters, 3)
+        self.assertIsInstance(small.get_layer("scale"), ChannelScale)
+        self.assertEqual(small.get_layer("scale").get_weights()[0].shape, (3,))
+        x = np.random.default_rng(0).normal(size=(2, 6, 6, 2)).astype("float32")
+        self.assertSameOutputs(model, small, x)
+        self.run_model_saving_test(small, x)
+
+    def test_untraceable_custom_layer_then_registered(self):
+        model = _conv_then(TensorFlowScale(name="scale"))
+        with self.assertRaisesRegex(
+            CouplingError, "'scale' \\(TensorFlowScale\\).*tracing it failed"
+        ):
             kprune.surgery.remove_units(model, {"conv": [0]})
         try:
             kprune.surgery.register_handler(
-                ChannelScale, kprune.surgery.ChannelwiseHandler()
+                TensorFlowScale, kprune.surgery.ChannelwiseHandler()
             )
             conv = model.get_layer("conv")
             kernel, bias = conv.get_weights()
@@ -139,7 +165,7 @@ class SurgeryApiTest(TestCase):
             x = np.random.default_rng(0).normal(size=(2, 6, 6, 2)).astype("float32")
             self.assertSameOutputs(model, small, x)
         finally:
-            kprune.surgery.handlers._REGISTRY.pop(ChannelScale, None)
+            kprune.surgery.unregister_handler(TensorFlowScale)
 
     def test_untouched_lambda_is_fine(self):
         inputs = keras.Input((5,))

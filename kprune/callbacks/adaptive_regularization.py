@@ -274,6 +274,11 @@ class AdaptiveRegularization(keras.callbacks.Callback):
             targets.append((name, reg))
         return targets, changed
 
+    def set_model(self, model):
+        super().set_model(model)
+        if getattr(model, "built", False):
+            self._layer_names()  # unknown names fail before training
+
     def on_train_begin(self, logs=None):
         if self.eval_data is None:
             raise ValueError(

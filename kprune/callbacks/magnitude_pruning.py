@@ -242,6 +242,11 @@ class MagnitudePruning(keras.callbacks.Callback):
             )
         return names
 
+    def set_model(self, model):
+        super().set_model(model)
+        if getattr(model, "built", False):
+            self._layer_names()  # unknown names fail before training
+
     def on_train_begin(self, logs=None):
         names = self._layer_names()
         strategy = getattr(self.model, "distribute_strategy", None)

@@ -6,6 +6,7 @@ import keras
 from keras import ops
 
 from kprune._backend import sync_weights
+from kprune.callbacks._order import require_before_backup
 from kprune.ops.group_sparsity import (
     group_reweights,
     sparse_group_prox,
@@ -51,6 +52,7 @@ def _check_number(value, name, minimum=0.0, maximum=None, allow_zero=True):
             f"`{name}` must be a number. Received: {name}={value!r}"
         ) from None
     ok = value >= minimum if allow_zero else value > minimum
+    ok = ok and value != float("inf")
     if maximum is not None:
         ok = ok and value <= maximum
     if not ok:
@@ -59,7 +61,9 @@ def _check_number(value, name, minimum=0.0, maximum=None, allow_zero=True):
             if maximum is not None
             else (f">= {minimum}" if allow_zero else f"> {minimum}")
         )
-        raise ValueError(f"`{name}` must be {bounds}. Received: {name}={value}")
+        raise ValueError(
+            f"`{name}` must be finite and {bounds}. Received: {name}={value}"
+        )
     return value
 
 
@@ -104,6 +108,10 @@ class ProximalStep(keras.callbacks.Callback):
     over all targets) and `prox_step_size` (the last `t`). Put this callback
     *before* `CSVLogger`, `ModelCheckpoint`, `BackupAndRestore` and
     `SparsityLogger` in `callbacks`, so they see the weights after the step.
+    After `BackupAndRestore` it is refused when `fit` starts (a
+    `ValueError`): the backup would hold the weights from before the step,
+    and an interrupted run would resume to different weights. Unknown layer
+    names are refused then too, before any training.
     Validation metrics of an epoch are computed by Keras before
     `on_epoch_end`, i.e. before that epoch's proximal step.
 
@@ -118,7 +126,11 @@ class ProximalStep(keras.callbacks.Callback):
     Backends: on JAX the weights live in the train state during an epoch;
     each mid-epoch proximal step first writes that state back into the model
     (`kprune._backend.sync_weights`: one Python-level `assign` per model and
-    optimizer variable) and the next train step reads it again.
+    optimizer variable) and the next train step reads it again. The same
+    proximal operator as a kernel constraint
+    (`kprune.constraints.GroupSoftThreshold`, or
+    `apply_group_sparsity(..., method="constraint")`) runs inside every
+    optimizer step instead, with no Python per step and no write-back.
 
     Args:
         every_n_steps: apply every this many optimizer steps instead of at
@@ -418,6 +430,15 @@ class ProximalStep(keras.callbacks.Callback):
     def _iterations(self):
         # At epoch boundaries only, when the model's variables hold the state.
         return int(ops.convert_to_numpy(self.model.optimizer.iterations))
+
+    def set_model(self, model):
+        """Check the order and the layer names as soon as `fit` starts."""
+        super().set_model(model)
+        require_before_backup(self, "the weights (the proximal step)")
+        for name in list(self.layers or []):
+            find_layer(model, name)
+        for name in self.input_groups or {}:
+            find_layer(model, name, argument="input_groups")
 
     def on_train_begin(self, logs=None):
         self._entries = self._resolve()

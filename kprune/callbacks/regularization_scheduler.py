@@ -14,15 +14,19 @@ _MAX_RETRACES = 10  # JAX compilations per epoch before a warning
 
 @keras.saving.register_keras_serializable(package="kprune")
 class RegularizationScheduler(keras.callbacks.Callback):
-    """Sets the strength of the model's regularizers from a schedule.
+    """Sets the strength of the model's regularizers and constraints from a schedule.
 
     `strength(e) = schedule(e)`, assigned to the `strength` variable of every
-    regularizer in the model that has one (kprune's `GroupLasso`,
-    `SparseGroupLasso` and any regularizer whose `strength` attribute is a
-    `keras.Variable`). A regularizer's fixed per-layer `scale` is kept, so
-    layer `l` uses `lambda_l = schedule(e) * scale_l`. Both penalty-mode
-    regularizers (the loss changes) and proximal-mode ones (the next
-    `ProximalStep` threshold changes) follow the schedule.
+    regularizer and constraint in the model that has one (kprune's
+    `GroupLasso`, `SparseGroupLasso`, `GroupSoftThreshold`,
+    `SparseGroupSoftThreshold`, and any regularizer or constraint whose
+    `strength` attribute is a `keras.Variable`: see
+    `kprune.regularizers.targets.strength_holders`). A fixed per-layer
+    `scale` is kept, so layer `l` uses `lambda_l = schedule(e) * scale_l`.
+    Penalty-mode regularizers (the loss changes), proximal-mode ones (the
+    next `ProximalStep` threshold changes) and the constraints (the
+    threshold of every following optimizer step changes) follow the
+    schedule.
 
     With `update_freq="epoch"` (default) the schedule is called with the
     0-based epoch index at the start of each epoch; with `"batch"`, with the
@@ -106,9 +110,11 @@ class RegularizationScheduler(keras.callbacks.Callback):
             found = [(layer, reg) for layer, reg in found if layer.name in wanted]
         if not found:
             raise ValueError(
-                f"RegularizationScheduler found no regularizer with a `strength` "
-                f"variable in model '{self.model.name}' (kprune.regularizers."
-                "GroupLasso / SparseGroupLasso have one). "
+                "RegularizationScheduler found no regularizer or constraint with "
+                f"a `strength` variable in model '{self.model.name}' (kprune's "
+                "GroupLasso / SparseGroupLasso regularizers and "
+                "GroupSoftThreshold / SparseGroupSoftThreshold constraints have "
+                "one). "
                 f"Received: layers={self.layers!r}"
             )
         return [reg for _, reg in found]
@@ -149,6 +155,11 @@ class RegularizationScheduler(keras.callbacks.Callback):
 
     def _iterations(self):
         return int(ops.convert_to_numpy(self.model.optimizer.iterations))
+
+    def set_model(self, model):
+        super().set_model(model)
+        for name in self.layers or []:
+            find_layer(model, name)  # unknown names fail before training
 
     def on_train_begin(self, logs=None):
         self._regularizers = self._resolve()

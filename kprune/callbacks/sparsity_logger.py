@@ -127,6 +127,8 @@ class SparsityLogger(keras.callbacks.Callback):
     def set_model(self, model):
         super().set_model(model)
         self._targets = None
+        for name in self.layers or []:
+            find_layer(model, name)  # unknown names fail before training
 
     def on_train_begin(self, logs=None):
         self._targets = self._resolve()

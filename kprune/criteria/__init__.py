@@ -13,6 +13,10 @@
   a global ranking, and selection to a MACs / params / latency budget (used
   by `kprune.prune`).
 - `block_redundancy`, `select_blocks`: redundant blocks (Cannistraci et al.).
+- `collect_statistics`, `Tap`: activation statistics of chosen sublayers,
+  captured while the model runs (wrappers removed afterwards).
+- `activation_scores`, `TransformerScores`: Minitron width importance and
+  ShortGPT block influence of transformer blocks.
 """
 
 from kprune.criteria.ablation import AblationScorer
@@ -23,6 +27,7 @@ from kprune.criteria.block_redundancy import (
     select_blocks,
 )
 from kprune.criteria.budget import BudgetPlanner
+from kprune.criteria.calibration import Tap, collect_statistics, iterate_batches
 from kprune.criteria.car import car_scores, measure, surgery_scores
 from kprune.criteria.gradients import gradient_means
 from kprune.criteria.greedy import greedy_prune, select_lowest
@@ -34,6 +39,7 @@ from kprune.criteria.group_importance import (
 from kprune.criteria.latency_table import LatencyTable
 from kprune.criteria.metrics import importance, resolve_metric
 from kprune.criteria.plots import filter_images, plot_filters, plot_scores
+from kprune.criteria.transformer_scores import TransformerScores, activation_scores
 
 __all__ = [
     "IMPORTANCES",
@@ -44,11 +50,16 @@ __all__ = [
     "normalize_scores",
     "AblationScorer",
     "BlockCandidate",
+    "Tap",
+    "TransformerScores",
+    "activation_scores",
     "block_redundancy",
     "car_scores",
+    "collect_statistics",
     "filter_images",
     "greedy_prune",
     "importance",
+    "iterate_batches",
     "l1_scores",
     "mean_activation_scores",
     "measure",

@@ -22,8 +22,7 @@ Private machinery of `AblationScorer`:
 import keras
 import numpy as np
 
-from kprune.surgery.handlers import get_handler
-from kprune.surgery.layers import (
+from kprune.surgery.handlers import (
     ChannelwiseHandler,
     ConcatenateHandler,
     DepthwiseConvHandler,
@@ -33,6 +32,7 @@ from kprune.surgery.layers import (
     MixingHandler,
     ReshapeHandler,
     SoftmaxHandler,
+    get_handler,
 )
 
 _SEPARABLE = (

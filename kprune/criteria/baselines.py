@@ -73,12 +73,12 @@ def l1_scores(model, layer_name, x=None, y=None, groups=True):
     pairs = []
     for other, mapping in _coupled_producers(analysis, layer_name, groups):
         handler = get_handler(other.layer)
-        if not hasattr(handler, "matrix"):
+        if not hasattr(handler, "node_matrix"):
             raise ValueError(
                 f"Layer '{other.path}' ({other.layer.__class__.__name__}) has no "
                 f"kernel kprune can read. Received: layer_name={layer_name!r}"
             )
-        matrix = handler.matrix(analysis.weights(other.layer))
+        matrix = handler.node_matrix(other, analysis.weights(other.layer))
         pairs.append((mapping, np.abs(matrix).sum(axis=(0, 1)).astype(np.float64)))
     return _sum_over_group(node.outputs[0].channels, pairs)
 

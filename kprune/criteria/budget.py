@@ -129,6 +129,28 @@ class BudgetPlanner:
             self._terms.append(
                 (float(row["macs"]), float(row["params"]), tensor_in, tensor_out, path)
             )
+        # Layers inside composite layers (a KerasHub block's Dense layers)
+        # have no row of their own: their parameters are part of the
+        # composite's row. `kprune.report.summary` does not count MACs inside
+        # composite layers, so they cost no MACs here either (consistent with
+        # the summary that checks the result); `uncounted_macs` names them.
+        self.uncounted_macs = []
+        members = {**per_channel, **consumers, **producers}
+        for path in sorted(members):
+            if path in counted or path in rows:
+                continue
+            if not any(path.startswith(name + "/") for name in rows):
+                continue
+            member = members[path]
+            tensor_in = consumers[path].tensor if path in consumers else None
+            tensor_out = producers[path].tensor if path in producers else None
+            if path in per_channel and path not in consumers:
+                tensor_in = per_channel[path].tensor
+            params = sum(int(np.prod(w.shape)) for w in member.node.layer.weights)
+            counted.add(path)
+            self._terms.append((0.0, float(params), tensor_in, tensor_out, path))
+            if tensor_out is not None or path in consumers:
+                self.uncounted_macs.append(path)
         self._fixed_cost = {
             "macs": self.base["macs"] - sum(t[0] for t in self._terms),
             "params": self.base["params"] - sum(t[1] for t in self._terms),

@@ -112,3 +112,11 @@ def _pair_layers(model, copy, found):
             _pair_layers(layer, twin, found)
         else:
             found[id(layer)] = (layer, twin)
+            # Sublayers of composite layers (a KerasHub block's Dense layers)
+            # are scored on their own: pair them in their tracking order.
+            inner = list(layer._flatten_layers(include_self=False))
+            inner_twin = list(twin._flatten_layers(include_self=False))
+            if len(inner) == len(inner_twin):
+                for sub, sub_twin in zip(inner, inner_twin):
+                    if type(sub) is type(sub_twin):
+                        found.setdefault(id(sub), (sub, sub_twin))

@@ -168,8 +168,13 @@ def _activation_locals(view, x, batch_size):
     from kprune.criteria._programs import Program
 
     graph = view.analysis.graph
+    # Tensors that flow between calls (not units inside a layer, like heads).
+    produced = {id(t) for t in graph.inputs}
+    produced.update(id(t) for node in graph.nodes for t in node.outputs)
     tensors, seen = [], set()
     for member in view.members:
+        if id(member.tensor) not in produced:
+            continue
         if member.role in ("consumer", "depthwise") and id(member.tensor) not in seen:
             seen.add(id(member.tensor))
             tensors.append(member)

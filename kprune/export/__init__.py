@@ -6,6 +6,8 @@
 - `sizes(path)`: raw and gzipped size.
 - `layer_latency(...)`, `model_latency(model, ...)`: LiteRT latency of one
   layer at a given width / of a model (used by latency tables).
+- `tf_select_ops(path)`: the TF Select ops a file needs (`select_tf_ops=True`).
+- `ConversionError`: a converter failure, in one line naming the ops.
 
 This is the only part of kprune that imports `tensorflow` (lazily, inside
 the conversion).
@@ -13,6 +15,12 @@ the conversion).
 
 from kprune.export.latency import layer_latency, model_latency
 from kprune.export.measure import measure_tflite, sizes
+from kprune.export.select_ops import (
+    ConversionError,
+    SelectOpsUnavailableError,
+    UnverifiedExportWarning,
+    tf_select_ops,
+)
 from kprune.export.tflite import (
     DEFAULT_TOLERANCES,
     QUANTIZE_MODES,
@@ -23,14 +31,18 @@ from kprune.export.tflite import (
 )
 
 __all__ = [
+    "ConversionError",
     "DEFAULT_TOLERANCES",
     "QUANTIZE_MODES",
+    "SelectOpsUnavailableError",
+    "UnverifiedExportWarning",
     "VerificationError",
     "layer_latency",
     "measure_tflite",
     "model_latency",
     "representative_samples",
     "sizes",
+    "tf_select_ops",
     "to_tflite",
     "verify_tflite",
 ]

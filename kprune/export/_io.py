@@ -88,8 +88,12 @@ def flatten_inputs(model, inputs, arg="sample_inputs"):
         )
     arrays = []
     for array, tensor in zip(flat, keras_inputs):
+        dtype = keras.backend.standardize_dtype(tensor.dtype)
+        if dtype == "string":  # text inputs: bytes objects, as TF takes them
+            arrays.append(np.asarray(array, dtype=object))
+            continue
         array = np.asarray(keras.ops.convert_to_numpy(array))
-        arrays.append(array.astype(keras.backend.standardize_dtype(tensor.dtype)))
+        arrays.append(array.astype(dtype))
     return arrays
 
 
@@ -111,6 +115,12 @@ def random_inputs(model, batch_size=4, seed=0):
             )
         shape = (batch_size,) + shape[1:]
         dtype = keras.backend.standardize_dtype(tensor.dtype)
+        if dtype == "string":
+            raise ValueError(
+                f"Input '{tensor.name}' takes strings: random sample inputs "
+                "cannot be generated. Pass `sample_inputs`. "
+                f"Received: input_dtype={dtype}"
+            )
         if "int" in dtype:
             arrays.append(rng.integers(0, 2, size=shape).astype(dtype))
         elif dtype == "bool":

@@ -8,7 +8,15 @@ import warnings
 import keras
 import numpy as np
 
+from kprune._atomic import atomic_path
 from kprune.export import _io
+from kprune.export.select_ops import (
+    SelectOpsUnavailableError,
+    UnverifiedExportWarning,
+    conversion_error,
+    is_select_ops_failure,
+    tf_select_ops,
+)
 
 QUANTIZE_MODES = (None, "dynamic", "float16", "int8")
 
@@ -136,6 +144,15 @@ def _signature_fn(model, input_names, out_names):
     return serve
 
 
+def _low_precision(model):
+    """The model's compute dtype when it is float16 / bfloat16, else None."""
+    for layer in model._flatten_layers(include_self=False):
+        dtype = getattr(layer, "compute_dtype", None)
+        if dtype in ("float16", "bfloat16"):
+            return dtype
+    return None
+
+
 def _convert(
     model,
     quantize,
@@ -144,6 +161,7 @@ def _convert(
     integer_io,
     input_names,
     out_names,
+    select_tf_ops=False,
 ):
     import tensorflow as tf
 
@@ -176,13 +194,22 @@ def _convert(
             if integer_io:
                 converter.inference_input_type = tf.int8
                 converter.inference_output_type = tf.int8
+        if select_tf_ops:
+            ops.append(tf.lite.OpsSet.SELECT_TF_OPS)
+            # Keep RNN loops as TF tensor-list ops instead of failing.
+            converter._experimental_lower_tensor_list_ops = False
         converter.target_spec.supported_ops = ops
         with warnings.catch_warnings():
             # int8 calibration runs TF's own (deprecated) tf.lite.Interpreter.
             warnings.filterwarnings(
                 "ignore", message=r"(?s).*tf\.lite\.Interpreter is deprecated"
             )
-            return converter.convert()
+            try:
+                return converter.convert()
+            except Exception as error:  # tf's ConverterError: dozens of lines
+                raise conversion_error(
+                    error, select_tf_ops, _low_precision(model)
+                ) from None
 
 
 def _compare(reference, actual, names, tolerance, quantize):
@@ -285,7 +312,18 @@ def verify_tflite(
             f"{input_names}, outputs {out_names}); was it written by "
             "`kprune.export.to_tflite` from this model?"
         )
-    results = runner(dict(zip(input_names, flat)))
+    try:
+        results = runner(dict(zip(input_names, flat)))
+    except RuntimeError as error:
+        if not is_select_ops_failure(error):
+            raise
+        raise SelectOpsUnavailableError(
+            f"{path} uses TF Select ops ({', '.join(tf_select_ops(path))}), "
+            "which the LiteRT interpreter in this Python cannot run (it has "
+            "no Flex delegate), so it cannot be verified here. Check it on a "
+            "runtime with the Select TF ops (e.g. Android with "
+            "tensorflow-lite-select-tf-ops)."
+        ) from None
     actual = [results[name] for name in out_names]
     reference = _keras_outputs(model, flat)
     return _compare(reference, actual, out_names, tolerance, quantize)
@@ -307,6 +345,7 @@ def to_tflite(
     calibration_samples=100,
     integer_io=False,
     seed=0,
+    select_tf_ops=False,
 ):
     """Convert a Keras 3 model to a TFLite (LiteRT) file and verify it.
 
@@ -314,9 +353,24 @@ def to_tflite(
     with one `serving_default` signature whose inputs are named after
     `model.inputs` and outputs after `model.output_names`), then converted by
     `tf.lite.TFLiteConverter` with builtin ops only (no Select TF ops, so the
-    file runs on the plain LiteRT runtime). Unless `verify=False`, the file
-    is then run with the LiteRT interpreter and compared with the model (see
-    `verify_tflite`): `max|tflite - keras| / max|keras| <= tolerance`.
+    file runs on the plain LiteRT runtime) unless `select_tf_ops=True`.
+    Unless `verify=False`, the file is then run with the LiteRT interpreter
+    and compared with the model (see `verify_tflite`):
+    `max|tflite - keras| / max|keras| <= tolerance`.
+
+    The file is written atomically: it appears at `path` only once it is
+    converted and verified. A failed conversion or verification (or a
+    Ctrl-C) leaves nothing at `path`, and an existing file there is only
+    replaced by a verified one.
+
+    A conversion failure raises `ConversionError` with one line naming the
+    ops that failed and the flag that would help. With
+    `select_tf_ops=True`, ops LiteRT has no builtin kernel for are kept as
+    TF Select ("Flex") ops (`tf_select_ops(path)` lists them); such a file
+    needs the Select TF ops runtime on the device. When it actually uses
+    them, the `ai_edge_litert` interpreter here cannot run it: it is written
+    *unverified*, with an `UnverifiedExportWarning` saying so. A file that
+    uses builtin ops only is verified as usual.
 
     Quantization modes:
 
@@ -356,6 +410,7 @@ def to_tflite(
             calibrate on.
         integer_io: with `"int8"`, make the file's inputs and outputs int8.
         seed: seed for random verification inputs.
+        select_tf_ops: also allow TF Select ops (see above).
 
     Returns:
         `path`, as a string.
@@ -363,6 +418,7 @@ def to_tflite(
     Raises:
         ValueError: bad `quantize`, missing `representative_data` for
             `"int8"`, a model without defined inputs, or bad sample data.
+        ConversionError: the converter failed (a `ValueError`).
         VerificationError: the file's outputs differ from the model's.
 
     Example:
@@ -412,19 +468,31 @@ def to_tflite(
         integer_io,
         input_names,
         out_names,
+        select_tf_ops=bool(select_tf_ops),
     )
-    with open(path, "wb") as f:
-        f.write(content)
-    if verify:
-        if sample_inputs is None and samples is not None:
-            head = list(itertools.islice(samples, 8))
-            sample_inputs = [np.concatenate(parts) for parts in zip(*head)]
-        verify_tflite(
-            path,
-            model,
-            sample_inputs=sample_inputs,
-            quantize=quantize,
-            tolerance=tolerance,
-            seed=seed,
-        )
+    if verify and sample_inputs is None and samples is not None:
+        head = list(itertools.islice(samples, 8))
+        sample_inputs = [np.concatenate(parts) for parts in zip(*head)]
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            f.write(content)
+        if verify:
+            try:
+                verify_tflite(
+                    tmp,
+                    model,
+                    sample_inputs=sample_inputs,
+                    quantize=quantize,
+                    tolerance=tolerance,
+                    seed=seed,
+                )
+            except SelectOpsUnavailableError:
+                warnings.warn(
+                    f"{path} was written but NOT verified: it uses TF Select ops "
+                    f"({', '.join(tf_select_ops(content))}), which the LiteRT "
+                    "interpreter in this Python cannot run. Check it on a "
+                    "runtime with the Select TF ops.",
+                    UnverifiedExportWarning,
+                    stacklevel=2,
+                )
     return path

@@ -10,10 +10,15 @@ scale `s`, the factor `c`, per-kernel terms, the paper's penalty and its
 analytic gradient.
 
 Distillation (Hinton et al. 2015): the per-example loss of a student
-against hard labels and a teacher's soft targets.
+against hard labels and a teacher's soft targets; the temperature-scaled
+KL divergence at any rank (per token for language models).
+
+Calibration statistics (Minitron, ShortGPT): per-unit mean activation over
+a sequence's tokens, per-head output norms, block influence terms.
 """
 
-from kprune.ops.distillation import distillation_loss
+from kprune.ops.calibration import block_influence_terms, head_norms, token_mean
+from kprune.ops.distillation import distillation_loss, soft_target_loss
 from kprune.ops.group_sparsity import (
     group_lasso_penalty,
     group_norms,
@@ -38,12 +43,14 @@ from kprune.ops.hypersparse import (
 )
 
 __all__ = [
+    "block_influence_terms",
     "distillation_loss",
     "group_lasso_penalty",
     "group_norms",
     "group_reweights",
     "group_size",
     "group_soft_threshold",
+    "head_norms",
     "hypersparse_factor",
     "hypersparse_gradient",
     "hypersparse_penalty",
@@ -52,9 +59,11 @@ __all__ = [
     "hypersparse_term",
     "magnitude_quantile",
     "num_units",
+    "soft_target_loss",
     "soft_threshold",
     "sparse_group_lasso_penalty",
     "sparse_group_prox",
+    "token_mean",
     "unit_axes",
     "zero_group_mask",
 ]

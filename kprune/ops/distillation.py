@@ -45,3 +45,41 @@ def distillation_loss(labels, teacher_logits, logits, temperature=4.0, alpha=0.3
     log_s = ops.log_softmax(logits / temperature, axis=-1)
     soft = ops.sum(ops.exp(log_t) * (log_t - log_s), axis=-1)
     return alpha * hard + (1.0 - alpha) * temperature**2 * soft
+
+
+def soft_target_loss(teacher_logits, logits, temperature=1.0):
+    """Temperature-scaled KL divergence from a teacher to a student.
+
+    Over the last axis, with `T = temperature`,
+    `p_t = softmax(teacher_logits / T)` and `p_s = softmax(logits / T)`:
+
+    `loss = T**2 * KL(p_t || p_s) = T**2 * Σ p_t (log p_t - log p_s)`.
+
+    Any leading shape: `(batch, classes)` gives one value per example,
+    `(batch, tokens, vocabulary)` one per token (the token-level
+    distillation of causal language models).
+
+    Args:
+        teacher_logits: the teacher's logits, shape `(..., classes)`.
+        logits: the student's logits, same shape.
+        temperature: `T > 0`.
+
+    Returns:
+        The loss per position, shape `logits.shape[:-1]`.
+
+    Example:
+
+    >>> import numpy as np
+    >>> t = np.zeros((2, 3, 5), "float32")
+    >>> [round(float(v), 6) for v in np.ravel(soft_target_loss(t, t))]
+    [0.0, 0.0, 0.0, 0.0, 0.0, 0.0]
+
+    Reference:
+        Hinton, Vinyals & Dean, "Distilling the Knowledge in a Neural
+        Network", arXiv 1503.02531 (2015).
+    """
+    teacher_logits = ops.cast(teacher_logits, "float32")
+    logits = ops.cast(logits, "float32")
+    log_t = ops.log_softmax(teacher_logits / temperature, axis=-1)
+    log_s = ops.log_softmax(logits / temperature, axis=-1)
+    return temperature**2 * ops.sum(ops.exp(log_t) * (log_t - log_s), axis=-1)

@@ -12,6 +12,7 @@ Pure functions (keras.ops) compose into `kprune.callbacks.MagnitudePruning`:
 - ART (Glandorf et al. 2023): `art_strength`, `ARTWindow`.
 """
 
+from kprune.constraints.keep_mask import KeepMask
 from kprune.pruning.art import ARTWindow, art_strength
 from kprune.pruning.attach import (
     attach_masks,
@@ -19,7 +20,6 @@ from kprune.pruning.attach import (
     prunable_layers,
     strip_pruning,
 )
-from kprune.pruning.keep_mask import KeepMask
 from kprune.pruning.masks import (
     global_sparsity_masks,
     kept_fraction,

@@ -3,7 +3,7 @@
 import keras
 from keras import ops
 
-from kprune.pruning.keep_mask import KeepMask
+from kprune.constraints.keep_mask import KeepMask
 from kprune.surgery.compiling import clone_model
 
 # (weight attribute, constraint attribute) pairs that kprune knows how to mask.

@@ -1,6 +1,7 @@
 """`kprune.prune`: one-shot (or iterative) structured pruning to a budget."""
 
 import time
+import warnings
 
 import numpy as np
 
@@ -206,6 +207,14 @@ def prune(
             latency_fn=None if table is None else table.predictor(current),
             summary=current_summary,
         )
+        if step == 1 and metric == "macs" and planner.uncounted_macs:
+            warnings.warn(
+                "kprune.prune: the MACs of layers inside composite layers are "
+                "not counted by kprune.report.summary, so the macs= budget does "
+                f"not see them ({planner.uncounted_macs[:3]} ...); their units "
+                "are ranked but cost nothing. Use params= for such models.",
+                stacklevel=2,
+            )
         pruned, units, achieved, history, current_summary = _search(
             current, planner, metric, goal, base, current_summary, table, max_iterations
         )

@@ -20,21 +20,28 @@ def _check_axis(axis):
     return axis if isinstance(axis, int) else tuple(int(a) for a in axis)
 
 
+def _finite(value, name, bounds=">= 0"):
+    """`value` as a finite float (and >= 0 unless `bounds` says otherwise)."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = None
+    if number is None or not np.isfinite(number) or (bounds == ">= 0" and number < 0.0):
+        raise ValueError(
+            f"`{name}` must be a finite float {bounds}. Received: {name}={value!r}"
+        )
+    return number
+
+
 class _GroupRegularizer(keras.regularizers.Regularizer):
     """Shared state and checks of `GroupLasso` and `SparseGroupLasso`."""
 
     def __init__(self, strength, alpha, scale, axis, mode):
-        strength = float(strength)
-        if not strength >= 0.0:
-            raise ValueError(
-                f"`strength` must be a float >= 0. Received: strength={strength}"
-            )
-        alpha = float(alpha)
+        strength = _finite(strength, "strength")
+        alpha = _finite(alpha, "alpha", "in [0, 1]")
         if not 0.0 <= alpha <= 1.0:
             raise ValueError(f"`alpha` must be in [0, 1]. Received: alpha={alpha}")
-        scale = float(scale)
-        if not scale >= 0.0:
-            raise ValueError(f"`scale` must be a float >= 0. Received: scale={scale}")
+        scale = _finite(scale, "scale")
         if mode not in _MODES:
             raise ValueError(f"`mode` must be one of {_MODES}. Received: mode={mode!r}")
         self.alpha = alpha

@@ -17,6 +17,12 @@ _REGULARIZER_ATTRS = (
     "pointwise_regularizer",
     "bias_regularizer",
 )
+_CONSTRAINT_ATTRS = (
+    "kernel_constraint",
+    "depthwise_constraint",
+    "pointwise_constraint",
+    "bias_constraint",
+)
 
 _TRANSPOSE = (
     keras.layers.Conv1DTranspose,
@@ -210,33 +216,84 @@ def default_target(layer):
 
 
 def find_layer(model, name, argument="layers"):
-    """The layer of `model` (nested included) called `name`, or ValueError."""
+    """The layer of `model` (nested included) called `name`, or ValueError.
+
+    The error lists the model's layer names (the first 40).
+    """
+    names = []
     for layer in iter_layers(model):
         if layer.name == name:
             return layer
+        names.append(layer.name)
+    shown = ", ".join(repr(n) for n in names[:40])
+    if len(names) > 40:
+        shown += f", ... ({len(names)} layers)"
     raise ValueError(
-        f"No layer named '{name}' in model '{model.name}'. Received: "
-        f"{argument} containing {name!r}"
+        f"No layer named '{name}' in model '{model.name}'. Its layers: "
+        f"{shown}. Received: {argument} containing {name!r}"
     )
 
 
-def group_regularizers(model):
-    """Every distinct regularizer in `model` with a `keras.Variable` `strength`.
+def constraint_slot(layer):
+    """The constraint attribute of `layer`'s output-unit kernel, or `None`.
+
+    `kernel_constraint` for Dense / Conv*D / Conv*DTranspose,
+    `depthwise_constraint` for DepthwiseConv*D, `pointwise_constraint` for
+    SeparableConv*D (the regularizer attribute of `default_slot`, renamed).
+
+    Args:
+        layer: a Keras layer.
+
+    Returns:
+        A string, or `None` if the layer is not supported.
+    """
+    slot = default_slot(layer)
+    if slot is None:
+        return None
+    return slot[1].replace("_regularizer", "_constraint")
+
+
+def strength_holders(model):
+    """Every distinct regularizer or constraint of `model` with a live strength.
+
+    The one interface that kprune's schedules drive: an object attached to a
+    layer (`*_regularizer` or `*_constraint`) whose `strength` attribute is
+    a non-trainable `keras.Variable`, used as `lambda = strength * scale`
+    (`scale`, when present, a fixed per-layer float the schedules keep).
+    kprune's `GroupLasso` / `SparseGroupLasso` regularizers and
+    `GroupSoftThreshold` / `SparseGroupSoftThreshold` constraints have one.
+    A schedule assigns `holder.strength.assign(value)`; on JAX it then
+    recompiles the train step (`kprune._backend.retrace`), since the value
+    is baked in at trace time.
 
     Args:
         model: a Keras model.
 
     Returns:
-        A list of `(layer, regularizer)` pairs, each regularizer once.
+        A list of `(layer, holder)` pairs, each holder once, in layer order.
     """
     seen = set()
     found = []
     for layer in iter_layers(model):
-        for reg_attr in _REGULARIZER_ATTRS:
-            reg = getattr(layer, reg_attr, None)
-            if reg is None or id(reg) in seen:
+        for attr in _REGULARIZER_ATTRS + _CONSTRAINT_ATTRS:
+            obj = getattr(layer, attr, None)
+            if obj is None or id(obj) in seen:
                 continue
-            if isinstance(getattr(reg, "strength", None), keras.Variable):
-                seen.add(id(reg))
-                found.append((layer, reg))
+            if isinstance(getattr(obj, "strength", None), keras.Variable):
+                seen.add(id(obj))
+                found.append((layer, obj))
     return found
+
+
+def group_regularizers(model):
+    """Every distinct regularizer *or constraint* of `model` with a live strength.
+
+    The same as `strength_holders` (kept under its old name).
+
+    Args:
+        model: a Keras model.
+
+    Returns:
+        A list of `(layer, regularizer_or_constraint)` pairs, each once.
+    """
+    return strength_holders(model)

@@ -5,6 +5,7 @@ import os
 
 import numpy as np
 
+from kprune._atomic import write_text
 from kprune.report.summary import summary
 
 TOTALS = (
@@ -280,6 +281,5 @@ def to_json(report, path=None, indent=2):
     """
     text = json.dumps(report, indent=indent, default=_jsonable)
     if path is not None:
-        with open(os.fspath(path), "w") as f:
-            f.write(text + "\n")
+        write_text(os.fspath(path), text + "\n")  # atomic: all or nothing
     return text

@@ -4,6 +4,7 @@ import os
 
 import numpy as np
 
+from kprune._atomic import atomic_path
 from kprune.report.compare import compare
 
 
@@ -69,5 +70,6 @@ def plot_widths(before, after, path, title=None):
     ax.set_title(title)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, format="png")
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
     return path

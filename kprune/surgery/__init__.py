@@ -8,7 +8,6 @@
 - `register_handler(layer_class, handler)`: teach kprune a custom layer.
 """
 
-from kprune.surgery import layers as _builtin_layers  # noqa: F401  (registers)
 from kprune.surgery.analysis import ChannelAnalysis
 from kprune.surgery.blocks import Block, cut_points, find_blocks
 from kprune.surgery.dead import dead_units
@@ -19,13 +18,16 @@ from kprune.surgery.errors import (
     UnsupportedModelError,
 )
 from kprune.surgery.handlers import (
+    ChannelwiseHandler,
     LayerChange,
     LayerHandler,
+    MixingHandler,
+    ProducerHandler,
     get_handler,
     register_handler,
+    unregister_handler,
 )
 from kprune.surgery.inputs import SelectFeatures, drop_input_features
-from kprune.surgery.layers import ChannelwiseHandler, MixingHandler, ProducerHandler
 from kprune.surgery.plan import PruningPlan
 from kprune.surgery.rebuild import plan_removal, remove_units, slim
 from kprune.surgery.replace import replace_blocks
@@ -54,4 +56,5 @@ __all__ = [
     "remove_units",
     "replace_blocks",
     "slim",
+    "unregister_handler",
 ]

@@ -38,10 +38,13 @@ class ChannelAnalysis:
         exact_pinned: per group, True when removing it cannot be exact.
         const_valid / const_value: per element, whether it is constant on
             every input, and the constant.
+        internals: dict `(id(layer), name)` -> the `TensorInfo` of units
+            that live inside a layer (attention heads), made by `internal`.
     """
 
     def __init__(self, model):
-        self.graph = Graph(model)
+        self.graph = Graph(model, expand=True)
+        self.internals = {}
         self._weights = {}
         self._tie_a = []
         self._tie_b = []
@@ -71,6 +74,31 @@ class ChannelAnalysis:
         self._tie_a.append(a.offset + np.asarray(index_a, dtype=np.int64))
         self._tie_b.append(b.offset + np.asarray(index_b, dtype=np.int64))
 
+    def internal(self, node, name, size):
+        """Elements for units that live inside a layer, not on a tensor.
+
+        Attention heads are units of a `MultiHeadAttention` layer but no
+        tensor between layers has them on its channel axis. A handler asks
+        for a virtual tensor of `size` channels per layer (all calls of a
+        shared layer share it); its channels take part in coupling, pins
+        and removal plans like any other.
+
+        Args:
+            node: the layer call asking.
+            name: what the units are ("heads", "key_dims", ...).
+            size: how many there are.
+
+        Returns:
+            The layer's `TensorInfo` for these units.
+        """
+        key = (id(node.layer), name)
+        if key not in self.internals:
+            self.internals[key] = self.graph._new_tensor(
+                (None, int(size)), "float32", f"{node.path}:{name}"
+            )
+        node.internal[name] = self.internals[key]
+        return self.internals[key]
+
     def pin(self, tensor, reason):
         """Channels of `tensor` can never be removed, because `reason`."""
         if tensor.channels:
@@ -83,7 +111,12 @@ class ChannelAnalysis:
 
     def pin_node(self, node, reason):
         """Pin every input and output of a call, naming the layer."""
-        message = f"layer '{node.path}' ({node.layer.__class__.__name__}): {reason}"
+        message = f"layer '{node.path}' ({node.layer.__class__.__name__})"
+        if node.parent is not None:
+            message += (
+                f" inside '{node.parent.path}' ({node.parent.layer.__class__.__name__})"
+            )
+        message = f"{message}: {reason}"
         for tensor in node.inputs + node.outputs:
             self.pin(tensor, message)
 
@@ -101,6 +134,8 @@ class ChannelAnalysis:
     def _tie_shared_layers(self):
         for nodes in self.graph.layer_nodes.values():
             first = nodes[0]
+            if get_handler(first.layer).ties_calls:
+                continue
             for other in nodes[1:]:
                 for a, b in zip(
                     first.inputs + first.outputs, other.inputs + other.outputs

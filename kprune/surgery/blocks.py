@@ -20,8 +20,8 @@ import re
 import keras
 import numpy as np
 
+from kprune.surgery.copying import copy_layer
 from kprune.surgery.graph import Graph
-from kprune.surgery.rebuild import _copy_layer
 
 
 @dataclasses.dataclass(eq=False)
@@ -375,7 +375,7 @@ def _safe_name(text):
 
 
 def _copy_renamed(layer, name):
-    """`_copy_layer` under another name (nested models may repeat names)."""
+    """`copy_layer` under another name (nested models may repeat names)."""
     serialized = keras.saving.serialize_keras_object(layer)
     serialized["config"]["name"] = name
     return keras.saving.deserialize_keras_object(
@@ -451,7 +451,7 @@ def tap_model(graph, outputs=None, replacements=(), name=None):
                     layer_name += "_"
                 layer = _copy_renamed(node.layer, layer_name)
             else:
-                layer = _copy_layer(node.layer)
+                layer = copy_layer(node.layer)
             used.add(layer_name)
             copies[id(node.layer)] = layer
         inputs = [values[id(t)] for t in node.inputs]

@@ -4,7 +4,8 @@ import numpy as np
 
 from kprune.surgery.analysis import ChannelAnalysis
 from kprune.surgery.handlers import get_handler
-from kprune.surgery.plan import build_plan, producer_nodes
+from kprune.surgery.handlers.base import as_use
+from kprune.surgery.plan import build_plan, unit_sources
 
 
 def dead_groups(analysis):
@@ -24,10 +25,9 @@ def dead_groups(analysis):
         A set of group ids.
     """
     comp = analysis.component
-    producers = producer_nodes(analysis)
     has_unit = np.zeros(analysis.num_groups, dtype=bool)
-    for node in producers.values():
-        has_unit[analysis.values(comp, node.outputs[0])] = True
+    for _, tensor in unit_sources(analysis).values():
+        has_unit[analysis.values(comp, tensor)] = True
     candidates = has_unit & ~analysis.exact_pinned
 
     consumers = []
@@ -37,19 +37,22 @@ def dead_groups(analysis):
             uses = handler.uses(node, analysis.weights(node.layer))
         except (KeyError, ValueError):
             uses = None
-        if uses is None:
-            continue
-        for position, matrix, fold_exact in uses:
-            source = node.inputs[position]
+        for use in map(as_use, uses or ()):
+            source = use.source
+            if not hasattr(source, "offset"):
+                source = node.inputs[source]
+            target = use.target if use.target is not None else node.outputs[0]
             valid = analysis.values(analysis.const_valid, source)
             value = analysis.values(analysis.const_value, source)
-            foldable = valid & (fold_exact | (value == 0))
+            foldable = valid & (use.fold_exact | (value == 0))
+            if use.constant is not None:
+                foldable = foldable | use.constant
             consumers.append(
                 (
                     analysis.values(comp, source),
-                    matrix,
+                    use.matrix,
                     foldable,
-                    analysis.values(comp, node.outputs[0]),
+                    analysis.values(comp, target),
                 )
             )
 

@@ -1,18 +1,25 @@
 """A read-only view of a Keras model as a graph of layer calls.
 
-The graph is read from public Keras APIs only: `Model.get_config()` (its
-`inbound_nodes` say which tensor feeds which call, with shapes), `model.layers`
-and `Layer.compute_output_spec`. Nested Functional / Sequential models are
-inlined: their inner layers appear as nodes of the outer graph, their input
-tensors are the outer arguments, and every call of a nested model or of a
-shared layer is a separate node of the same layer object.
+The graph is read from the model's own call graph, the `Node`s Keras records
+when a Functional model is built (`model._nodes_by_depth`, each node with its
+operation, call arguments and output tensors), never from `get_config()`: a
+Functional subclass (a KerasHub `Backbone`, a user's own) returns constructor
+arguments there, not a graph. Tensors are paired by identity, so list and
+dict inputs need no ordering convention.
+
+Nested Functional / Sequential models are inlined: their inner layers appear
+as nodes of the outer graph, their input tensors are the outer arguments, and
+every call of a nested model or of a shared layer is a separate node of the
+same layer object. With `expand=True`, composite layers (a layer kprune has
+no handler for, whose `call` is built from sublayers and `keras.ops`) are
+traced into their parts as well (see `kprune.surgery.tracing`).
 """
 
 import dataclasses
 
 import keras
-import numpy as np
 
+from kprune.surgery.checks import check_model
 from kprune.surgery.errors import UnsupportedModelError
 
 
@@ -41,35 +48,83 @@ class TensorInfo:
 
 
 @dataclasses.dataclass(eq=False)
-class NodeInfo:
-    """One call of a layer.
+class CompositeCall:
+    """One call of a composite layer that was traced into its parts.
 
     Attributes:
-        layer: the (live, never modified) layer object.
+        layer: the composite layer (live, never modified).
+        path: its path in the graph.
+        inputs / outputs: the call's flattened tensors (outer tensors).
+        arguments: `(args, kwargs)` of the call with `Slot`s for tensors.
+        trace: the `kprune.surgery.tracing.Trace` it was expanded from.
+        parent: the enclosing `CompositeCall`, or None at model level.
+    """
+
+    layer: object
+    path: str
+    inputs: list
+    outputs: list
+    arguments: tuple
+    trace: object
+    parent: object = None
+
+
+@dataclasses.dataclass(eq=False)
+class NodeInfo:
+    """One call of a layer (or of a `keras.ops` operation).
+
+    Attributes:
+        layer: the (live, never modified) layer or operation object.
         path: "/"-joined names from the top model down to the layer.
         inputs: the flattened tensor arguments, in call order.
         outputs: the flattened outputs.
+        arguments: `(args, kwargs)` of the call with a `Slot` in place of
+            each tensor argument (None: one positional argument per input).
+        parent: the `CompositeCall` this call was traced from, if any.
+        internal: dict name -> `TensorInfo` of units inside the layer
+            (attention heads), set by its handler during the analysis.
     """
 
-    layer: keras.layers.Layer
+    layer: object
     path: str
     inputs: list
     outputs: list
     arguments: tuple = None
+    parent: object = None
+    internal: dict = dataclasses.field(default_factory=dict)
+
+    def argument(self, name, position=None):
+        """The input `TensorInfo` passed as `name` (or at `position`)."""
+        if self.arguments is None:
+            if position is not None and position < len(self.inputs):
+                return self.inputs[position]
+            return None
+        args, kwargs = self.arguments
+        value = kwargs.get(name)
+        if value is None and position is not None and position < len(args):
+            value = args[position]
+        if isinstance(value, Slot):
+            return self.inputs[value.index]
+        return None
 
     def call(self, values, **kwargs):
         """Call the layer with `values` in place of the input tensors."""
-        if self.arguments is None:
-            args, call_kwargs = [_Slot(i) for i in range(len(self.inputs))], {}
-            if len(args) > 1:
-                args = [args]
-        else:
-            args, call_kwargs = self.arguments
-        args = _fill_slots(args, values)
-        call_kwargs = dict(_fill_slots(call_kwargs, values), **kwargs)
+        args, call_kwargs = self.call_arguments(values)
+        call_kwargs.update(kwargs)
         if not isinstance(self.layer, keras.layers.Layer):
             call_kwargs.pop("training", None)
         return self.layer(*args, **call_kwargs)
+
+    def call_arguments(self, values):
+        """`(args, kwargs)` of this call with `values` in the tensor slots."""
+        if self.arguments is None:
+            args = [Slot(i) for i in range(len(self.inputs))]
+            if len(args) > 1:
+                args = [args]
+            call_kwargs = {}
+        else:
+            args, call_kwargs = self.arguments
+        return list(fill_slots(args, values)), dict(fill_slots(call_kwargs, values))
 
 
 @dataclasses.dataclass(eq=False)
@@ -82,48 +137,122 @@ class ModelCall:
     outputs: list
 
 
+class Slot:
+    """Placeholder for the `index`-th input tensor in a call's arguments."""
+
+    def __init__(self, index):
+        self.index = index
+
+    def __repr__(self):
+        return f"Slot({self.index})"
+
+
+def fill_slots(value, values):
+    """Replace every `Slot` in a nested structure by `values[slot.index]`."""
+    if isinstance(value, Slot):
+        return values[value.index]
+    if isinstance(value, dict):
+        return {k: fill_slots(v, values) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(fill_slots(v, values) for v in value)
+    return value
+
+
+#: Keyword arguments that carry a layer's main input, when it is passed by
+#: name (`self.attention(hidden_states=x, attention_mask=m)`).
+PRIMARY_ARGUMENTS = ("inputs", "x", "hidden_states", "query", "value", "key", "input")
+
+
+def _keyword_order(kwargs):
+    first = [k for k in PRIMARY_ARGUMENTS if k in kwargs]
+    return first + sorted(k for k in kwargs if k not in first)
+
+
+def slotted(args, kwargs):
+    """`(args, kwargs, tensors)`: each KerasTensor replaced by a `Slot`.
+
+    Slots are numbered positional arguments first, then keyword arguments,
+    a main input passed by name (`inputs=`, `hidden_states=`, `query=` ...)
+    before the others, so that `tensors[0]` is the call's main input.
+    """
+    tensors = []
+
+    def visit(value, order=sorted):
+        if isinstance(value, keras.KerasTensor):
+            tensors.append(value)
+            return Slot(len(tensors) - 1)
+        if isinstance(value, dict):
+            return {k: visit(value[k]) for k in order(value)}
+        if isinstance(value, (list, tuple)):
+            return type(value)(visit(v) for v in value)
+        return value
+
+    new_args = visit(tuple(args))
+    new_kwargs = visit(dict(kwargs), order=_keyword_order)
+    return list(new_args), new_kwargs, tensors
+
+
 class Graph:
     """The traced graph of a Functional or Sequential model.
 
+    Args:
+        model: a built Functional (a subclass too) or Sequential model.
+        expand: trace composite layers without a handler into their parts.
+
     Attributes:
         model: the traced model.
-        nodes: layer calls in topological order (nested models inlined).
+        nodes: layer calls in topological order (nested models inlined,
+            composite layers expanded when `expand=True`).
         model_calls: every model call, the top-level one first.
+        composites: every `CompositeCall` that was expanded, outer first.
+        opaque: path -> reason, for composite layers that could not be traced.
         inputs / outputs: the top-level model's tensors.
         tensors: every tensor, in creation order.
     """
 
-    def __init__(self, model):
-        if not isinstance(model, keras.Model) or not _is_graph_model(model):
+    def __init__(self, model, expand=False):
+        check_model(model)
+        if not is_graph_model(model):
             raise UnsupportedModelError(
-                "kprune.surgery works on Functional and Sequential models; "
-                "subclassed models have no graph to rebuild. Rebuild the model "
+                "kprune.surgery works on Functional and Sequential models "
+                "(Functional subclasses such as KerasHub backbones included); "
+                "a subclassed model has no graph to rebuild. Rebuild the model "
                 "with the Functional API, or prune its Functional sub-models. "
-                f"Received: model={model.__class__.__name__}"
+                f"Received: model={_describe(model)}"
             )
         self.model = model
+        self.expand = expand
         self.nodes = []
         self.model_calls = []
+        self.composites = []
+        self.opaque = {}
         self.tensors = []
         self._size = 0
         inputs = [
             self._new_tensor(x.shape, x.dtype, f"input:{x.name}")
-            for x in _model_inputs(model)
+            for x in model_inputs(model)
         ]
         self.inputs = inputs
         self.outputs = self._trace(model, "", inputs)
-        # Each node and each model gets its position for fast look-ups.
         self.layer_nodes = {}
         for node in self.nodes:
             self.layer_nodes.setdefault(id(node.layer), []).append(node)
         self.layers_by_path = {}
         for node in self.nodes:
             self.layers_by_path.setdefault(node.path, node.layer)
+        for call in self.composites:
+            self.layers_by_path.setdefault(call.path, call.layer)
 
     @property
     def size(self):
         """Number of channel elements over all tensors."""
         return self._size
+
+    def elements(self, tensor):
+        """Global element indices of a tensor's channels."""
+        import numpy as np
+
+        return np.arange(tensor.offset, tensor.offset + tensor.channels)
 
     def _new_tensor(self, shape, dtype, name):
         dtype = getattr(dtype, "name", dtype)
@@ -133,40 +262,62 @@ class Graph:
         self.tensors.append(tensor)
         return tensor
 
-    def elements(self, tensor):
-        """Global element indices of a tensor's channels."""
-        return np.arange(tensor.offset, tensor.offset + tensor.channels)
-
-    def _trace(self, model, prefix, inputs):
+    # ------------------------------------------------------------- models
+    def _trace(self, model, prefix, inputs, parent=None):
         call = ModelCall(model, prefix.rstrip("/") or model.name, inputs, None)
         self.model_calls.append(call)
-        if isinstance(model, keras.Sequential):
-            outputs = self._trace_sequential(model, prefix, inputs)
+        function = functional_of(model)
+        if function is None:
+            outputs = self._trace_chain(model, prefix, inputs, parent)
         else:
-            outputs = self._trace_functional(model, prefix, inputs)
+            outputs = self.trace_function(function, prefix, inputs, parent)
         call.outputs = outputs
         return outputs
 
-    def _call(self, layer, path, inputs, output_shapes=None, arguments=None):
-        if isinstance(layer, keras.Model):
-            if not _is_graph_model(layer):
-                raise UnsupportedModelError(
-                    f"Layer '{path}' is a subclassed model; kprune can only look "
-                    "inside Functional and Sequential models. Register a handler "
-                    "for its class with kprune.surgery.register_handler, or "
-                    f"rebuild it functionally. Received: layer={layer!r}"
-                )
-            return self._trace(layer, path + "/", inputs)
-        if output_shapes is None:
-            output_shapes = _output_shapes(layer, path, inputs)
-        outputs = [
-            self._new_tensor(shape, dtype, f"{path}:{len(self.nodes)}:{i}")
-            for i, (shape, dtype) in enumerate(output_shapes)
-        ]
-        self.nodes.append(NodeInfo(layer, path, list(inputs), outputs, arguments))
-        return outputs
+    def trace_function(self, function, prefix, inputs, parent=None):
+        """Add the nodes of a `keras.Function` (a Functional model too).
 
-    def _trace_sequential(self, model, prefix, inputs):
+        Args:
+            function: the Function whose `inputs` receive `inputs`.
+            prefix: path prefix of its layers ("" or "outer/").
+            inputs: one `TensorInfo` per `function.inputs`.
+            parent: the `CompositeCall` being expanded, if any.
+
+        Returns:
+            One `TensorInfo` per `function.outputs`.
+        """
+        known = {id(x): t for x, t in zip(function.inputs, inputs)}
+        for depth in sorted(function._nodes_by_depth, reverse=True):
+            for node in function._nodes_by_depth[depth]:
+                if node.is_input or node.operation is None:
+                    continue
+                arguments = node.arguments
+                if any(id(x) not in known for x in arguments.keras_tensors):
+                    continue  # not computable from the inputs (as Keras does)
+                args, kwargs, tensors = slotted(arguments.args, arguments.kwargs)
+                values = [known[id(x)] for x in tensors]
+                operation = node.operation
+                specs = [(o.shape, o.dtype) for o in node.outputs]
+                outs = self._call(
+                    operation,
+                    prefix + operation.name,
+                    values,
+                    specs,
+                    (args, kwargs),
+                    parent,
+                )
+                for x, out in zip(node.outputs, outs):
+                    known[id(x)] = out
+        missing = [x for x in function.outputs if id(x) not in known]
+        if missing:
+            raise UnsupportedModelError(
+                f"Could not follow the graph of '{function.name}': outputs "
+                f"{[x.name for x in missing]} are not computed from its inputs."
+            )
+        return [known[id(x)] for x in function.outputs]
+
+    def _trace_chain(self, model, prefix, inputs, parent):
+        """A Sequential model without a recorded graph: a chain of calls."""
         if len(inputs) != 1:
             raise UnsupportedModelError(
                 f"Sequential model '{model.name}' must have exactly one input. "
@@ -174,85 +325,75 @@ class Graph:
             )
         current = inputs
         for layer in model.layers:
-            current = self._call(layer, prefix + layer.name, current)
+            current = self._call(
+                layer, prefix + layer.name, current, None, None, parent
+            )
         return current
 
-    def _trace_functional(self, model, prefix, inputs):
-        config = model.get_config()
-        layers = {op.name: op for op in model.operations}
-        known = {}
-        for ref, tensor in zip(_flat_refs(config["input_layers"]), inputs):
-            known[tuple(ref)] = tensor
-        # Shapes of every consumed tensor are recorded in the consumers' config.
-        shapes = {}
-        pending = []
-        layer_index = {c["name"]: i for i, c in enumerate(config["layers"])}
-        for layer_config in config["layers"]:
-            name = layer_config["name"]
-            for node_index, node in enumerate(layer_config.get("inbound_nodes", [])):
-                refs = _tensor_refs(node)
-                for ref in refs:
-                    key = tuple(ref["keras_history"])
-                    shapes[key] = (tuple(ref["shape"]), ref.get("dtype", "float32"))
-                pending.append((name, node_index, refs))
-        for ref, tensor in zip(_flat_refs(config["output_layers"]), model.outputs):
-            shapes[tuple(ref)] = (tuple(tensor.shape), tensor.dtype)
-        while pending:
-            remaining = []
-            for name, node_index, refs in pending:
-                if any(tuple(r["keras_history"]) not in known for r in refs):
-                    remaining.append((name, node_index, refs))
-                    continue
-                layer = layers[name]
-                args = [known[tuple(r["keras_history"])] for r in refs]
-                n_out = 1 + max(
-                    [k[2] for k in shapes if k[:2] == (name, node_index)],
-                    default=0,
-                )
-                out_shapes = [
-                    shapes.get((name, node_index, i), ((), "float32"))
-                    for i in range(n_out)
-                ]
-                node_config = config["layers"][layer_index[name]]["inbound_nodes"]
-                outs = self._call(
-                    layer,
-                    prefix + name,
-                    args,
-                    out_shapes,
-                    _slotted(node_config[node_index]),
-                )
-                for t_index, out in enumerate(outs):
-                    known[(name, node_index, t_index)] = out
-            if len(remaining) == len(pending):
-                names = sorted({p[0] for p in remaining})
+    # -------------------------------------------------------------- calls
+    def _call(self, layer, path, inputs, specs, arguments, parent):
+        if isinstance(layer, keras.Model):
+            if not is_graph_model(layer):
                 raise UnsupportedModelError(
-                    f"Could not order the layers of model '{model.name}' "
-                    f"(unresolved calls of {names})."
+                    f"Layer '{path}' is a subclassed model; kprune can only look "
+                    "inside Functional and Sequential models. Register a handler "
+                    "for its class with kprune.surgery.register_handler, or "
+                    f"rebuild it functionally. Received: layer={layer!r}"
                 )
-            pending = remaining
-        outputs = []
-        for ref in _flat_refs(config["output_layers"]):
-            outputs.append(known[tuple(ref)])
+            nested_inputs = _model_call_inputs(layer, arguments, inputs)
+            return self._trace(layer, path + "/", nested_inputs, parent)
+        if specs is None:
+            specs = output_specs(layer, path, inputs)
+        if self.expand:
+            from kprune.surgery import tracing
+
+            trace = tracing.trace_for(layer, path, inputs, arguments, self.opaque)
+            if trace is not None:
+                return self._expand(layer, path, inputs, arguments, trace, parent)
+        outputs = [
+            self._new_tensor(shape, dtype, f"{path}:{len(self.nodes)}:{i}")
+            for i, (shape, dtype) in enumerate(specs)
+        ]
+        self.nodes.append(
+            NodeInfo(layer, path, list(inputs), outputs, arguments, parent)
+        )
         return outputs
 
+    def _expand(self, layer, path, inputs, arguments, trace, parent):
+        call = CompositeCall(layer, path, list(inputs), None, arguments, trace, parent)
+        self.composites.append(call)
+        inner = [inputs[i] for i in trace.input_slots]
+        call.outputs = self.trace_function(trace.function, path + "/", inner, call)
+        return call.outputs
 
-def _is_graph_model(model):
-    return isinstance(model, keras.Sequential) or (
-        hasattr(model, "_nodes_by_depth")
-        and hasattr(model, "inputs")
-        and isinstance(model, keras.Model)
-        and _has_functional_config(model)
+
+def is_graph_model(model):
+    """True for a built Functional model (subclasses too) or a Sequential."""
+    if isinstance(model, keras.Sequential):
+        return True
+    return (
+        isinstance(model, keras.Model)
+        and hasattr(model, "_nodes_by_depth")
+        and _has_inputs(model)
     )
 
 
-def _has_functional_config(model):
+def _has_inputs(model):
     try:
-        return hasattr(model, "input") and model.inputs is not None
+        return bool(model.inputs)
     except (AttributeError, ValueError):
         return False
 
 
-def _model_inputs(model):
+def functional_of(model):
+    """The `keras.Function` holding a model's graph (None: a plain chain)."""
+    if isinstance(model, keras.Sequential):
+        return getattr(model, "_functional", None)
+    return model
+
+
+def model_inputs(model):
+    """The flat input tensors of a built model, or a clear error."""
     try:
         inputs = model.inputs
     except (AttributeError, ValueError):
@@ -266,81 +407,29 @@ def _model_inputs(model):
     return list(inputs)
 
 
-def _flat_refs(refs):
-    """Flatten `input_layers`/`output_layers` into [name, node, index] lists."""
-    if isinstance(refs, dict):
-        out = []
-        for key in refs:
-            out.extend(_flat_refs(refs[key]))
-        return out
-    if (
-        isinstance(refs, (list, tuple))
-        and len(refs) == 3
-        and isinstance(refs[0], str)
-        and isinstance(refs[1], int)
-    ):
-        return [list(refs)]
-    out = []
-    for item in refs:
-        out.extend(_flat_refs(item))
-    return out
+def _model_call_inputs(model, arguments, inputs):
+    """Pair a nested model's inputs with the tensors it is called on.
 
-
-def _tensor_refs(node_config):
-    """All `__keras_tensor__` entries of a node's args and kwargs, in order."""
-    found = []
-
-    def visit(value):
-        if isinstance(value, dict):
-            if value.get("class_name") == "__keras_tensor__":
-                found.append(value["config"])
-                return
-            for key in value:
-                visit(value[key])
-        elif isinstance(value, (list, tuple)):
-            for item in value:
-                visit(item)
-
-    visit(node_config.get("args", []))
-    visit(node_config.get("kwargs", {}))
-    return found
-
-
-class _Slot:
-    """Placeholder for the `index`-th input tensor in a node's arguments."""
-
-    def __init__(self, index):
-        self.index = index
-
-
-def _slotted(node_config):
-    """A node's (args, kwargs) with each tensor replaced by a `_Slot`."""
-    counter = [0]
-
-    def visit(value):
-        if isinstance(value, dict):
-            if value.get("class_name") == "__keras_tensor__":
-                counter[0] += 1
-                return _Slot(counter[0] - 1)
-            return {k: visit(v) for k, v in value.items()}
-        if isinstance(value, (list, tuple)):
-            return [visit(v) for v in value]
-        return value
-
-    return (
-        visit(node_config.get("args", [])),
-        visit(node_config.get("kwargs", {})),
-    )
-
-
-def _fill_slots(value, values):
-    if isinstance(value, _Slot):
-        return values[value.index]
-    if isinstance(value, dict):
-        return {k: _fill_slots(v, values) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_fill_slots(v, values) for v in value]
-    return value
+    Mirrors `Functional._standardize_inputs`: a dict passed to a model built
+    on a list is matched by input names; otherwise structures are flattened
+    (dicts in sorted-key order, as `model.inputs` is).
+    """
+    function = functional_of(model)
+    if arguments is None or not arguments[0]:
+        return list(inputs)
+    structure = fill_slots(arguments[0][0], inputs)
+    expected = getattr(function, "_inputs_struct", None)
+    if isinstance(structure, dict) and not isinstance(expected, dict):
+        names = [x.name for x in keras.tree.flatten(expected)]
+        if all(n in structure for n in names):
+            return [structure[n] for n in names]
+    flat = keras.tree.flatten(structure)
+    if len(flat) != len(model_inputs(model)):
+        raise UnsupportedModelError(
+            f"Model '{model.name}' is called on {len(flat)} tensors but has "
+            f"{len(model.inputs)} inputs. Received: inputs={structure!r}"
+        )
+    return flat
 
 
 def constant_arguments(node):
@@ -350,9 +439,9 @@ def constant_arguments(node):
     found = []
 
     def visit(value):
-        if isinstance(value, _Slot):
+        if isinstance(value, Slot):
             return
-        if isinstance(value, list):
+        if isinstance(value, (list, tuple)):
             for v in value:
                 visit(v)
         elif isinstance(value, dict):
@@ -365,7 +454,8 @@ def constant_arguments(node):
     return found
 
 
-def _output_shapes(layer, path, inputs):
+def output_specs(layer, path, inputs):
+    """`[(shape, dtype)]` of a layer's outputs from its input tensors."""
     specs = [keras.KerasTensor(t.shape, dtype=t.dtype) for t in inputs]
     try:
         if len(specs) == 1:
@@ -379,3 +469,9 @@ def _output_shapes(layer, path, inputs):
         ) from error
     flat = keras.tree.flatten(out)
     return [(tuple(o.shape), o.dtype) for o in flat]
+
+
+def _describe(model):
+    if isinstance(model, keras.Model):
+        return f"{model.__class__.__name__} '{model.name}'"
+    return type(model).__name__

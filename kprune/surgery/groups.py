@@ -23,7 +23,8 @@ import numpy as np
 
 from kprune.surgery.analysis import ChannelAnalysis
 from kprune.surgery.handlers import get_handler
-from kprune.surgery.plan import producer_nodes
+from kprune.surgery.handlers.base import as_use
+from kprune.surgery.plan import unit_sources
 
 ROLES = ("producer", "consumer", "scale", "depthwise")
 _SCALE_WEIGHTS = ("gamma", "scale")
@@ -64,11 +65,16 @@ class Member:
             weights = analysis.weights(self.node.layer)
         handler = get_handler(self.node.layer)
         if self.role in ("producer", "consumer"):
-            if not hasattr(handler, "matrix"):
+            if not hasattr(handler, "node_matrix"):
+                return None
+            main = self.node.outputs if self.role == "producer" else self.node.inputs
+            if not main or self.tensor is not main[0]:
                 return None
             try:
-                matrix = handler.matrix(weights)  # (taps, in, out)
-            except (KeyError, ValueError, IndexError):
+                matrix = handler.node_matrix(self.node, weights)  # (taps, in, out)
+            except (KeyError, ValueError, IndexError, TypeError):
+                return None
+            if matrix.ndim != 3:
                 return None
             axis = 2 if self.role == "producer" else 1
             matrix = np.moveaxis(matrix, axis, 0)
@@ -90,6 +96,11 @@ class DependencyGroups:
 
     A group is *removable* when it holds at least one producer unit and is
     not pinned (model inputs/outputs, layers kprune does not understand).
+    Layers inside composite layers (the Dense layers of a KerasHub
+    transformer block, the convs of an MBConv block) take part like any
+    other: the graph is traced with `Graph(model, expand=True)`. Units that
+    live inside a layer (attention heads and their key / value dimensions)
+    are held: `kprune.transformers.prune` removes those.
     Groups are further sorted into *structures*: groups made by the same set
     of producer layers (all filters of one Conv; the channels of a residual
     stage, made by several convs joined by `Add`). A structure's groups are
@@ -107,7 +118,10 @@ class DependencyGroups:
         structure: structure index of each removable group (aligned with
             `ids`).
         pinned_units: per structure, the number of its units that are pinned
-            (they stay; they count toward the layer width).
+            or held (they stay; they count toward the layer width).
+        producers: dict layer path -> first call, of layers whose output
+            channels are their units.
+        internal: dict plan key -> `(node, tensor)` of held internal units.
 
     Example:
 
@@ -127,19 +141,30 @@ class DependencyGroups:
         else:
             self.analysis = ChannelAnalysis(model)
         analysis = self.analysis
-        self.producers = producer_nodes(analysis)
+        self.producers = {}
+        self.internal = {}
+        for key, (node, tensor) in unit_sources(analysis).items():
+            if node.outputs and tensor is node.outputs[0]:
+                self.producers[key] = node
+            else:
+                self.internal[key] = (node, tensor)
         self.members = []
         self._collect_members()
-        # Removable groups: with a producer unit, not pinned.
+        # Removable groups: with a producer unit, not pinned, and not units
+        # that live inside a layer (attention heads and their dimensions:
+        # `kprune.transformers.prune` scores and removes those).
         has_unit = np.zeros(analysis.num_groups, dtype=bool)
         for member in self.members:
             if member.role == "producer":
                 has_unit[member.groups] = True
-        removable = has_unit & ~analysis.pinned
+        held = analysis.pinned.copy()
+        for _, tensor in self.internal.values():
+            held[self._comps(tensor)] = True
+        removable = has_unit & ~held
         self.ids = np.flatnonzero(removable)
         self.position = np.full(analysis.num_groups, -1, dtype=np.int64)
         self.position[self.ids] = np.arange(len(self.ids))
-        self._structures(has_unit)
+        self._structures(has_unit & held)
 
     # ---------------------------------------------------------------- public
     def __len__(self):
@@ -227,22 +252,24 @@ class DependencyGroups:
                 Member(path, node, "producer", tensor, self._comps(tensor))
             )
         for node in analysis.graph.nodes:
-            key = node.path
-            if key in seen:
+            if node.path in seen:
                 continue
-            seen.add(key)
+            seen.add(node.path)
             handler = get_handler(node.layer)
             try:
-                uses = handler.uses(node, analysis.weights(node.layer))
-            except (KeyError, ValueError, IndexError):
+                uses = handler.uses(node, analysis.weights(node.layer)) or []
+            except (KeyError, ValueError, IndexError, TypeError):
                 uses = []
-            for entry in uses:
-                position = entry[0]
-                tensor = node.inputs[position]
-                if tensor.channels:
-                    self.members.append(
-                        Member(node.path, node, "consumer", tensor, self._comps(tensor))
-                    )
+            read = []
+            for use in map(as_use, uses):
+                source = use.source
+                tensor = source if hasattr(source, "offset") else node.inputs[source]
+                if not tensor.channels or any(tensor is t for t in read):
+                    continue
+                read.append(tensor)
+                self.members.append(
+                    Member(node.path, node, "consumer", tensor, self._comps(tensor))
+                )
             if not node.inputs or not node.inputs[0].channels:
                 continue
             tensor = node.inputs[0]
@@ -251,9 +278,9 @@ class DependencyGroups:
                     Member(node.path, node, "depthwise", tensor, self._comps(tensor))
                 )
                 continue
-            weights = analysis.weights(node.layer)
             if handler.produces_units or uses:
                 continue
+            weights = analysis.weights(node.layer)
             if any(
                 name in weights and weights[name].shape == (tensor.channels,)
                 for name in _SCALE_WEIGHTS
@@ -267,7 +294,7 @@ class DependencyGroups:
             self.analysis.values(self.analysis.component, tensor), dtype=np.int64
         )
 
-    def _structures(self, has_unit):
+    def _structures(self, held_units):
         keys = [[] for _ in range(self.analysis.num_groups)]
         for member in self.members:
             if member.role == "producer":
@@ -283,7 +310,7 @@ class DependencyGroups:
                 self.structures.append(key)
             self.structure[position] = index[key]
         self.pinned_units = np.zeros(len(self.structures), dtype=np.int64)
-        for group in np.flatnonzero(has_unit & self.analysis.pinned):
+        for group in np.flatnonzero(held_units):
             key = tuple(sorted(set(keys[group])))
             if key in index:
                 self.pinned_units[index[key]] += 1

@@ -11,9 +11,9 @@ import keras
 import numpy as np
 
 from kprune.surgery.compiling import clone_model, compile_like
+from kprune.surgery.copying import carry_keep_mask, copy_layer
 from kprune.surgery.graph import Graph
 from kprune.surgery.handlers import LayerHandler, register_handler
-from kprune.surgery.rebuild import _carry_keep_mask, _copy_layer
 
 
 @keras.saving.register_keras_serializable(package="kprune")
@@ -281,18 +281,15 @@ class _InputCloner:
             new = clone_model(layer, compile=False)
             self.weights.append((new, layer.get_weights()))
             return new
-        if not isinstance(layer, keras.layers.Layer):  # a keras.ops op
-            return layer.__class__.from_config(layer.get_config())
-        new = _copy_layer(layer)
-        weights = layer.get_weights()
-        if key in self.rows:
-            names = [w.name for w in layer.weights]
-            weights = list(weights)
-            weights[names.index("kernel")] = weights[names.index("kernel")][
-                self.rows[key]
-            ]
-            if key in self.select_of:
-                self.new_to_plan[id(new)] = self.select_of[key]
+        if key not in self.rows:
+            return copy_layer(layer)
+        new = layer.__class__.from_config(layer.get_config())
+        names = [w.name for w in layer.weights]
+        weights = list(layer.get_weights())
+        kernel = names.index("kernel")
+        weights[kernel] = weights[kernel][self.rows[key]]
+        if key in self.select_of:
+            self.new_to_plan[id(new)] = self.select_of[key]
         self.weights.append((new, weights))
         return new
 
@@ -307,4 +304,4 @@ class _InputCloner:
     def _set_weights(self):
         for layer, values in self.weights:
             layer.set_weights(values)
-            _carry_keep_mask(layer)
+            carry_keep_mask(layer)

@@ -5,6 +5,8 @@ import json
 
 import numpy as np
 
+from kprune._atomic import write_text
+from kprune.surgery.checks import unit_indices
 from kprune.surgery.errors import CouplingError, SurgeryError
 from kprune.surgery.handlers import get_handler
 
@@ -46,8 +48,7 @@ class PruningPlan:
                 f"Received: units={self.units!r}"
             )
         self.units = {
-            str(k): sorted(int(i) for i in np.asarray(v).reshape(-1))
-            for k, v in self.units.items()
+            str(k): unit_indices(v, k).tolist() for k, v in self.units.items()
         }
 
     @property
@@ -95,8 +96,8 @@ class PruningPlan:
         return cls.from_dict(data)
 
     def save(self, path):
-        with open(path, "w") as f:
-            f.write(self.to_json(indent=2))
+        """Write the plan as JSON (atomically: all or nothing)."""
+        write_text(path, self.to_json(indent=2))
 
     @classmethod
     def load(cls, path):
@@ -104,18 +105,36 @@ class PruningPlan:
             return cls.from_json(f.read())
 
 
-def producer_nodes(analysis):
-    """Layer path -> first call, for every unit-producing layer."""
+def unit_sources(analysis):
+    """Plan key -> `(node, tensor)` for every set of removable units.
+
+    Most unit-producing layers have one set, keyed by the layer's path:
+    their output channels. Layers with units inside (attention heads) name
+    more through their handler's `unit_tensors`.
+    """
     found = {}
     for node in analysis.graph.nodes:
-        if get_handler(node.layer).produces_units and node.outputs[0].channels:
-            found.setdefault(node.path, node)
+        handler = get_handler(node.layer)
+        if not handler.produces_units:
+            continue
+        for key, tensor in handler.unit_tensors(node, analysis):
+            if tensor.channels:
+                found.setdefault(key, (node, tensor))
     return found
+
+
+def producer_nodes(analysis):
+    """Layer path -> first call, for every layer whose outputs are its units."""
+    return {
+        key: node
+        for key, (node, tensor) in unit_sources(analysis).items()
+        if node.outputs and tensor is node.outputs[0]
+    }
 
 
 def removed_groups(analysis, units):
     """Validate a `{layer: indices}` request; return the coupled group ids."""
-    producers = producer_nodes(analysis)
+    producers = unit_sources(analysis)
     groups = set()
     for path, indices in units.items():
         if path not in producers:
@@ -131,14 +150,8 @@ def removed_groups(analysis, units):
                 "own: it passes channels through. Remove units of the layer that "
                 f"produces them. Received: units[{path!r}]"
             )
-        tensor = producers[path].outputs[0]
-        indices = np.asarray(indices, dtype=np.int64).reshape(-1)
-        bad = indices[(indices < 0) | (indices >= tensor.channels)]
-        if len(bad):
-            raise SurgeryError(
-                f"Layer '{path}' has {tensor.channels} units; cannot remove "
-                f"{bad.tolist()}. Received: units[{path!r}]"
-            )
+        tensor = producers[path][1]
+        indices = unit_indices(indices, path, tensor.channels)
         for index in indices:
             group = analysis.component[tensor.offset + index]
             if analysis.pinned[group]:
@@ -155,10 +168,10 @@ def build_plan(analysis, groups, allow_empty=False):
     """Expand coupled groups into a `PruningPlan` (and check no layer empties)."""
     is_removed = np.zeros(analysis.num_groups, dtype=bool)
     is_removed[list(groups)] = True
-    producers = producer_nodes(analysis)
+    producers = unit_sources(analysis)
 
-    def comps_of(node):
-        tensor = node.outputs[0]
+    def comps_of(source):
+        tensor = source[1]
         return analysis.component[tensor.offset : tensor.offset + tensor.channels]
 
     while True:

@@ -4,10 +4,21 @@ import keras
 import numpy as np
 
 from kprune.surgery.analysis import ChannelAnalysis
-from kprune.surgery.compiling import clone_model
+from kprune.surgery.compiling import clone_model, compile_like
+from kprune.surgery.composite import ChannelSets, Replacement, rebuild_composite
+from kprune.surgery.copying import carry_keep_mask, copy_layer
 from kprune.surgery.dead import dead_plan
+from kprune.surgery.graph import CompositeCall
 from kprune.surgery.handlers import LayerChange, get_handler
+from kprune.surgery.handlers.base import SublayerChanges
+from kprune.surgery.inputs import drop_input_features
 from kprune.surgery.plan import PruningPlan, build_plan, removed_groups
+from kprune.surgery.pruned_model import (
+    PrunedModel,
+    input_tensors,
+    needs_plan_format,
+    record_of,
+)
 
 
 def plan_removal(model, units, allow_empty=False):
@@ -114,8 +125,6 @@ def slim(model, prune_inputs=False):
     analysis = ChannelAnalysis(model)
     small = _rebuild(analysis, dead_plan(analysis))
     if prune_inputs:
-        from kprune.surgery.inputs import drop_input_features
-
         small = drop_input_features(small)
     return small
 
@@ -128,113 +137,215 @@ def _rebuild(analysis, plan):
     removed = is_removed[analysis.component]
     fill = np.where(analysis.const_valid, analysis.const_value, 0.0)
 
+    def removed_of(tensor):
+        return np.flatnonzero(analysis.values(removed, tensor))
+
     changes = {}
     for nodes in graph.layer_nodes.values():
         node = nodes[0]
-        in_removed = [np.flatnonzero(analysis.values(removed, t)) for t in node.inputs]
-        out_removed = [
-            np.flatnonzero(analysis.values(removed, t)) for t in node.outputs
-        ]
-        in_fill = [analysis.values(fill, t) for t in node.inputs]
+        if not isinstance(node.layer, keras.layers.Layer):
+            continue  # keras.ops calls have no weights or config to change
         change = LayerChange(
             node.layer,
             node,
             analysis.weights(node.layer),
-            in_removed,
-            out_removed,
-            in_fill,
+            [removed_of(t) for t in node.inputs],
+            [removed_of(t) for t in node.outputs],
+            [analysis.values(fill, t) for t in node.inputs],
+            {name: removed_of(t) for name, t in node.internal.items()},
         )
         if change.changed:
             changes[id(node.layer)] = get_handler(node.layer).rebuild(change)
+    composites = _rebuild_layers_of_sublayers(graph, changes, removed_of)
+    composites.update(_rebuild_composites(graph, changes, composites, removed_of))
 
     new_shapes = {}
     for call in graph.model_calls[1:]:
         new_shapes.setdefault(
-            id(call.model),
-            [
-                t.shape[:-1]
-                + (t.channels - len(np.flatnonzero(analysis.values(removed, t))),)
-                if t.channels
-                else t.shape
-                for t in call.inputs
-            ],
+            id(call.model), [_new_shape(t, removed_of(t)) for t in call.inputs]
         )
-    return _Cloner(changes, new_shapes).clone(graph.model)
+    cloner = _Cloner(changes, composites, new_shapes, _top_level_paths(graph))
+    return cloner.clone(graph.model)
 
 
-def _carry_keep_mask(layer):
-    """Give a resized layer's `KeepMask` a mask again.
+def _top_level_paths(graph):
+    """id(layer) -> path, for the layers a clone of the model walks."""
+    paths = {}
+    for call in graph.model_calls[1:]:
+        paths.setdefault(id(call.model), call.path)
+    for call in graph.composites:
+        if call.parent is None:
+            paths.setdefault(id(call.layer), call.path)
+    for node in graph.nodes:
+        if node.parent is None:
+            paths.setdefault(id(node.layer), node.path)
+    return paths
 
-    `KeepMask` keeps its mask out of the config, so a rebuilt layer's
-    constraint starts empty. Pruned weights are exactly zero, so the new
-    kernel's zero pattern is the sliced mask.
+
+def _new_shape(tensor, removed):
+    if not tensor.channels:
+        return tuple(tensor.shape)
+    return tuple(tensor.shape[:-1]) + (tensor.channels - len(removed),)
+
+
+def _rebuild_layers_of_sublayers(graph, changes, removed_of):
+    """Rebuild the layers whose handler returned `SublayerChanges`.
+
+    They are rebuilt like traced composites (see `_rebuild_composites`);
+    `changes` loses their entries.
     """
-    constraint = getattr(layer, "kernel_constraint", None)
-    if type(constraint).__name__ != "KeepMask" or constraint.mask is not None:
-        return
-    kernel = keras.ops.convert_to_numpy(layer.kernel)
-    constraint.set_mask((kernel != 0).astype("float32"))
-
-
-def _copy_layer(layer):
-    """A fresh copy of an unchanged layer (weights are set afterwards)."""
-    if isinstance(layer, keras.layers.Lambda):
-        # The user's own in-memory Lambda: its Python function is trusted, and
-        # Keras refuses to rebuild it from a config in safe mode.
-        return keras.saving.deserialize_keras_object(
-            keras.saving.serialize_keras_object(layer), safe_mode=False
+    rebuilt = {}
+    for key, change in list(changes.items()):
+        if not isinstance(change, SublayerChanges):
+            continue
+        del changes[key]
+        node = graph.layer_nodes[key][0]
+        call = CompositeCall(
+            node.layer, node.path, node.inputs, node.outputs, node.arguments, None
         )
-    return layer.__class__.from_config(layer.get_config())
+        new_values, pairs, replaced = {}, [], []
+        for sublayer, config, weights in change.changes:
+            new_values[id(sublayer)] = weights
+            replacement = Replacement.of_leaf(sublayer, config, weights)
+            if replacement is not None:
+                pairs += replacement.pairs
+                replaced.append(replacement)
+        removed = [removed_of(t) for t in node.inputs + node.outputs]
+        channels = ChannelSets(
+            [(t.channels, r) for t, r in zip(node.inputs + node.outputs, removed)]
+            + change.channel_sets
+        )
+        shapes = [_new_shape(t, removed_of(t)) for t in node.inputs]
+        rebuilt[key] = rebuild_composite(
+            call, new_values, pairs, replaced, channels, shapes, change.attributes
+        )
+    return rebuilt
+
+
+def _rebuild_composites(graph, changes, rebuilt_layers, removed_of):
+    """id(composite layer) -> its rebuilt copy, innermost first.
+
+    `rebuilt_layers` holds layers already rebuilt from their sublayers
+    (attention layers); they count as rebuilt children here.
+    """
+    rebuilt = dict(rebuilt_layers)
+    done = set()
+    for call in reversed(graph.composites):
+        key = id(call.layer)
+        if key in done:
+            continue  # a shared composite: its first call decides
+        done.add(key)
+        new_values = {}
+        pairs = []
+        replaced = []
+        for node in graph.nodes:
+            if node.parent is not call or any(node.layer is r.old for r in replaced):
+                continue
+            new = rebuilt.get(id(node.layer))
+            if new is not None:
+                replacement = Replacement.of_composite(node.layer, new)
+                pairs += replacement.pairs
+                replaced.append(replacement)
+                new_values[id(node.layer)] = [
+                    keras.ops.convert_to_numpy(w.value) for w in new.weights
+                ]
+                continue
+            change = changes.get(id(node.layer))
+            if change is None:
+                continue
+            config, weights = change
+            new_values[id(node.layer)] = weights
+            replacement = Replacement.of_leaf(node.layer, config, weights)
+            if replacement is not None:
+                pairs += replacement.pairs
+                replaced.append(replacement)
+        for child in graph.composites:
+            new = rebuilt.get(id(child.layer)) if child.parent is call else None
+            if new is None:
+                continue
+            replacement = Replacement.of_composite(child.layer, new)
+            pairs += replacement.pairs
+            replaced.append(replacement)
+            new_values[id(child.layer)] = [
+                keras.ops.convert_to_numpy(w.value) for w in new.weights
+            ]
+        removed = [removed_of(t) for t in call.inputs + call.outputs]
+        if not new_values and not any(len(r) for r in removed):
+            continue
+        channels = ChannelSets(
+            [(t.channels, r) for t, r in zip(call.inputs + call.outputs, removed)]
+        )
+        shapes = [_new_shape(t, removed_of(t)) for t in call.inputs]
+        rebuilt[key] = rebuild_composite(
+            call, new_values, pairs, replaced, channels, shapes
+        )
+    return rebuilt
 
 
 class _Cloner:
-    """Clone a model with `keras.models.clone_model`, swapping changed layers."""
+    """Clone a model with `keras.models.clone_model`, swapping changed layers.
 
-    def __init__(self, changes, new_shapes):
+    Records how each changed layer changed (by path), so that a Functional
+    subclass can be returned as a `PrunedModel` that saves and loads.
+    """
+
+    def __init__(self, changes, composites, new_shapes, paths):
         self.changes = changes
+        self.composites = composites
         self.new_shapes = new_shapes
+        self.paths = paths
+        self.records = {}
         self.memo = {}
         self.weights = []
 
     def clone(self, model):
-        new_model = clone_model(model, clone_function=self)
+        new_model = clone_model(
+            model, input_tensors=input_tensors(model), clone_function=self
+        )
         for layer, values in self.weights:
             if isinstance(values, dict):
                 values = [values[w.name] for w in layer.weights]
             layer.set_weights(values)
-            _carry_keep_mask(layer)
-        return new_model
+            carry_keep_mask(layer)
+        if not needs_plan_format(model):
+            return new_model
+        try:
+            base = keras.saving.serialize_keras_object(model)
+        except Exception:  # noqa: BLE001 - the original does not save either
+            return new_model
+        pruned = PrunedModel(base, self.records, _built=new_model)
+        compile_like(pruned, model)
+        return pruned
 
     def __call__(self, layer):
         key = id(layer)
         if key in self.memo:
             return self.memo[key]
+        path = self.paths.get(key)
         if isinstance(layer, keras.Model):
-            new = self._clone_nested(layer)
+            new = self._clone_nested(layer, path)
+        elif key in self.composites:
+            new = self.composites[key]
+            self.records[path] = record_of(new)
+        elif key in self.changes:
+            config, weights = self.changes[key]
+            new = layer.__class__.from_config(config)
+            if new.name != layer.name:
+                new.name = layer.name
+            self.records[path] = {"config": keras.saving.serialize_keras_object(new)}
+            self.weights.append((new, weights))
         else:
-            change = self.changes.get(key)
-            if not isinstance(layer, keras.layers.Layer):  # a keras.ops op
-                new = layer.__class__.from_config(layer.get_config())
-            elif change is None:
-                new = _copy_layer(layer)
-                self.weights.append((new, layer.get_weights()))
-            else:
-                config, weights = change
-                new = layer.__class__.from_config(config)
-                self.weights.append((new, weights))
+            new = copy_layer(layer)
         self.memo[key] = new
         return new
 
-    def _clone_nested(self, model):
+    def _clone_nested(self, model, path):
         shapes = self.new_shapes.get(id(model))
-        inputs = [
-            keras.Input(batch_shape=shape, dtype=x.dtype, name=x.name)
-            for shape, x in zip(shapes, model.inputs)
-        ]
-        if isinstance(model, keras.Sequential):
-            structure = inputs[0]
-        else:
-            structure = keras.tree.pack_sequence_as(model.input, inputs)
+        if shapes != [tuple(x.shape) for x in model.inputs]:
+            self.records[path] = {"inputs": [list(shape) for shape in shapes]}
         return clone_model(
-            model, compile=False, input_tensors=structure, clone_function=self
+            model,
+            compile=False,
+            input_tensors=input_tensors(model, shapes),
+            clone_function=self,
         )

@@ -1,0 +1,196 @@
+"""Trace one call of a layer into a `keras.Function` of its parts."""
+
+import contextlib
+import dataclasses
+import inspect
+
+import keras
+
+from kprune.surgery.graph import fill_slots
+
+STANDIN_BATCH = 2
+STANDIN_SIZE = 8
+
+
+class TraceError(Exception):
+    """A layer call could not be traced into a faithful graph of its parts."""
+
+
+@dataclasses.dataclass(eq=False)
+class Trace:
+    """The graph of one layer call, built by calling `layer.call` symbolically.
+
+    Attributes:
+        layer: the traced layer.
+        function: a `keras.Function` whose nodes are the layer's sublayer
+            calls and `keras.ops` (the layer objects are the layer's own).
+        input_slots: for each `function.inputs[i]`, the index of the call
+            input it stands for.
+        shapes: the input shapes the trace was made with (unknown sizes
+            replaced by stand-ins when the layer needs concrete shapes).
+    """
+
+    layer: object
+    function: object
+    input_slots: list
+    shapes: list
+
+    @property
+    def operations(self):
+        """The sublayers and ops recorded, in topological order."""
+        return self.function.operations
+
+
+def call_kwargs(layer, kwargs):
+    """Keep only the keyword arguments `layer.call` accepts."""
+    try:
+        parameters = inspect.signature(layer.call).parameters
+    except (TypeError, ValueError):
+        return dict(kwargs)
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return dict(kwargs)
+    return {k: v for k, v in kwargs.items() if k in parameters}
+
+
+@contextlib.contextmanager
+def lenient_output_specs(layer):
+    """While tracing, sublayers' `compute_output_spec` ignore unknown `None`s.
+
+    Some layers accept call arguments their inherited `compute_output_spec`
+    does not (KerasHub's `CachedMultiHeadAttention` takes `cache=None`,
+    `cache_update_index=None`; `MultiHeadAttention.compute_output_spec`
+    does not), so calling them on symbolic tensors fails although the
+    output shape does not depend on those arguments. Within this block each
+    sublayer of `layer` drops such keyword arguments when they are None;
+    the sublayers are left as they were afterwards.
+    """
+    patched = []
+    for sublayer in layer._flatten_layers(include_self=False, recursive=True):
+        method = type(sublayer).compute_output_spec
+        try:
+            parameters = inspect.signature(method).parameters
+        except (TypeError, ValueError):
+            continue
+        if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+            continue
+        if "compute_output_spec" in vars(sublayer):
+            continue
+        names = set(parameters)
+
+        def lenient(*args, _bound=sublayer, _names=names, **kwargs):
+            kept = {k: v for k, v in kwargs.items() if k in _names or v is not None}
+            return type(_bound).compute_output_spec(_bound, *args, **kept)
+
+        object.__setattr__(sublayer, "compute_output_spec", lenient)
+        patched.append(sublayer)
+    try:
+        yield
+    finally:
+        for sublayer in patched:
+            object.__delattr__(sublayer, "compute_output_spec")
+
+
+def standin_shape(shape, first=True):
+    """A concrete shape: unknown batch -> 2, other unknown sizes -> 8."""
+    out = []
+    for i, dim in enumerate(shape):
+        if dim is None:
+            dim = STANDIN_BATCH if (i == 0 and first) else STANDIN_SIZE
+        out.append(int(dim))
+    return tuple(out)
+
+
+def _attempts(inputs):
+    shapes = [tuple(t.shape) for t in inputs]
+    yield shapes
+    concrete = [standin_shape(s) for s in shapes]
+    if concrete != shapes:
+        yield concrete
+
+
+def trace_layer(layer, inputs, arguments):
+    """Call `layer.call` on fresh symbolic inputs and record its parts.
+
+    First with the call's own shapes (unknown batch and lengths kept
+    unknown), then, when the layer needs concrete shapes (attention masks
+    built from the sequence length, say), with stand-in sizes.
+
+    Args:
+        layer: a built `keras.layers.Layer`.
+        inputs: the call's input `TensorInfo`s (shape and dtype).
+        arguments: `(args, kwargs)` of the call with `Slot`s for tensors,
+            or None for one positional argument per input.
+
+    Returns:
+        A `Trace`.
+
+    Raises:
+        TraceError: the call cannot be traced (the reason is in the message).
+    """
+    if arguments is None:
+        from kprune.surgery.graph import Slot
+
+        args = [Slot(i) for i in range(len(inputs))]
+        arguments = ([args] if len(args) > 1 else args, {})
+    reason = None
+    for shapes in _attempts(inputs):
+        symbolic = [
+            keras.Input(batch_shape=shape, dtype=t.dtype)
+            for shape, t in zip(shapes, inputs)
+        ]
+        args = fill_slots(list(arguments[0]), symbolic)
+        kwargs = call_kwargs(layer, fill_slots(dict(arguments[1]), symbolic))
+        if "training" in kwargs:
+            kwargs["training"] = False
+        try:
+            with lenient_output_specs(layer):
+                outputs = layer.call(*args, **kwargs)
+        except Exception as error:  # noqa: BLE001 - any failure: not traceable
+            reason = f"calling it symbolically failed ({_short(error)})"
+            continue
+        flat = keras.tree.flatten(outputs)
+        if not flat or not all(isinstance(o, keras.KerasTensor) for o in flat):
+            raise TraceError(
+                "its call returns values that are not tensors "
+                f"({[type(o).__name__ for o in flat]})"
+            )
+        used = _used_inputs(symbolic, flat)
+        if not used:
+            raise TraceError("its outputs do not depend on its inputs")
+        try:
+            function = keras.Function([symbolic[i] for i in used], flat)
+        except Exception as error:  # noqa: BLE001
+            raise TraceError(
+                f"its outputs are not computed from its inputs ({_short(error)})"
+            ) from None
+        return Trace(layer, function, used, shapes)
+    raise TraceError(reason or "it could not be traced")
+
+
+def _used_inputs(symbolic, outputs):
+    """Indices of the symbolic inputs the outputs depend on."""
+    wanted = {id(x): i for i, x in enumerate(symbolic)}
+    found = set()
+    seen = set()
+    stack = list(outputs)
+    while stack:
+        tensor = stack.pop()
+        if id(tensor) in seen:
+            continue
+        seen.add(id(tensor))
+        if id(tensor) in wanted:
+            found.add(wanted[id(tensor)])
+            continue
+        history = getattr(tensor, "_keras_history", None)
+        if history is None:
+            continue
+        operation, node_index, _ = history
+        node = operation._inbound_nodes[node_index]
+        stack.extend(node.arguments.keras_tensors)
+    return sorted(found)
+
+
+def _short(error):
+    text = " ".join(str(error).split())
+    text = f"{type(error).__name__}: {text}" if text else type(error).__name__
+    return text if len(text) < 200 else text[:197] + "..."
