@@ -53,6 +53,7 @@ from kprune import (  # noqa: E402  (after the line above, before TensorFlow)
     testing,
     transformers,
 )
+from kprune.pruning.budget import prune  # noqa: E402
 from kprune.recovery import Distiller  # noqa: E402
 
 __version__ = "0.1.0"
@@ -66,6 +67,7 @@ __all__ = [
     "export",
     "losses",
     "ops",
+    "prune",
     "pruning",
     "recovery",
     "regularizers",

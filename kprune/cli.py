@@ -4,6 +4,9 @@
     kprune inspect MODEL.keras [--json | --markdown] [--input-shape 224,224,3]
     kprune slim IN.keras OUT.keras [--plan plan.json] [--allow-empty]
                 [--json REPORT.json] [--force]
+    kprune prune IN.keras OUT.keras (--macs 0.5 | --params 0.5) [--data X.npz]
+                 [--importance l2] [--round-to 8] [--scope global|layer]
+                 [--steps N] [--ignore LAYER] [--plan PLAN.json] [--force]
     kprune export IN.keras OUT.tflite [--quantize dynamic|float16|int8]
                   [--sparse] [--select-tf-ops] [--no-verify] [--tolerance T]
                   [--sample-inputs X.npy|X.npz] [--measure] [--force]
@@ -381,6 +384,103 @@ def _run_slim(args):
     return 0
 
 
+def _add_prune(commands):
+    pruner = commands.add_parser(
+        "prune", help="structured pruning to a MACs or parameter budget"
+    )
+    pruner.add_argument("input", metavar="IN.keras")
+    pruner.add_argument("output", metavar="OUT.keras")
+    budget = pruner.add_mutually_exclusive_group(required=True)
+    budget.add_argument(
+        "--macs", type=float, help="fraction of the MACs to keep (0.5 = half)"
+    )
+    budget.add_argument(
+        "--params", type=float, help="fraction of the parameters to keep"
+    )
+    pruner.add_argument(
+        "--data",
+        metavar="X.npz",
+        help="calibration data: an .npz with 'x' (and 'y' for taylor / car)",
+    )
+    pruner.add_argument(
+        "--importance",
+        default="l2",
+        choices=["l1", "l2", "fpgm", "lamp", "taylor", "activation", "car", "random"],
+    )
+    pruner.add_argument(
+        "--round-to", type=int, default=None, help="keep widths at multiples of N"
+    )
+    pruner.add_argument("--scope", choices=["global", "layer"], default="global")
+    pruner.add_argument("--steps", type=int, default=1, help="pruning rounds")
+    pruner.add_argument(
+        "--ignore", action="append", metavar="LAYER", help="keep this layer's units"
+    )
+    pruner.add_argument("--plan", metavar="PLAN.json", help="also save the plan")
+    _add_force(pruner)
+    _add_loading_options(pruner)
+    pruner.set_defaults(run=_run_prune)
+
+
+def _prune_data(path):
+    import numpy as np
+
+    if not os.path.isfile(path):
+        raise CliError(f"no such data file: {path}")
+    try:
+        arrays = np.load(path)
+    except Exception as error:
+        raise CliError(f"could not read --data {path}: {_one_line(error)}") from None
+    if not hasattr(arrays, "files"):
+        return arrays
+    with arrays:
+        if "x" not in arrays:
+            raise CliError(
+                f"{path} has no array 'x' (save it with "
+                f"np.savez(path, x=inputs, y=labels)); it has {sorted(arrays)}"
+            )
+        x = arrays["x"]
+        y = arrays["y"] if "y" in arrays else None
+    return (x, y) if y is not None else x
+
+
+def _run_prune(args):
+    import kprune
+    from kprune import report
+
+    outputs = [(args.output, ".keras", "output")]
+    if args.plan is not None:
+        outputs.append((args.plan, None, "--plan"))
+    inputs = [args.input] + ([args.data] if args.data else [])
+    _check_outputs(outputs, inputs, args.force)
+    data = _prune_data(args.data) if args.data is not None else None
+    model = _load(args.input, args)
+    pruned, plan = kprune.prune(
+        model,
+        data,
+        macs=args.macs,
+        params=args.params,
+        importance=args.importance,
+        round_to=args.round_to,
+        scope=args.scope,
+        steps=args.steps,
+        ignore=args.ignore or (),
+    )
+    with _writing(args.output, "output") as tmp_model:
+        pruned.save(tmp_model)
+        if args.plan is not None:
+            with _writing(args.plan, "--plan") as tmp_plan:
+                with open(tmp_plan, "w") as f:
+                    f.write(plan.to_json())
+    print(report.format_table(report.compare(model, pruned)), end="")
+    key = "macs" if args.macs is not None else "params"
+    print(
+        f"{key}: kept {plan.report[key + '_ratio']:.4f} of the original "
+        f"(target {plan.report['target']:g}), importance={args.importance}"
+    )
+    print(f"saved {args.output}" + (f" and {args.plan}" if args.plan else ""))
+    return 0
+
+
 def _add_export(commands):
     exporter = commands.add_parser("export", help="convert to a verified .tflite file")
     exporter.add_argument("input", metavar="IN.keras")
@@ -539,7 +639,7 @@ def _run_demo(args):
     return int(result or 0)
 
 
-_COMMANDS = (_add_inspect, _add_slim, _add_export, _add_demo)
+_COMMANDS = (_add_inspect, _add_slim, _add_prune, _add_export, _add_demo)
 
 
 def _shape(text):

@@ -26,8 +26,12 @@ import numpy as np
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Pages with a test of their own (they run their blocks and check the output).
+ELSEWHERE = {"docs/transformers.md": "tests/test_docs_transformers.py"}
 PAGES = ["README.md"] + sorted(
-    os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, "docs", "*.md"))
+    os.path.relpath(p, ROOT)
+    for p in glob.glob(os.path.join(ROOT, "docs", "*.md"))
+    if os.path.relpath(p, ROOT) not in ELSEWHERE
 )
 _BLOCK = re.compile(
     r"(?:<!--\s*docs-test:(?P<marker>[^>]*)-->\s*\n)?```python\n(?P<code>.*?)```",
@@ -141,6 +145,17 @@ def _check_hypersparse(ns):
     assert os.path.isfile("model.tflite")
 
 
+def _check_prune(ns):
+    summary = ns["kprune"].report.summary
+    dense = summary(ns["model"])
+    assert summary(ns["same"])["macs"] <= 0.25 * dense["macs"]
+    assert ns["fast"].count_params() < ns["model"].count_params()
+
+
+def _check_zoo(ns):
+    assert len(ns["zeroed"]["fc1"]) == 3
+
+
 def _no_python(ns):
     assert set(ns) == {"__name__"}  # a page of shell commands only
 
@@ -154,8 +169,10 @@ CHECKS = {
     "docs/group_sparsity.md": _check_group_sparsity,
     "docs/hypersparse.md": _check_hypersparse,
     "docs/magnitude_pruning.md": _check_magnitude,
+    "docs/prune.md": _check_prune,
     "docs/report.md": _check_report,
     "docs/surgery.md": _check_surgery,
+    "docs/zoo.md": _check_zoo,
 }
 
 

@@ -7,6 +7,7 @@ from kprune.callbacks.adaptive_regularization import AdaptiveRegularization
 from kprune.callbacks.magnitude_pruning import MagnitudePruning
 from kprune.callbacks.proximal_step import ProximalStep
 from kprune.callbacks.regularization_scheduler import RegularizationScheduler
+from kprune.callbacks.size_target import SizeTarget
 from kprune.callbacks.sparsity_logger import SparsityLogger
 
 __all__ = [
@@ -14,5 +15,6 @@ __all__ = [
     "MagnitudePruning",
     "ProximalStep",
     "RegularizationScheduler",
+    "SizeTarget",
     "SparsityLogger",
 ]

@@ -8,6 +8,10 @@
 - `select_lowest`, `greedy_prune`: greedy iterative pruning to a
   `kprune.surgery.PruningPlan`.
 - `plot_filters`, `plot_scores`: PNG pictures (matplotlib optional).
+- `group_importance`, `normalize_scores`, `BudgetPlanner`: scores of coupled
+  groups (l1, l2, fpgm, lamp, taylor, activation, car, random) normalized for
+  a global ranking, and selection to a MACs / params / latency budget (used
+  by `kprune.prune`).
 - `block_redundancy`, `select_blocks`: redundant blocks (Cannistraci et al.).
 - `collect_statistics`, `Tap`: activation statistics of chosen sublayers,
   captured while the model runs (wrappers removed afterwards).
@@ -22,14 +26,28 @@ from kprune.criteria.block_redundancy import (
     block_redundancy,
     select_blocks,
 )
+from kprune.criteria.budget import BudgetPlanner
 from kprune.criteria.calibration import Tap, collect_statistics, iterate_batches
 from kprune.criteria.car import car_scores, measure, surgery_scores
+from kprune.criteria.gradients import gradient_means
 from kprune.criteria.greedy import greedy_prune, select_lowest
+from kprune.criteria.group_importance import (
+    IMPORTANCES,
+    group_importance,
+    normalize_scores,
+)
+from kprune.criteria.latency_table import LatencyTable
 from kprune.criteria.metrics import importance, resolve_metric
 from kprune.criteria.plots import filter_images, plot_filters, plot_scores
 from kprune.criteria.transformer_scores import TransformerScores, activation_scores
 
 __all__ = [
+    "IMPORTANCES",
+    "LatencyTable",
+    "BudgetPlanner",
+    "gradient_means",
+    "group_importance",
+    "normalize_scores",
     "AblationScorer",
     "BlockCandidate",
     "Tap",

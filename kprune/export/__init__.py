@@ -4,6 +4,8 @@
 - `verify_tflite(path, model, ...)`: compare a file with the Keras model.
 - `measure_tflite(path, ...)`: file size, gzipped size, LiteRT latency.
 - `sizes(path)`: raw and gzipped size.
+- `layer_latency(...)`, `model_latency(model, ...)`: LiteRT latency of one
+  layer at a given width / of a model (used by latency tables).
 - `tf_select_ops(path)`: the TF Select ops a file needs (`select_tf_ops=True`).
 - `ConversionError`: a converter failure, in one line naming the ops.
 
@@ -11,6 +13,7 @@ This is the only part of kprune that imports `tensorflow` (lazily, inside
 the conversion).
 """
 
+from kprune.export.latency import layer_latency, model_latency
 from kprune.export.measure import measure_tflite, sizes
 from kprune.export.select_ops import (
     ConversionError,
@@ -34,7 +37,9 @@ __all__ = [
     "SelectOpsUnavailableError",
     "UnverifiedExportWarning",
     "VerificationError",
+    "layer_latency",
     "measure_tflite",
+    "model_latency",
     "representative_samples",
     "sizes",
     "tf_select_ops",

@@ -38,14 +38,26 @@ def _pair(before, after):
     return {"before": before, "after": after, "ratio": _ratio(before, after)}
 
 
-def compare(before, after):
+def compare(before, after, latency=False, num_threads=1, dtype="float32", runs=20):
     """Compare two models (or two `summary` dicts), e.g. before/after pruning.
 
     `ratio = after / before` (None where `before` is 0 or missing).
 
+    With `latency=True` both models are exported to TFLite and timed with
+    LiteRT (`kprune.export.model_latency`, batch 1, median of `runs`), and
+    the result gains `latency_ms` (`{"before", "after", "ratio"}`),
+    `speedup = latency_before / latency_after`, `macs_reduction =
+    macs_before / macs_after` and `speedup_per_macs_reduction = speedup /
+    macs_reduction` (1.0: the runtime gives all the speed the MACs promise;
+    Torch-Pruning reports 0.57 for ResNet-50 on a GPU).
+
     Args:
         before: the original model, or its `summary(...)`.
         after: the pruned / slimmed model, or its `summary(...)`.
+        latency: also measure LiteRT latency (needs models, not summaries).
+        num_threads: LiteRT threads for `latency`.
+        dtype: "float32" or "int8" for `latency`.
+        runs: timed calls per model for `latency`.
 
     Returns:
         A JSON-able dict: `before` / `after` model names; for each of
@@ -66,6 +78,22 @@ def compare(before, after):
     >>> c["params"]["ratio"]
     0.5
     """
+    timing = None
+    if latency:
+        if isinstance(before, dict) or isinstance(after, dict):
+            raise ValueError(
+                "compare(..., latency=True) needs the two models, not summaries. "
+                f"Received: before={type(before).__name__}, "
+                f"after={type(after).__name__}"
+            )
+        from kprune.export.latency import model_latency
+
+        timing = [
+            model_latency(m, num_threads=num_threads, dtype=dtype, runs=runs)[
+                "latency_ms_median"
+            ]
+            for m in (before, after)
+        ]
     before = _as_summary(before, "before")
     after = _as_summary(after, "after")
     out = {"before": before["model"], "after": after["model"]}
@@ -85,6 +113,16 @@ def compare(before, after):
             entry[key] = _pair(b.get(key), a.get(key))
         layers.append(entry)
     out["layers"] = layers
+    if timing is not None:
+        out["latency_ms"] = _pair(*timing)
+        out["latency_setup"] = {"num_threads": num_threads, "dtype": dtype}
+        speedup = timing[0] / timing[1] if timing[1] else None
+        reduction = _ratio(after["macs"], before["macs"])
+        out["speedup"] = speedup
+        out["macs_reduction"] = reduction
+        out["speedup_per_macs_reduction"] = (
+            speedup / reduction if speedup and reduction else None
+        )
     return out
 
 
@@ -165,6 +203,14 @@ def format_table(report, markdown=False):
         for key in ("sparsity", "kernel_sparsity"):
             pair = report[key]
             lines.append(f"{key}: {_arrow(pair)}")
+        if "latency_ms" in report:
+            pair = report["latency_ms"]
+            lines.append(
+                f"latency_ms: {pair['before']:.4g} -> {pair['after']:.4g} "
+                f"(speedup x{report['speedup']:.3g} for x"
+                f"{report['macs_reduction']:.3g} fewer MACs: "
+                f"{report['speedup_per_macs_reduction']:.3g} of it)"
+            )
         header = ["layer", "class", "width", "params", "nonzero", "MACs"]
         rows = [
             [

@@ -1,0 +1,561 @@
+"""Accuracy at a MACs budget (issue 21, "Must show" 1 and 3).
+
+LeNet-5 (Caffe's, `common.lenet_5`) and a small ResNet-style CNN (stem conv
+16 + BN, three residual blocks of 16 / 32 / 64 channels with BN, 1x1
+projections and max-pooling between them, global average pool, Dense 10) on
+full MNIST, split 55k train / 5k validation / 10k test.
+
+1. Dense training: Adam (lr 1e-3, eps 1e-7), batch 128, `--dense-epochs`.
+2. For every importance and budget (2x, 4x, 8x, 16x fewer MACs):
+   `kprune.prune(dense, (x_cal, y_cal), macs=1/b, importance=...)` with 512
+   training images for calibration, then fine-tuning with the same Adam
+   recipe for `--finetune-epochs`.
+3. Group sparsity in target mode: `apply_group_sparsity` on the dense model,
+   trained `--finetune-epochs` with `ProximalStep` + `SizeTarget(macs=1/b)`
+   (checked 5 times per epoch: each epoch is fed as 5 chunks), then `slim`.
+4. From scratch: the architecture kprune's best one-shot criterion (by
+   validation error) produced, re-initialized and trained with the same
+   recipe for `dense + finetune` epochs (the same images: the dense epochs
+   on the training set, the fine-tuning epochs on its first
+   `--finetune-samples`) ("Rethinking the value of network
+   pruning", Liu et al. 2019).
+5. With `--torch`: Torch-Pruning 1.6.1 (PyTorch CPU, `.venv-tp`, run by
+   `benchmarks/_tp_worker.py` in its own process) on the same dense weights
+   (copied across), the same split, `l2` (group magnitude, p=2) and `taylor`,
+   the same budgets (kprune's MAC rules; a bisection on TP's global pruning
+   ratio), the same fine-tuning recipe and epochs, per seed; kprune's runs
+   for those importances are repeated per seed as well.
+
+    python benchmarks/prune_budget.py --models lenet5 --torch --seeds 0 1
+
+Writes benchmarks/results/prune_budget.json/.md (and vs_torch_pruning.json
+/ .md with --torch). Validation picks the best criterion; test is reported
+once for every run.
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import tempfile
+import time
+
+import keras
+import numpy as np
+from common import (
+    REPO,
+    command_line,
+    lenet_5,
+    load_mnist,
+    machine,
+    md_table,
+    read_json,
+    run_line,
+    test_error,
+    write_results,
+)
+
+import kprune
+import kprune.sparsity
+
+L = keras.layers
+BUDGETS = (2, 4, 8, 16)
+IMPORTANCES = ("l1", "l2", "fpgm", "lamp", "taylor", "activation", "car", "random")
+
+
+def resnet_small():
+    """Stem + three residual blocks (16, 32, 64) with BN; names match the
+    Torch-Pruning worker's."""
+    inp = keras.Input((28, 28, 1))
+
+    def conv_bn(x, filters, size, name, bn, relu=True):
+        x = L.Conv2D(filters, size, padding="same", name=name)(x)
+        x = L.BatchNormalization(name=bn)(x)
+        return L.ReLU()(x) if relu else x
+
+    def block(x, filters, name, project):
+        h = conv_bn(x, filters, 3, f"{name}_conv_a", f"{name}_bn_a")
+        h = conv_bn(h, filters, 3, f"{name}_conv_b", f"{name}_bn_b", relu=False)
+        s = x
+        if project:
+            s = conv_bn(x, filters, 1, f"{name}_conv_p", f"{name}_bn_p", relu=False)
+        return L.ReLU()(L.Add()([s, h]))
+
+    x = conv_bn(inp, 16, 3, "stem", "bn_stem")
+    x = L.MaxPooling2D(2)(block(x, 16, "b1", False))
+    x = L.MaxPooling2D(2)(block(x, 32, "b2", True))
+    x = block(x, 64, "b3", True)
+    x = L.GlobalAveragePooling2D()(x)
+    return keras.Model(inp, L.Dense(10, name="fc")(x), name="resnet_small")
+
+
+MODELS = {"lenet5": lenet_5, "resnet": resnet_small}
+
+
+def compile_(model, lr, decay_steps=None):
+    """Adam; with `decay_steps`, the learning rate follows a cosine to 0."""
+    if decay_steps:
+        lr = keras.optimizers.schedules.CosineDecay(lr, decay_steps)
+    model.compile(
+        optimizer=keras.optimizers.Adam(lr, epsilon=1e-7),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
+    return model
+
+
+def finetune_steps(args, n):
+    """Optimizer steps of the fine-tuning (for the cosine schedule), or None."""
+    if args.finetune_schedule != "cosine" or not args.finetune_epochs:
+        return None
+    n = min(n, args.finetune_samples or n)
+    return args.finetune_epochs * -(-n // args.batch)
+
+
+def fit(model, x, y, epochs, args, callbacks=(), samples=None):
+    if samples:
+        x, y = x[:samples], y[:samples]
+    if epochs:
+        model.fit(
+            x,
+            y,
+            batch_size=args.batch,
+            epochs=epochs,
+            verbose=0,
+            callbacks=list(callbacks),
+        )
+    return model
+
+
+def macs(model):
+    return kprune.report.summary(model)["macs"]
+
+
+def save_weights(model, path):
+    arrays = {}
+    for layer in model.layers:
+        for w in layer.weights:
+            arrays[f"{layer.name}/{w.name}"] = keras.ops.convert_to_numpy(w)
+    np.savez(path, **arrays)
+
+
+def prune_run(dense, data, importance, budget, args, seed):
+    x, y, xv, yv, xt, yt = data
+    keras.utils.set_random_seed(seed)
+    cal = (x[: args.calibration], y[: args.calibration])
+    start = time.perf_counter()
+    small, plan = kprune.prune(dense, cal, macs=1.0 / budget, importance=importance)
+    seconds = time.perf_counter() - start
+    one_shot = test_error(small, xv, yv)
+    compile_(small, args.finetune_lr or args.lr, finetune_steps(args, len(x)))
+    keras.utils.set_random_seed(seed)
+    fit(small, x, y, args.finetune_epochs, args, samples=args.finetune_samples)
+    return small, {
+        "importance": importance,
+        "budget": budget,
+        "seed": seed,
+        "macs_ratio": plan.report["macs_ratio"],
+        "prune_seconds": seconds,
+        "val_error_one_shot": one_shot,
+        "val_error": test_error(small, xv, yv),
+        "test_error": test_error(small, xt, yt),
+        "widths": kprune.report.summary(small)["widths"],
+    }
+
+
+def group_sparsity_run(dense, data, budget, args, seed):
+    x, y, xv, yv, xt, yt = data
+    keras.utils.set_random_seed(seed)
+    sparse = kprune.sparsity.apply_group_sparsity(dense, strength=args.gs_strength)
+    compile_(sparse, args.lr)
+    target = kprune.callbacks.SizeTarget(macs=1.0 / budget, growth=args.gs_growth)
+    chunks = 5
+    if args.finetune_samples:
+        x, y = x[: args.finetune_samples], y[: args.finetune_samples]
+    n = len(x)
+    order = np.random.default_rng(seed).permutation(n)
+    for _ in range(args.finetune_epochs):
+        for c in range(chunks):
+            idx = order[c * n // chunks : (c + 1) * n // chunks]
+            sparse.fit(
+                x[idx],
+                y[idx],
+                batch_size=args.batch,
+                epochs=1,
+                verbose=0,
+                callbacks=[kprune.callbacks.ProximalStep(), target],
+            )
+    small = kprune.surgery.slim(sparse)
+    return {
+        "importance": "group_sparsity_target",
+        "budget": budget,
+        "seed": seed,
+        "macs_ratio": macs(small) / macs(dense),
+        "reached": bool(target.reached),
+        "final_strength": target.strength(),
+        "val_error": test_error(small, xv, yv),
+        "test_error": test_error(small, xt, yt),
+        "widths": kprune.report.summary(small)["widths"],
+    }
+
+
+def scratch_run(pruned, data, budget, source, args, seed):
+    x, y, xv, yv, xt, yt = data
+    keras.utils.set_random_seed(seed + 1000)
+    fresh = keras.models.clone_model(pruned)  # same widths, new initial weights
+    compile_(fresh, args.lr)
+    fit(fresh, x, y, args.dense_epochs, args)
+    compile_(fresh, args.finetune_lr or args.lr, finetune_steps(args, len(x)))
+    fit(fresh, x, y, args.finetune_epochs, args, samples=args.finetune_samples)
+    return {
+        "importance": f"scratch ({source} architecture)",
+        "budget": budget,
+        "seed": seed,
+        "macs_ratio": macs(fresh) / args._dense_macs,
+        "val_error": test_error(fresh, xv, yv),
+        "test_error": test_error(fresh, xt, yt),
+    }
+
+
+def torch_runs(kind, weights_path, data_path, args, seed):
+    job = {
+        "kind": kind,
+        "weights": weights_path,
+        "data": data_path,
+        "budgets": list(args.budgets),
+        "importances": ["l2", "taylor"],
+        "epochs": args.finetune_epochs,
+        "finetune_samples": args.finetune_samples,
+        "lr": args.lr,
+        "batch": args.batch,
+        "seed": seed,
+        "calibration": args.calibration,
+        "threads": os.cpu_count(),
+    }
+    with tempfile.TemporaryDirectory() as folder:
+        job_path = os.path.join(folder, "job.json")
+        out_path = os.path.join(folder, "out.json")
+        with open(job_path, "w") as f:
+            json.dump(job, f)
+        worker = os.path.join(REPO, "benchmarks", "_tp_worker.py")
+        proc = subprocess.run(
+            [args.torch_python, worker, job_path, out_path],
+            capture_output=True,
+            text=True,
+        )
+        if proc.returncode:
+            raise SystemExit(f"Torch-Pruning worker failed:\n{proc.stderr[-3000:]}")
+        with open(out_path) as f:
+            return json.load(f)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", default=["lenet5", "resnet"])
+    parser.add_argument("--importances", nargs="+", default=list(IMPORTANCES))
+    parser.add_argument("--budgets", nargs="+", type=int, default=list(BUDGETS))
+    parser.add_argument("--dense-epochs", type=int, default=3)
+    parser.add_argument("--finetune-epochs", type=int, default=2)
+    parser.add_argument(
+        "--finetune-samples",
+        type=int,
+        default=0,
+        help="fine-tune on the first N training images (0: all)",
+    )
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--finetune-lr", type=float, default=None, help="default: --lr")
+    parser.add_argument(
+        "--finetune-schedule",
+        choices=["constant", "cosine"],
+        default="constant",
+        help="learning rate during fine-tuning (cosine: decays to 0)",
+    )
+    parser.add_argument(
+        "--no-group-sparsity",
+        action="store_true",
+        help="skip the group-sparsity target-mode runs",
+    )
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--calibration", type=int, default=512)
+    parser.add_argument("--gs-strength", type=float, default=0.5)
+    parser.add_argument("--gs-growth", type=float, default=2.0)
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0])
+    parser.add_argument(
+        "--scratch-budgets",
+        nargs="+",
+        type=int,
+        default=list(BUDGETS),
+        help="budgets at which the pruned architecture is also trained from scratch",
+    )
+    parser.add_argument("--torch", action="store_true")
+    parser.add_argument(
+        "--torch-python", default=os.path.join(REPO, ".venv-tp", "bin", "python")
+    )
+    parser.add_argument("--no-sweep", action="store_true", help="torch part only")
+    parser.add_argument("--tag", default="", help="suffix of the result files")
+    parser.add_argument(
+        "--render", action="store_true", help="only re-render the markdown"
+    )
+    args = parser.parse_args(argv)
+    if args.render:
+        path = os.path.join(REPO, "benchmarks", "results", f"prune_budget{args.tag}")
+        result = read_json(path + ".json")
+        write_results(f"prune_budget{args.tag}", result, render(result))
+        write_results(
+            f"vs_torch_pruning{args.tag}",
+            {"data": f"prune_budget{args.tag}.json"},
+            render_torch(result),
+        )
+        return result
+    info = machine()
+    info["load_before"] = os.getloadavg()
+    x_all, y_all, xt, yt = load_mnist(flat=False)
+    x, y, xv, yv = x_all[:55000], y_all[:55000], x_all[55000:], y_all[55000:]
+    data = (x, y, xv, yv, xt, yt)
+    result = read_json(
+        os.path.join(REPO, "benchmarks", "results", f"prune_budget{args.tag}.json"),
+        {},
+    )
+    result.update(command=command_line(__file__, argv), machine=info)
+    result.setdefault("models", {})
+    folder = tempfile.mkdtemp(prefix="kprune_prune_budget_")
+    data_path = os.path.join(folder, "mnist_split.npz")
+    if args.torch:
+        np.savez(data_path, x=x, y=y, xv=xv, yv=yv, xt=xt, yt=yt)
+    for kind in args.models:
+        entry = result["models"].setdefault(kind, {})
+        entry["recipe"] = {
+            "dense_epochs": args.dense_epochs,
+            "finetune_epochs": args.finetune_epochs,
+            "optimizer": f"Adam(lr={args.lr}, epsilon=1e-7)",
+            "finetune_lr": args.finetune_lr or args.lr,
+            "finetune_schedule": args.finetune_schedule,
+            "batch": args.batch,
+            "calibration_images": args.calibration,
+            "finetune_samples": args.finetune_samples or len(x),
+        }
+        for seed in args.seeds:
+            keras.utils.set_random_seed(seed)
+            dense = compile_(MODELS[kind](), args.lr)
+            cached = os.path.join(
+                REPO, ".scratch", f"dense_{kind}_{seed}_{args.dense_epochs}.weights.h5"
+            )
+            start = time.perf_counter()
+            if os.path.isfile(cached):
+                dense.load_weights(cached)
+            else:
+                fit(dense, x, y, args.dense_epochs, args)
+                os.makedirs(os.path.dirname(cached), exist_ok=True)
+                dense.save_weights(cached)
+            dense_seconds = time.perf_counter() - start
+            args._dense_macs = macs(dense)
+            dense_err = test_error(dense, xt, yt)
+            print(f"{kind} seed {seed}: dense test error {dense_err:.4f}", flush=True)
+            runs = []
+            sweep = (
+                args.importances
+                if (seed == args.seeds[0] and not args.no_sweep)
+                else []
+            )
+            if args.torch and seed != args.seeds[0]:
+                sweep = ["l2", "taylor"]
+            best = None
+            for importance in sweep:
+                for budget in args.budgets:
+                    small, run = prune_run(dense, data, importance, budget, args, seed)
+                    runs.append(run)
+                    print(
+                        json.dumps({k: v for k, v in run.items() if k != "widths"}),
+                        flush=True,
+                    )
+                    if importance != "random":
+                        key = (budget,)
+                        if best is None:
+                            best = {}
+                        if key not in best or run["val_error"] < best[key][0]:
+                            best[key] = (run["val_error"], small, importance)
+            if seed == args.seeds[0] and not args.no_sweep:
+                for budget in args.budgets:
+                    if not args.no_group_sparsity:
+                        run = group_sparsity_run(dense, data, budget, args, seed)
+                        runs.append(run)
+                        print(
+                            json.dumps({k: v for k, v in run.items() if k != "widths"}),
+                            flush=True,
+                        )
+                    if best and (budget,) in best and budget in args.scratch_budgets:
+                        _, small, source = best[(budget,)]
+                        run = scratch_run(small, data, budget, source, args, seed)
+                        runs.append(run)
+                        print(json.dumps(run), flush=True)
+            seed_entry = {
+                "dense_test_error": dense_err,
+                "dense_val_error": test_error(dense, xv, yv),
+                "dense_macs": args._dense_macs,
+                "dense_train_seconds": dense_seconds,
+                "runs": runs,
+            }
+            if args.torch:
+                weights_path = os.path.join(folder, f"{kind}_{seed}.npz")
+                save_weights(dense, weights_path)
+                seed_entry["torch_pruning"] = torch_runs(
+                    kind, weights_path, data_path, args, seed
+                )
+                print(json.dumps(seed_entry["torch_pruning"]["runs"]), flush=True)
+            entry.setdefault("seeds", {})[str(seed)] = seed_entry
+            info["load_after"] = os.getloadavg()
+            write_results(f"prune_budget{args.tag}", result, render(result))
+            if args.torch:
+                write_results(
+                    f"vs_torch_pruning{args.tag}",
+                    {"data": f"prune_budget{args.tag}.json"},
+                    render_torch(result),
+                )
+    return result
+
+
+def render_torch(result):
+    """Markdown of the kprune vs Torch-Pruning runs (means over seeds)."""
+    lines = ["# kprune.prune vs Torch-Pruning (issue 21, Must show 3)", ""]
+    info = result["machine"]
+    lines.append(f"Run: {run_line(result['command'], info)}.")
+    lines += [
+        "",
+        "Same network (weights copied from the dense Keras model; outputs "
+        "match to 4e-7), same MNIST split, same importance, same MACs budget "
+        "(kprune's MAC rules on both sides), same fine-tuning recipe and "
+        "images. Test error in %, mean over the seeds run (their number in "
+        "brackets). Pruning time: the whole call that reaches the budget "
+        "(kprune: scoring, bisection, rebuild and check; TP: a bisection of "
+        "10 `MetaPruner` runs over its global pruning ratio), and TP's single "
+        "pruning step at the ratio found. Torch-Pruning "
+        "1.6.1 (reports `__version__` 1.6.0), torch 2.13.0 CPU.",
+        "",
+    ]
+    for kind, entry in result["models"].items():
+        rows = []
+        for importance in ("l2", "taylor"):
+            for budget in BUDGETS:
+                ours, theirs = [], []
+                for seed_entry in entry.get("seeds", {}).values():
+                    tp_runs = seed_entry.get("torch_pruning", {}).get("runs", [])
+                    hit = [
+                        r
+                        for r in seed_entry["runs"]
+                        if r["importance"] == importance and r["budget"] == budget
+                    ]
+                    hit_tp = [
+                        r
+                        for r in tp_runs
+                        if r["importance"] == importance and r["budget"] == budget
+                    ]
+                    if hit and hit_tp:
+                        ours.append(hit[0])
+                        theirs.append(hit_tp[0])
+                if not ours:
+                    continue
+                k_err = _mean([r["test_error"] for r in ours])
+                t_err = _mean([r["test_error"] for r in theirs])
+                rows.append(
+                    [
+                        importance,
+                        f"{budget}x",
+                        f"{100 * k_err:.2f} ({len(ours)})",
+                        f"{100 * t_err:.2f}",
+                        "yes" if k_err <= t_err else "no",
+                        f"{_mean([r['macs_ratio'] for r in ours]):.4f}",
+                        f"{_mean([r['macs_ratio'] for r in theirs]):.4f}",
+                        f"{_mean([r['prune_seconds'] for r in ours]):.2f}",
+                        f"{_mean([r['prune_seconds'] for r in theirs]):.2f}",
+                        f"{_mean([r['step_seconds'] for r in theirs]):.2f}",
+                    ]
+                )
+        if not rows:
+            continue
+        lines += ["", f"## {kind}", ""]
+        lines += md_table(
+            [
+                "importance",
+                "budget",
+                "kprune error (seeds)",
+                "TP error",
+                "kprune <= TP",
+                "kprune MACs ratio",
+                "TP MACs ratio",
+                "kprune prune s",
+                "TP prune-to-budget s",
+                "TP one step s",
+            ],
+            rows,
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _mean(values):
+    values = [v for v in values if v is not None]
+    return sum(values) / len(values) if values else None
+
+
+def render(result):
+    lines = ["# Pruning to a MACs budget: accuracy (issue 21)", ""]
+    info = result["machine"]
+    lines.append(
+        f"Run: {run_line(result['command'], info)}; load average "
+        f"{tuple(round(v, 1) for v in info.get('load_before', ()))} before, "
+        f"{tuple(round(v, 1) for v in info.get('load_after', ()))} after."
+    )
+    lines.append("")
+    lines.append(
+        "Test error (%) after fine-tuning, by MACs reduction; in "
+        "brackets the achieved MACs ratio where it is not the target. "
+        "`one-shot` columns: validation error before fine-tuning."
+    )
+    for kind, entry in result["models"].items():
+        lines += ["", f"## {kind}", "", f"Recipe: {entry['recipe']}", ""]
+        for seed, seed_entry in entry.get("seeds", {}).items():
+            runs = seed_entry["runs"]
+            if not runs:
+                continue
+            lines.append(
+                f"Seed {seed}: dense test error "
+                f"{100 * seed_entry['dense_test_error']:.2f} %, "
+                f"{seed_entry['dense_macs']:,} MACs."
+            )
+            lines.append("")
+            budgets = sorted({r["budget"] for r in runs})
+            names = list(dict.fromkeys(r["importance"] for r in runs))
+            header = (
+                ["method"]
+                + [f"{b}x" for b in budgets]
+                + [f"{b}x one-shot (val)" for b in budgets]
+            )
+            rows = []
+            for name in names:
+                row = [name]
+                extra = []
+                for b in budgets:
+                    hit = [
+                        r for r in runs if r["importance"] == name and r["budget"] == b
+                    ]
+                    if not hit:
+                        row.append("-")
+                        extra.append("-")
+                        continue
+                    r = hit[0]
+                    cell = f"{100 * r['test_error']:.2f}"
+                    if (
+                        abs(r["macs_ratio"] - 1 / b) > 0.01 / b
+                        or r["macs_ratio"] > 1 / b
+                    ):
+                        cell += f" ({r['macs_ratio']:.3f})"
+                    row.append(cell)
+                    one = r.get("val_error_one_shot")
+                    extra.append("-" if one is None else f"{100 * one:.1f}")
+                rows.append(row + extra)
+            lines += md_table(header, rows)
+            lines.append("")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,300 @@
+"""Selection to a budget: which coupled groups leave so a model fits MACs,
+parameters or latency.
+
+`BudgetPlanner` ranks the removable groups of a `DependencyGroups` view by
+their (normalized) importance and removes the `k` lowest, with two
+structural rules applied per structure (the groups made by the same
+producer layers): at least one unit stays, and with `round_to=n` the width
+is rounded *up* to a multiple of `n` (the lowest-scored groups leave first,
+so rounding re-keeps the best of the removed). The cost of a candidate is
+estimated from the original model's per-layer MACs / parameters (from
+`kprune.report.summary`) scaled by the kept fraction of each weighted
+layer's input and output channels, or from a latency table; `search` finds
+the smallest `k` whose estimate meets the target by bisection, then gives back
+the best removed groups (whole `round_to` blocks) that still fit.
+"""
+
+import numpy as np
+
+from kprune.report.summary import summary as model_summary
+
+METRICS = ("macs", "params", "latency")
+
+
+class BudgetPlanner:
+    """Choose the groups to remove so that an estimated cost meets a target.
+
+    For a weighted layer `l` (Dense, Conv, SeparableConv, Embedding: output
+    units; DepthwiseConv: channels) with original cost `C_l`, kept input
+    fraction `a_l` and kept output fraction `b_l`:
+
+        cost = sum_l C_l * a_l * b_l + sum_(other layers) C_other
+
+    (DepthwiseConv and per-channel layers such as BatchNormalization scale
+    with one fraction). This is exact for MACs of Dense / Conv /
+    DepthwiseConv and for their kernels' parameters; `kprune.prune` checks
+    the rebuilt model and corrects the target where it is not.
+
+    Args:
+        model: the `keras.Model` the view was built from.
+        groups: its `kprune.surgery.groups.DependencyGroups`.
+        scores: one score per removable group (aligned with `groups.ids`);
+            lower leaves first.
+        ignore: group ids that must stay.
+        round_to: keep widths at multiples of this (None: any width).
+        latency_fn: optional `fn(widths) -> milliseconds`, where `widths`
+            is `{layer path: (kept_in, kept_out)}`, for `metric="latency"`.
+        input_shape: passed to `kprune.report.summary` (models built on
+            unknown dimensions).
+        summary: the model's `kprune.report.summary`, if already computed.
+
+    Example:
+
+    >>> import keras, numpy as np
+    >>> from kprune.surgery.groups import DependencyGroups
+    >>> model = keras.Sequential([keras.Input((8,)),
+    ...     keras.layers.Dense(16, name="a"), keras.layers.Dense(2, name="b")])
+    >>> view = DependencyGroups(model)
+    >>> planner = BudgetPlanner(model, view, np.arange(16.0))
+    >>> removed = planner.search("macs", 0.5)
+    >>> len(removed), planner.estimate(removed)["macs"] / planner.base["macs"]
+    (8, 0.5)
+    """
+
+    def __init__(
+        self,
+        model,
+        groups,
+        scores,
+        ignore=(),
+        round_to=None,
+        latency_fn=None,
+        input_shape=None,
+        summary=None,
+    ):
+        self.view = groups
+        self.scores = np.asarray(scores, dtype=np.float64)
+        if self.scores.shape != (len(groups.ids),):
+            raise ValueError(
+                f"`scores` must have one value per removable group "
+                f"({len(groups.ids)}). Received: shape {self.scores.shape}"
+            )
+        if round_to is not None and int(round_to) < 1:
+            raise ValueError(f"`round_to` must be >= 1. Received: round_to={round_to}")
+        self.round_to = None if round_to is None else int(round_to)
+        self.latency_fn = latency_fn
+        analysis = groups.analysis
+        protected = np.zeros(len(groups.ids), dtype=bool)
+        ignore = np.asarray(list(ignore), dtype=np.int64)
+        if len(ignore):
+            positions = groups.position[ignore]
+            protected[positions[positions >= 0]] = True
+        self.protected = protected
+        candidates = np.flatnonzero(~protected)
+        order = candidates[np.argsort(self.scores[candidates], kind="stable")]
+        self.order = order  # removable positions, lowest score first
+        num_structures = len(groups.structures)
+        self.order_structure = groups.structure[order]
+        self.per_structure = [
+            order[self.order_structure == s] for s in range(num_structures)
+        ]
+        self.total = np.bincount(groups.structure, minlength=num_structures)
+        self.fixed = groups.pinned_units + np.bincount(
+            groups.structure[protected], minlength=num_structures
+        )
+        # Layers and what scales their cost.
+        report = summary or model_summary(model, input_shape=input_shape)
+        rows = {row["name"]: row for row in report["layers"]}
+        self.base = {"macs": float(report["macs"]), "params": float(report["params"])}
+        self._terms = []  # (macs, params, tensor_in, tensor_out)
+        counted = set()
+        producers = {m.path: m for m in groups.members if m.role == "producer"}
+        consumers = {m.path: m for m in groups.members if m.role == "consumer"}
+        per_channel = {
+            m.path: m for m in groups.members if m.role in ("scale", "depthwise")
+        }
+        for path, row in rows.items():
+            tensor_in = tensor_out = None
+            if path in producers:
+                tensor_out = producers[path].tensor
+                if path in consumers:
+                    tensor_in = consumers[path].tensor
+            elif path in consumers:
+                tensor_in = consumers[path].tensor
+            elif path in per_channel:
+                tensor_in = per_channel[path].tensor
+            else:
+                continue
+            counted.add(path)
+            self._terms.append(
+                (float(row["macs"]), float(row["params"]), tensor_in, tensor_out, path)
+            )
+        # Layers inside composite layers (a KerasHub block's Dense layers)
+        # have no row of their own: their parameters are part of the
+        # composite's row. `kprune.report.summary` does not count MACs inside
+        # composite layers, so they cost no MACs here either (consistent with
+        # the summary that checks the result); `uncounted_macs` names them.
+        self.uncounted_macs = []
+        members = {**per_channel, **consumers, **producers}
+        for path in sorted(members):
+            if path in counted or path in rows:
+                continue
+            if not any(path.startswith(name + "/") for name in rows):
+                continue
+            member = members[path]
+            tensor_in = consumers[path].tensor if path in consumers else None
+            tensor_out = producers[path].tensor if path in producers else None
+            if path in per_channel and path not in consumers:
+                tensor_in = per_channel[path].tensor
+            params = sum(int(np.prod(w.shape)) for w in member.node.layer.weights)
+            counted.add(path)
+            self._terms.append((0.0, float(params), tensor_in, tensor_out, path))
+            if tensor_out is not None or path in consumers:
+                self.uncounted_macs.append(path)
+        self._fixed_cost = {
+            "macs": self.base["macs"] - sum(t[0] for t in self._terms),
+            "params": self.base["params"] - sum(t[1] for t in self._terms),
+        }
+        self._analysis = analysis
+
+    # ------------------------------------------------------------------ API
+    def select(self, k):
+        """Positions (into `groups.ids`) removed when the `k` lowest leave."""
+        k = int(np.clip(k, 0, len(self.order)))
+        counts = np.bincount(self.order_structure[:k], minlength=len(self.total))
+        removed = []
+        for s, count in enumerate(counts):
+            if not count:
+                continue
+            total = self.total[s] + self.view.pinned_units[s]
+            width = max(1, total - count)
+            if self.round_to:
+                width = min(total, -(-width // self.round_to) * self.round_to)
+            count = int(min(count, total - max(width, self.fixed[s])))
+            if count > 0:
+                removed.append(self.per_structure[s][:count])
+        if not removed:
+            return np.zeros(0, dtype=np.int64)
+        return np.sort(np.concatenate(removed))
+
+    def removed_ids(self, positions):
+        """Group ids of the given positions."""
+        return self.view.ids[np.asarray(positions, dtype=np.int64)]
+
+    def widths(self, positions):
+        """`{layer path: (kept input channels, kept output units)}`."""
+        keep = self._keep(positions)
+        out = {}
+        for _, _, tensor_in, tensor_out, path in self._terms:
+            kin = _kept(self._analysis, tensor_in, keep)
+            kout = _kept(self._analysis, tensor_out, keep)
+            out[path] = (kin, kout)
+        return out
+
+    def estimate(self, positions):
+        """Estimated `{"macs", "params"[, "latency"]}` without these groups."""
+        keep = self._keep(positions)
+        cost = dict(self._fixed_cost)
+        for macs, params, tensor_in, tensor_out, _ in self._terms:
+            frac = _fraction(self._analysis, tensor_in, keep) * _fraction(
+                self._analysis, tensor_out, keep
+            )
+            cost["macs"] += macs * frac
+            cost["params"] += params * frac
+        if self.latency_fn is not None:
+            cost["latency"] = float(self.latency_fn(self.widths(positions)))
+        return cost
+
+    def search(self, metric, target):
+        """Positions to remove: the fewest that bring `metric` to `target`.
+
+        Args:
+            metric: "macs" or "params" (`target` is a fraction of the
+                original model's) or "latency" (`target` in the latency
+                function's unit).
+            target: the budget.
+
+        Returns:
+            Sorted positions into `groups.ids` (as few groups as the
+            budget allows; all candidates if even that misses it).
+        """
+        if metric not in METRICS:
+            raise ValueError(f"`metric` must be one of {METRICS}. Received: {metric!r}")
+        if metric == "latency" and self.latency_fn is None:
+            raise ValueError("metric='latency' needs a latency_fn.")
+        goal = target if metric == "latency" else target * self.base[metric]
+
+        def meets(k):
+            return self.estimate(self.select(k))[metric] <= goal
+
+        lo, hi = 0, len(self.order)
+        if meets(lo):
+            return self.select(0)
+        if not meets(hi):
+            return self.select(hi)
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            if meets(mid):
+                hi = mid
+            else:
+                lo = mid
+        removed = self.select(hi)
+        if metric != "latency":
+            removed = self._fill(removed, metric, goal)
+        return removed
+
+    def _fill(self, removed, metric, goal, tries=512):
+        """Give back removed groups, best first, while the budget holds.
+
+        Removing the `k`-th group can cost a lot at once (a filter of a
+        large early layer), leaving the budget under-used; this re-keeps
+        the best removed groups of a structure (`round_to` of them at a
+        time, so widths stay multiples) wherever they still fit.
+        """
+        step = self.round_to or 1
+        structure = self.view.structure
+        gone = {}
+        for position in removed:
+            gone.setdefault(int(structure[position]), []).append(int(position))
+        for s in gone:
+            gone[s].sort(key=lambda p: -self.scores[p])  # best first
+
+        def flat():
+            items = [p for positions in gone.values() for p in positions]
+            return np.array(sorted(items), dtype=np.int64)
+
+        changed = True
+        while changed and tries > 0:
+            changed = False
+            order = sorted(gone, key=lambda s: -self.scores[gone[s][0]])
+            for s in order:
+                tries -= 1
+                block, rest = gone[s][:step], gone[s][step:]
+                gone[s] = rest
+                if self.estimate(flat())[metric] <= goal:
+                    changed = True
+                    if not rest:
+                        del gone[s]
+                    break
+                gone[s] = block + rest
+                if tries <= 0:
+                    break
+        return flat()
+
+    # ------------------------------------------------------------- internals
+    def _keep(self, positions):
+        keep = np.ones(self._analysis.num_groups, dtype=bool)
+        keep[self.view.ids[np.asarray(positions, dtype=np.int64)]] = False
+        return keep
+
+
+def _fraction(analysis, tensor, keep):
+    if tensor is None or not tensor.channels:
+        return 1.0
+    return float(np.mean(keep[analysis.values(analysis.component, tensor)]))
+
+
+def _kept(analysis, tensor, keep):
+    if tensor is None or not tensor.channels:
+        return None
+    return int(np.count_nonzero(keep[analysis.values(analysis.component, tensor)]))

@@ -1,0 +1,111 @@
+"""LiteRT latency of single layers and whole models, for latency tables."""
+
+import os
+import tempfile
+
+import keras
+import numpy as np
+
+from kprune.export.measure import measure_tflite
+from kprune.export.tflite import to_tflite
+
+DTYPES = ("float32", "int8")
+
+
+def _convert_and_time(model, dtype, num_threads, runs, warmup, seed):
+    if dtype not in DTYPES:
+        raise ValueError(f"`dtype` must be one of {DTYPES}. Received: dtype={dtype!r}")
+    with tempfile.TemporaryDirectory(prefix="kprune_latency_") as folder:
+        path = os.path.join(folder, "model.tflite")
+        kwargs = {}
+        if dtype == "int8":
+            rng = np.random.default_rng(seed)
+            shape = [1 if d is None else int(d) for d in model.inputs[0].shape]
+            kwargs = dict(
+                quantize="int8",
+                representative_data=rng.random([8] + shape[1:]).astype("float32"),
+                calibration_samples=8,
+            )
+        to_tflite(model, path, verify=False, **kwargs)
+        stats = measure_tflite(
+            path, num_threads=num_threads, runs=runs, warmup=warmup, seed=seed
+        )
+    return stats
+
+
+def model_latency(model, num_threads=1, dtype="float32", runs=20, warmup=3, seed=0):
+    """Median LiteRT (XNNPACK) latency of a Keras model, batch 1, in ms.
+
+    The model is exported with `to_tflite` (float32, or int8 calibrated on
+    random inputs: the timing, not the accuracy, is what counts) into a
+    temporary file and timed with `measure_tflite`.
+
+    Args:
+        model: a `keras.Model` with one input of known shape.
+        num_threads: interpreter threads.
+        dtype: "float32" or "int8".
+        runs: timed calls.
+        warmup: untimed calls before.
+        seed: seed of the random inputs.
+
+    Returns:
+        A dict from `measure_tflite` (`latency_ms_median`, ...).
+
+    Example:
+
+    >>> model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(4)])
+    >>> model_latency(model, runs=3)["latency_ms_median"] > 0
+    True
+    """
+    return _convert_and_time(model, dtype, num_threads, runs, warmup, seed)
+
+
+def layer_latency(
+    class_name,
+    config,
+    input_shape,
+    num_threads=1,
+    dtype="float32",
+    runs=20,
+    warmup=3,
+    seed=0,
+    statistic="median",
+):
+    """Median (or minimum) LiteRT latency of one layer built from its config.
+
+    A model `Input(input_shape) -> layer` is exported and timed; for a
+    layer that reads channels, `input_shape[-1]` is its input width, and
+    the config holds its output width (`filters` / `units`).
+
+    Args:
+        class_name: a Keras layer class name (`"Conv2D"`, `"Dense"`, ...).
+        config: the layer's config (its `name` is ignored).
+        input_shape: input shape without the batch axis.
+        num_threads: interpreter threads.
+        dtype: "float32" or "int8".
+        runs: timed calls.
+        warmup: untimed calls before.
+        seed: seed of the random inputs.
+        statistic: "median" or "min" (the least-contended run, for shared
+            machines).
+
+    Returns:
+        The latency in milliseconds (float).
+
+    Example:
+
+    >>> ms = layer_latency("Dense", {"units": 4}, (8,), runs=3)
+    >>> ms > 0
+    True
+    """
+    config = {k: v for k, v in dict(config).items() if k != "name"}
+    layer = keras.layers.deserialize(
+        {"class_name": class_name, "config": config, "module": "keras.layers"}
+    )
+    model = keras.Sequential([keras.Input(tuple(input_shape)), layer])
+    if statistic not in ("median", "min"):
+        raise ValueError(
+            f"`statistic` must be 'median' or 'min'. Received: statistic={statistic!r}"
+        )
+    stats = _convert_and_time(model, dtype, num_threads, runs, warmup, seed)
+    return float(stats[f"latency_ms_{statistic}"])
