@@ -20,16 +20,7 @@ from kprune.testing import zoo
 pytest.importorskip("keras_hub")
 
 # One family per architecture kind, within the default test run's budget.
-DEFAULT = [
-    "bert",
-    "gpt2",
-    "llama",
-    "gemma3",
-    "whisper",
-    "vit",
-    "efficientnet_v2",
-    "mobilenet_v3",
-]
+DEFAULT = ["bert", "gpt2", "llama", "gemma3", "whisper", "vit", "efficientnet_v2"]
 
 # Families where `slim` is known not to remove the zeroed units, and why.
 # Each is checked to still fail (strict), so a fix shows up.
@@ -40,18 +31,29 @@ NOT_SLIMMED = {
     "smollm3": "its attention cannot be called symbolically",
     "deit": "its encoder block returns None: not traced",
     "mixtral": "mixture-of-experts FFN kernels are not kprune units",
+    "hgnetv2": "its zeroed units feed learnable-affine blocks kept whole",
+    "mit": "SegFormer attention and Mix-FFN do not trace (Reshape of None)",
     "qwen_moe": "mixture-of-experts FFN kernels are not kprune units",
     "qwen3_moe": "mixture-of-experts FFN kernels are not kprune units",
     "gpt_oss": "mixture-of-experts FFN kernels are not kprune units",
 }
 
-# Families whose slimmed model is not exact or does not save (known bugs).
-BROKEN = {}
+# Known bugs, each a strict xfail so that a fix shows up.
+BROKEN = {
+    "dinov2": "a Resized layer nested in a Resized layer does not load",
+    "efficientnet": "MBConv with expand_ratio=1: its SE width attribute is ambiguous",
+    "vit_det": "MLP's Sequential sublayer cannot be resized",
+}
 
 HUB = [
     pytest.param(
         name,
-        marks=[pytest.mark.zoo(default=name in DEFAULT)],
+        marks=[pytest.mark.zoo(default=name in DEFAULT)]
+        + (
+            [pytest.mark.xfail(strict=True, reason=BROKEN[name])]
+            if name in BROKEN
+            else []
+        ),
         id=name,
     )
     for name in zoo.keras_hub_backbones()
@@ -135,7 +137,8 @@ def test_keras_hub_backbone(name, tmp_path):
     _assert_close(reference, _outputs(small, x))
     assert small.count_params() < 0.95 * zeroed.count_params()
     _save_load(small, x, tmp_path, "slim")
-    assert kprune.report.summary(small)["macs"] > 0
+    shapes = keras.tree.map_structure(lambda v: tuple(np.shape(v)[1:]), x)
+    assert kprune.report.summary(small, input_shape=shapes)["macs"] > 0
     keras.backend.clear_session()
 
 

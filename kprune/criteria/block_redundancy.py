@@ -5,7 +5,7 @@ import math
 
 import numpy as np
 
-from kprune.criteria.blocks_linear import (
+from kprune.ops.least_squares import (
     fit_quality,
     moments_init,
     moments_update,

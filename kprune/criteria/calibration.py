@@ -15,8 +15,8 @@ import dataclasses
 import keras
 import numpy as np
 
-from kprune.criteria.blocks_linear import as_rows, moments_init, moments_update
 from kprune.ops.calibration import block_influence_terms, head_norms, token_mean
+from kprune.ops.least_squares import as_rows, moments_init, moments_update
 
 KINDS = ("units", "heads", "influence", "moments")
 _MISSING = object()

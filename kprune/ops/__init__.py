@@ -15,6 +15,10 @@ KL divergence at any rank (per token for language models).
 
 Calibration statistics (Minitron, ShortGPT): per-unit mean activation over
 a sequence's tokens, per-head output norms, block influence terms.
+
+Also here, imported by module: `kprune.ops.macs` (multiply-accumulates of
+one layer call, from its shapes) and `kprune.ops.least_squares` (streaming
+moments and the closed-form affine fit of seed 004's block replacement).
 """
 
 from kprune.ops.calibration import block_influence_terms, head_norms, token_mean

@@ -10,8 +10,8 @@
   rules.
 """
 
+from kprune.ops.macs import attention_macs, layer_macs, layer_width
 from kprune.report.compare import compare, format_table, to_json
-from kprune.report.macs import attention_macs, layer_macs, layer_width
 from kprune.report.plot import plot_widths
 from kprune.report.summary import summary
 

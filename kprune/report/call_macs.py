@@ -14,7 +14,7 @@ import re
 
 import keras
 
-from kprune.report.macs import attention_macs, layer_macs
+from kprune.ops.macs import attention_macs, layer_macs
 from kprune.surgery.errors import SurgeryError
 from kprune.surgery.graph import Graph, Slot, call_output_specs
 

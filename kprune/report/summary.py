@@ -3,8 +3,8 @@
 import keras
 import numpy as np
 
+from kprune.ops.macs import attention_macs, layer_macs, layer_width
 from kprune.report.call_macs import call_macs
-from kprune.report.macs import attention_macs, layer_macs, layer_width
 from kprune.surgery.compiling import clone_model
 from kprune.surgery.errors import SurgeryError
 

@@ -3,13 +3,13 @@
 import keras
 import numpy as np
 
-from kprune.criteria.blocks_linear import (
+from kprune.ops.least_squares import (
     fit_quality,
     moments_init,
     moments_update,
     solve_affine,
 )
-from kprune.report.macs import layer_macs
+from kprune.ops.macs import layer_macs
 from kprune.surgery.blocks import (
     _safe_name,
     batches,
@@ -147,7 +147,7 @@ def replace_blocks(
     where every leading position (sample, token, pixel) is a row and all rows
     share `W`, `b` (so vectors, token sequences and feature maps all work).
     `W`, `b` come from the normal equations accumulated batch by batch
-    (`kprune.criteria.blocks_linear`), so memory does not grow with the
+    (`kprune.ops.least_squares`), so memory does not grow with the
     number of samples. The rest of the network keeps its layers and weights;
     the result is a new Functional model (nested models are inlined) made of
     standard Keras layers: it saves, loads and exports to TFLite.

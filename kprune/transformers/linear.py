@@ -17,14 +17,14 @@ it.
 import keras
 import numpy as np
 
-from kprune.criteria.blocks_linear import (
+from kprune.criteria.calibration import Tap, collect_statistics, iterate_batches
+from kprune.ops.least_squares import (
     as_rows,
     fit_quality,
     moments_init,
     moments_update,
     solve_affine,
 )
-from kprune.criteria.calibration import Tap, collect_statistics, iterate_batches
 from kprune.transformers.plan import TransformerPlan
 from kprune.transformers.slicing import apply_plan
 from kprune.transformers.spec import get_family
@@ -149,7 +149,7 @@ def replace_blocks(
 
         W, c = argmin Σ ||x W + c - y||² + ridge ||W||²
 
-    (`kprune.criteria.blocks_linear`). The result is a Functional
+    (`kprune.ops.least_squares`). The result is a Functional
     `keras.Model` with the backbone's inputs and outputs, built from copies
     of its layers (the backbone is not modified); see the module docstring
     for why it cannot keep the backbone's class.
