@@ -398,3 +398,16 @@ def test_prune_leaves_opaque_layers_alone():
     assert [s for s in view.structures] == [("b",)]
     small, plan = kprune.prune(model, macs=0.9)
     assert set(plan.units) == {"b"}
+
+
+def test_prune_keras_hub_backbone_keeps_its_class():
+    pytest.importorskip("keras_hub")
+    from kprune.testing import zoo
+
+    model, x = zoo.keras_hub_backbones()["bert"]()
+    small, plan = kprune.prune(model, x, params=0.8, importance="l2")
+    assert type(small).__name__ == "PrunedModel"
+    assert any(key.endswith("feedforward_intermediate_dense") for key in plan.units)
+    assert plan.report["params_ratio"] <= 0.8
+    outputs = small(x)
+    assert outputs["sequence_output"].shape == model(x)["sequence_output"].shape
