@@ -107,6 +107,7 @@ def speed(args, result, folder):
                     )
                 )
         entry = {"macs": base, "variants": {}}
+        entry.update(command=command_line(__file__), machine=machine())
         for dtype in args.dtypes:
             paths = {}
             for label, model, ratio, seconds in variants:
@@ -195,6 +196,13 @@ def cost(args):
     x = rng.random((256, 224, 224, 3)).astype("float32")
     y = rng.integers(0, 1000, 256)
     out = {"command": command_line(__file__), "machine": machine(), "runs": []}
+    earlier = read_json(os.path.join(REPO, "benchmarks", "results", "prune_cost.json"))
+    if earlier and earlier.get("runs"):  # keep what earlier runs measured
+        out["earlier"] = [
+            {**r, "date": earlier["machine"].get("date")}
+            for r in earlier.get("earlier", []) + earlier["runs"]
+            if "date" not in r
+        ] + [r for r in earlier.get("earlier", []) if "date" in r]
     for importance in args.cost_importances:
         load = os.getloadavg()
         start = time.perf_counter()
@@ -234,6 +242,21 @@ def cost(args):
             for r in out["runs"]
         ],
     )
+    if out.get("earlier"):
+        lines += ["", "Earlier runs (same call; their load in the last column):", ""]
+        lines += md_table(
+            ["date", "importance", "seconds", "MACs ratio", "load average"],
+            [
+                [
+                    r["date"],
+                    r["importance"],
+                    f"{r['seconds']:.1f}",
+                    f"{r['macs_ratio']:.4f}",
+                    " / ".join(f"{v:.1f}" for v in r["load"]),
+                ]
+                for r in out["earlier"]
+            ],
+        )
     write_results("prune_cost", out, "\n".join(lines) + "\n")
 
 
@@ -242,14 +265,18 @@ def render(result):
     lines.append(f"Run: {run_line(result['command'], result['machine'])}.")
     lines += [
         "",
-        "LiteRT (XNNPACK), batch 1, median latency in ms of files "
-        "timed side by side; `x` = speed-up over dense; `/M` = speed-up "
+        "LiteRT (XNNPACK), batch 1, latency in ms of files timed side by "
+        "side in interleaved rounds: the minimum over all runs (the machine "
+        "is shared; the least-contended run is the figure used, medians are "
+        "in the JSON); `x` = speed-up over dense; `/M` = speed-up "
         "divided by the MACs reduction (1.0: all the speed the MACs "
         "promise). Load average at the start of each timing in the JSON.",
         "",
     ]
     for name, entry in result.get("speed", {}).items():
         lines += [f"## {name} ({entry['macs'] / 1e6:.0f} M MACs)", ""]
+        if "command" in entry:
+            lines += [f"Run: {run_line(entry['command'], entry['machine'])}.", ""]
         keys = sorted({k for v in entry["variants"].values() for k in v if "_t" in k})
         header = ["variant", "MACs ratio"] + keys
         rows = []
