@@ -16,7 +16,9 @@ the best removed groups (whole `round_to` blocks) that still fit.
 
 import numpy as np
 
+from kprune.report.call_macs import call_macs
 from kprune.report.summary import summary as model_summary
+from kprune.surgery.errors import SurgeryError
 
 METRICS = ("macs", "params", "latency")
 
@@ -130,12 +132,13 @@ class BudgetPlanner:
                 (float(row["macs"]), float(row["params"]), tensor_in, tensor_out, path)
             )
         # Layers inside composite layers (a KerasHub block's Dense layers)
-        # have no row of their own: their parameters are part of the
-        # composite's row. `kprune.report.summary` does not count MACs inside
-        # composite layers, so they cost no MACs here either (consistent with
-        # the summary that checks the result); `uncounted_macs` names them.
+        # have no row of their own: their parameters and MACs are part of
+        # the composite's row. Their MACs come from the same count the
+        # summary makes inside composites; `uncounted_macs` names those it
+        # could not count.
         self.uncounted_macs = []
         members = {**per_channel, **consumers, **producers}
+        inner_macs = _inner_macs(model, report, members, rows)
         for path in sorted(members):
             if path in counted or path in rows:
                 continue
@@ -148,8 +151,11 @@ class BudgetPlanner:
                 tensor_in = per_channel[path].tensor
             params = sum(int(np.prod(w.shape)) for w in member.node.layer.weights)
             counted.add(path)
-            self._terms.append((0.0, float(params), tensor_in, tensor_out, path))
-            if tensor_out is not None or path in consumers:
+            macs = inner_macs.get(path)
+            self._terms.append(
+                (macs or 0.0, float(params), tensor_in, tensor_out, path)
+            )
+            if macs is None and (tensor_out is not None or path in consumers):
                 self.uncounted_macs.append(path)
         self._fixed_cost = {
             "macs": self.base["macs"] - sum(t[0] for t in self._terms),
@@ -298,3 +304,28 @@ def _kept(analysis, tensor, keep):
     if tensor is None or not tensor.channels:
         return None
     return int(np.count_nonzero(keep[analysis.values(analysis.component, tensor)]))
+
+
+def _inner_macs(model, report, members, rows):
+    """MACs of each layer inside a composite layer, by path (None: unknown)."""
+    inner = [p for p in members if p not in rows and "/" in p]
+    shapes = report.get("input_shapes")
+    if not inner or not shapes:
+        return {}
+    try:
+        _, counts = call_macs(model, [(1, *shape) for shape in shapes])
+    except SurgeryError:
+        return {}
+    found = {}
+    for path, macs, _ in counts:
+        if macs is None:
+            found.setdefault(path, None)
+        elif found.get(path, 0) is not None:
+            found[path] = found.get(path, 0) + float(macs)
+    for path in inner:
+        # A sublayer of a layer counted whole (attention's output
+        # projection): its MACs are in that layer's count.
+        parents = [path.rsplit("/", k)[0] for k in range(1, path.count("/") + 1)]
+        if path not in found and any(found.get(p) is not None for p in parents):
+            found[path] = 0.0
+    return found

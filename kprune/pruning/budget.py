@@ -209,10 +209,10 @@ def prune(
         )
         if step == 1 and metric == "macs" and planner.uncounted_macs:
             warnings.warn(
-                "kprune.prune: the MACs of layers inside composite layers are "
-                "not counted by kprune.report.summary, so the macs= budget does "
-                f"not see them ({planner.uncounted_macs[:3]} ...); their units "
-                "are ranked but cost nothing. Use params= for such models.",
+                "kprune.prune: the MACs of some layers inside composite layers "
+                f"could not be counted ({planner.uncounted_macs[:3]} ...); "
+                "their units are ranked but cost no MACs in the budget. Use "
+                "params= for such models, or pass input_shape to count them.",
                 stacklevel=2,
             )
         pruned, units, achieved, history, current_summary = _search(

@@ -400,31 +400,99 @@ def _swap_sublayers(
 ):
     """A `Resized` layer, or a copy with swapped sublayers (unsaveable)."""
     from kprune.surgery.resized import (
-        Resized,
-        call_eagerly,
-        call_spec,
-        call_symbolically,
-        replace_sublayer,
         sublayer_paths,
     )
 
     layer = call.layer
     paths = sublayer_paths(layer)
-    attributes = dict(attributes or {})
-    for replacement in [r for r in replaced if id(r.old) not in paths]:
-        # A sublayer made inside `call` (KerasHub's MBConv builds its
-        # squeeze-and-excite `Reshape` from `self.filters` there): it is made
-        # anew at the new width when the attribute it is made from changes.
-        found = _width_attributes(layer, replacement.pairs)
-        if not found:
-            raise CompositeRebuildError(
-                f"layer '{call.path}' ({type(layer).__name__}) cannot express "
-                f"its new widths through its constructor (tried {tried[:4]}), "
-                f"and its sublayer '{replacement.old.name}' is not held in an "
-                "attribute kprune can swap. Register a handler for its class."
-            )
-        attributes.update(found)
+    made_in_call = [r for r in replaced if id(r.old) not in paths]
     replaced = [r for r in replaced if id(r.old) in paths]
+    # A sublayer made inside `call` (KerasHub's MBConv builds its
+    # squeeze-and-excite `Reshape` from `self.filters` there) is made anew at
+    # the new width when the attribute it is made from changes: each
+    # attribute that holds the old width is tried.
+    options = _width_attribute_options(layer, made_in_call, dict(attributes or {}))
+    if not options:
+        raise CompositeRebuildError(
+            f"layer '{call.path}' ({type(layer).__name__}) cannot express "
+            f"its new widths through its constructor (tried {tried[:4]}), "
+            f"and its sublayer '{made_in_call[0].old.name}' is not held in an "
+            "attribute kprune can swap. Register a handler for its class."
+        )
+    errors = []
+    for option in options:
+        try:
+            return _swap_with(
+                call,
+                layer,
+                paths,
+                replaced,
+                new_values,
+                channels,
+                input_shapes,
+                config_error,
+                option,
+                tried,
+            )
+        except CompositeRebuildError as error:
+            errors.append(str(error))
+    raise CompositeRebuildError(errors[0])
+
+
+def _width_attribute_options(layer, made_in_call, attributes):
+    """Attribute settings to try: `[attributes]`, or one per candidate."""
+    options = [attributes]
+    config_keys = set()
+    try:
+        config_keys = set(layer.get_config())
+    except Exception:  # noqa: BLE001 - a layer's own get_config bug
+        pass
+    for replacement in made_in_call:
+        grown = []
+        for old, new in replacement.pairs:
+            if old == new:
+                continue
+            names = [
+                name
+                for name, value in vars(layer).items()
+                if not name.startswith("_")
+                and isinstance(value, int)
+                and not isinstance(value, bool)
+                and value == old
+            ]
+            # Attributes derived in __init__ first: the config route already
+            # tried the constructor's own arguments.
+            names.sort(key=lambda name: name in config_keys)
+            grown += [
+                dict(option, **{name: int(new)}) for option in options for name in names
+            ]
+        options = grown[:8]
+        if not options:
+            return []
+    return options
+
+
+def _swap_with(
+    call,
+    layer,
+    paths,
+    replaced,
+    new_values,
+    channels,
+    input_shapes,
+    config_error,
+    attributes,
+    tried,
+):
+    """`_swap_sublayers` with one setting of the attributes."""
+    from kprune.surgery.resized import (
+        Resized,
+        call_eagerly,
+        call_spec,
+        call_symbolically,
+        replace_sublayer,
+    )
+
     errors = [config_error] if config_error else []
     try:
         if config_error:
@@ -469,30 +537,6 @@ def _swap_sublayers(
         f"changed sublayers failed ({'; then '.join(errors)}). Remove units "
         "its arguments can express, or register a handler for its class."
     )
-
-
-def _width_attributes(layer, pairs):
-    """Int attributes of `layer` holding an old width: their new values.
-
-    Only used for sublayers a layer makes inside its `call`; None when a
-    changed width is held by no attribute, or by several with one value.
-    """
-    found = {}
-    for old, new in pairs:
-        if old == new:
-            continue
-        names = [
-            name
-            for name, value in vars(layer).items()
-            if not name.startswith("_")
-            and isinstance(value, int)
-            and not isinstance(value, bool)
-            and value == old
-        ]
-        if len(names) != 1:
-            return None
-        found[names[0]] = int(new)
-    return found or None
 
 
 def _unsaveable(path, class_name, reason):
