@@ -101,6 +101,9 @@ def now():
 def machine():
     """Where and when a benchmark ran: platform, CPUs, versions, backend, date.
 
+    Also `uname -a` and the load average (1/5/15 min) at the call: the
+    machine may be shared.
+
     With the JAX backend also `jax_devices` (as strings); with TensorFlow,
     its version. TensorFlow is not imported under another backend.
     """
@@ -116,6 +119,8 @@ def machine():
         "date": now(),
         "backend": backend,
         "kprune": kprune.__version__,
+        "uname": " ".join(os.uname()),
+        "load_average": [round(v, 2) for v in os.getloadavg()],
     }
     if backend == "jax":
         import jax
