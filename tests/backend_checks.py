@@ -89,17 +89,15 @@ def criteria_model():
 
 
 def criteria_checks():
-    """CAR (fast and by surgery), L1 and mean-activation scores of `c2`."""
+    """CAR, L1 and mean-activation scores of the CNN's layer `c2`."""
     import kprune
 
     model, x, y = criteria_model()
     crit = kprune.criteria
     metric = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-    fast = crit.car_scores(model, "c2", x, y, metric=metric)
-    slow = crit.surgery_scores(model, "c2", x, y, metric=metric)
+    car = crit.car_scores(model, "c2", x, y, metric=metric)
     return {
-        "car": np.asarray(fast).tolist(),
-        "car_surgery": np.asarray(slow).tolist(),
+        "car": np.asarray(car).tolist(),
         "l1": np.asarray(crit.l1_scores(model, "c2")).tolist(),
         "activation": np.asarray(crit.mean_activation_scores(model, "c2", x)).tolist(),
     }
@@ -124,7 +122,7 @@ def callback_checks(save_dir=None):
     rng = np.random.default_rng(5)
     x = rng.normal(size=(64, 8)).astype("float32")
     y = (x[:, :2] @ rng.normal(size=(2, 3))).astype("float32")
-    reg = kprune.regularizers.GroupLasso(1.0, mode="proximal")
+    reg = kprune.regularizers.GroupLasso(2.0, mode="proximal")
     model = keras.Sequential(
         [
             keras.Input((8,)),
@@ -169,7 +167,9 @@ def transformer_checks():
     model = backbone("GPT2Backbone")
     x = inputs(model, n=4)
     same = kprune.transformers.prune(model, x)
-    small = kprune.transformers.prune(model, x, ffn=0.5, heads=0.5, hidden=0.5, layers=1)
+    small = kprune.transformers.prune(
+        model, x, ffn=0.5, heads=0.5, hidden=0.5, layers=1
+    )
     return {
         "identity": float(np.abs(outputs(same, x) - outputs(model, x)).max()),
         "small": [
@@ -192,7 +192,22 @@ def run(save_dir=None):
     out["report"] = report_checks()
     out["callback"] = callback_checks(save_dir)
     out["transformers"] = transformer_checks()
+    out["to_tflite"] = to_tflite_check()
     return out
+
+
+def to_tflite_check():
+    """The error `to_tflite` gives outside TensorFlow (None on TensorFlow)."""
+    import kprune
+
+    if keras.backend.backend() == "tensorflow":
+        return None
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    try:
+        kprune.export.to_tflite(model, "never.tflite")
+    except RuntimeError as error:
+        return str(error)
+    return "no error"
 
 
 if __name__ == "__main__":
