@@ -20,21 +20,31 @@ for `keras.models.load_model`) and changes nothing in the process: no
 environment variable, no Keras setting. The one exception is the `kprune`
 command itself (the process whose program is `kprune`): it is its own host,
 and it asks TensorFlow, before TensorFlow loads, to keep its C++ info and
-warning lines (a dozen per TFLite conversion) off the terminal.
+warning lines (a dozen per TFLite conversion) off the terminal; `kprune
+export` also selects Keras' TensorFlow backend (the converter needs it), so
+a `.keras` file trained on JAX or PyTorch converts whatever `KERAS_BACKEND`
+says.
 """
 
 import os as _os
 import sys as _sys
 
 
-def _quiet_tensorflow_in_the_kprune_command():
+def _set_up_the_kprune_command():
     argv = getattr(_sys, "argv", None) or [""]
     program = _os.path.splitext(_os.path.basename(str(argv[0])))[0]
-    if program == "kprune":
-        _os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if program != "kprune":
+        return
+    _os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    command = next((a for a in argv[1:] if not str(a).startswith("-")), None)
+    if command == "export" and "keras" not in _sys.modules:
+        # TFLite conversion runs through TensorFlow: `kprune export` converts
+        # a `.keras` file saved on JAX or PyTorch too, whatever the user's
+        # KERAS_BACKEND says for their own programs.
+        _os.environ["KERAS_BACKEND"] = "tensorflow"
 
 
-_quiet_tensorflow_in_the_kprune_command()
+_set_up_the_kprune_command()
 
 from kprune import (  # noqa: E402  (after the line above, before TensorFlow)
     callbacks,

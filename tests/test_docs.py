@@ -156,12 +156,20 @@ def _check_zoo(ns):
     assert len(ns["zeroed"]["fc1"]) == 3
 
 
+def _check_backends(ns):
+    assert os.path.isfile("small.keras") and os.path.isfile("x.npy")
+    assert ns["small"].get_layer("hidden").units < 32
+    x = ns["x"]
+    np.testing.assert_allclose(ns["model"](x), ns["small"](x), atol=1e-5)
+
+
 def _no_python(ns):
     assert set(ns) == {"__name__"}  # a page of shell commands only
 
 
 CHECKS = {
     "README.md": _check_readme,
+    "docs/backends.md": _check_backends,
     "docs/blocks.md": _check_blocks,
     "docs/car.md": _check_car,
     "docs/cli.md": _no_python,

@@ -6,6 +6,7 @@ import textwrap
 
 import keras
 import numpy as np
+import pytest
 from keras import ops
 
 from kprune.callbacks import MagnitudePruning
@@ -239,6 +240,10 @@ class MagnitudePruningTest(TestCase):
         zeros = sum(int((_np(lay.kernel) == 0).sum()) for lay in model.layers)
         self.assertEqual(zeros, round(0.8 * total))
 
+    @pytest.mark.skipif(
+        keras.backend.backend() == "torch",
+        reason="Keras' PyTorch trainer requires steps_per_execution=1",
+    )
     def test_steps_per_execution_gives_the_same_masks(self):
         # Keras calls the batch hooks once per 4 steps: the schedule's
         # pruning steps inside each execution must still be taken.
@@ -497,6 +502,10 @@ _MIRRORED_SCRIPT = TWO_CPUS + textwrap.dedent(
 )
 
 
+@pytest.mark.skipif(
+    keras.backend.backend() != "tensorflow",
+    reason="tf.distribute.MirroredStrategy needs the TensorFlow backend",
+)
 class MirroredStrategyTest(TestCase):
     def test_two_logical_cpus(self):
         result = run_script(_MIRRORED_SCRIPT)

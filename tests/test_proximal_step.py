@@ -6,6 +6,7 @@ import warnings
 
 import keras
 import numpy as np
+import pytest
 
 import kprune
 from kprune.callbacks import ProximalStep
@@ -103,6 +104,10 @@ class ProximalStepFitTest(kprune.testing.TestCase):
         # on its async callback thread (JAX, PyTorch backends).
         self.assertTrue(callback.async_safe)
 
+    @pytest.mark.skipif(
+        keras.backend.backend() == "torch",
+        reason="Keras' PyTorch trainer requires steps_per_execution=1",
+    )
     def test_every_n_steps_with_steps_per_execution(self):
         # Batch hooks run once per 4 steps: each step that crosses a multiple
         # of 6 gets its proximal step at the next hook; none is skipped.

@@ -121,6 +121,8 @@ class _Accumulator:
         elif kind == "influence":
             x, y = _first(x), _first(y)
             total, count = block_influence_terms(x, y, self._mask_for(x, mask))
+            # convert_to_numpy first: a PyTorch tensor may require grad.
+            total, count = (keras.ops.convert_to_numpy(v) for v in (total, count))
             self.total = (self.total or 0.0) + float(total)
             self.count += float(count)
         else:

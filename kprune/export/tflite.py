@@ -44,6 +44,19 @@ class VerificationError(AssertionError):
     """
 
 
+def _check_backend():
+    backend = keras.backend.backend()
+    if backend != "tensorflow":
+        raise RuntimeError(
+            "`to_tflite` converts through TensorFlow, so it needs Keras' "
+            f"TensorFlow backend; this process runs {backend!r}. Save the model "
+            "(`model.save('model.keras')`: the file is backend-neutral) and "
+            "convert it in a TensorFlow process: `kprune export model.keras "
+            "model.tflite` (the command always uses the TensorFlow backend). "
+            f"Received: keras.backend.backend()={backend!r}"
+        )
+
+
 def _check_quantize(quantize):
     if quantize not in QUANTIZE_MODES:
         raise ValueError(
@@ -416,6 +429,8 @@ def to_tflite(
         `path`, as a string.
 
     Raises:
+        RuntimeError: Keras runs another backend than TensorFlow (JAX,
+            PyTorch): save the model and run `kprune export` instead.
         ValueError: bad `quantize`, missing `representative_data` for
             `"int8"`, a model without defined inputs, or bad sample data.
         ConversionError: the converter failed (a `ValueError`).
@@ -428,6 +443,7 @@ def to_tflite(
     >>> path.endswith(".tflite")
     True
     """
+    _check_backend()
     _check_quantize(quantize)
     if integer_io and quantize != "int8":
         raise ValueError(

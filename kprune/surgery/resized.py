@@ -164,7 +164,11 @@ def apply_swap(layer, record):
 def sublayer_paths(layer):
     """Attribute path of each direct sublayer of `layer` (by identity)."""
     found = {}
-    for name, value in vars(layer).items():
+    # On the PyTorch backend a layer is a `torch.nn.Module`, which keeps
+    # sublayers set as attributes in `_modules` rather than in `__dict__`.
+    attributes = dict(vars(layer).get("_modules") or {})
+    attributes.update(vars(layer))
+    for name, value in attributes.items():
         if name in ("_layers", "_tracker") or name.startswith("__"):
             continue
         if isinstance(value, keras.layers.Layer):

@@ -26,6 +26,7 @@ kprune.surgery.register_handler(MyScale, MyScaleHandler())
 ```
 """
 
+import keras
 import numpy as np
 
 _REGISTRY = {}
@@ -278,7 +279,8 @@ class LayerHandler:
 
     def evaluate(self, node, inputs):
         """Run the layer on NumPy inputs (batch of one) in inference mode."""
-        return [np.asarray(o) for o in _flatten(node.call(inputs, training=False))]
+        outputs = _flatten(node.call(inputs, training=False))
+        return [keras.ops.convert_to_numpy(o) for o in outputs]
 
     def rebuild(self, change):
         """Return `(config, weights)` of the smaller layer."""
