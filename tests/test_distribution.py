@@ -16,6 +16,9 @@ import pytest
 
 import kprune
 
+# Minutes of JAX compilation in a 4-device process: `pytest -m slow`.
+pytestmark = pytest.mark.slow
+
 if importlib.util.find_spec("jax") is None:
     pytest.skip(
         "jax is not installed (it is in kprune's `test` extra)", allow_module_level=True
