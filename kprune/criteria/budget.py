@@ -16,9 +16,7 @@ the best removed groups (whole `round_to` blocks) that still fit.
 
 import numpy as np
 
-from kprune.report.call_macs import call_macs
 from kprune.report.summary import summary as model_summary
-from kprune.surgery.errors import SurgeryError
 
 METRICS = ("macs", "params", "latency")
 
@@ -138,7 +136,7 @@ class BudgetPlanner:
         # could not count.
         self.uncounted_macs = []
         members = {**per_channel, **consumers, **producers}
-        inner_macs = _inner_macs(model, report, members, rows)
+        inner_macs = _inner_macs(report, members, rows)
         for path in sorted(members):
             if path in counted or path in rows:
                 continue
@@ -306,22 +304,13 @@ def _kept(analysis, tensor, keep):
     return int(np.count_nonzero(keep[analysis.values(analysis.component, tensor)]))
 
 
-def _inner_macs(model, report, members, rows):
-    """MACs of each layer inside a composite layer, by path (None: unknown)."""
+def _inner_macs(report, members, rows):
+    """MACs of each layer inside a composite layer, by path (None: unknown).
+
+    Read from the summary's `inner_macs` (the count it makes inside layers).
+    """
+    found = dict(report.get("inner_macs") or {})
     inner = [p for p in members if p not in rows and "/" in p]
-    shapes = report.get("input_shapes")
-    if not inner or not shapes:
-        return {}
-    try:
-        _, counts = call_macs(model, [(1, *shape) for shape in shapes])
-    except SurgeryError:
-        return {}
-    found = {}
-    for path, macs, _ in counts:
-        if macs is None:
-            found.setdefault(path, None)
-        elif found.get(path, 0) is not None:
-            found[path] = found.get(path, 0) + float(macs)
     for path in inner:
         # A sublayer of a layer counted whole (attention's output
         # projection): its MACs are in that layer's count.

@@ -187,8 +187,11 @@ def _graph_rows(model, input_shapes):
     graph, counts = call_macs(model, input_shapes)
     leaves = list(_leaves(model))
     names = {path for path, _, _, _ in leaves}
-    macs, calls, shapes, unknown = {}, {}, {}, []
+    macs, calls, shapes, unknown, inside = {}, {}, {}, [], {}
     for path, count, shape in counts:
+        if "/" in path and path not in names:
+            before = inside.get(path, 0)
+            inside[path] = None if None in (count, before) else before + count
         owner = path
         while owner not in names and "/" in owner:
             owner = owner.rsplit("/", 1)[0]
@@ -237,7 +240,7 @@ def _graph_rows(model, input_shapes):
                 "calls": calls.get(_OPS_ROW, 0),
             }
         )
-    return rows, unknown
+    return rows, unknown, inside
 
 
 #: The row of `keras.ops` calls (einsum, matmul) made by the model itself.
@@ -320,7 +323,9 @@ def summary(model, input_shape=None, unknown_size=UNKNOWN_SIZE):
         `nonzero_params`, `macs`, `width`, `output_shape`, `calls`),
         `widths` (`{layer name: width}` for layers that define one),
         `input_shapes` (the input shapes MACs were counted at, without the
-        batch axis) and `unknown_macs` (layers whose MACs could not be
+        batch axis), `inner_macs` (`{path: MACs}` of each call inside a
+        layer of sublayers, None where not counted; part of that layer's
+        row) and `unknown_macs` (layers whose MACs could not be
         counted: a dimension was unknown, or a layer kprune cannot count).
 
     Example:
@@ -351,11 +356,11 @@ def summary(model, input_shape=None, unknown_size=UNKNOWN_SIZE):
     trainable, _ = _count(_unique(model.trainable_weights))
     kernels = [w for w in weights if len(w.shape) >= 2]
     kernel_params, kernel_nonzero = _count(kernels)
-    rows, unknown, shapes = [], [], None
+    rows, unknown, shapes, inside = [], [], None, {}
     if _is_graph_model(model):
         shapes = _input_shapes(model, input_shape, unknown_size)
         try:
-            rows, unknown = _graph_rows(model, shapes)
+            rows, unknown, inside = _graph_rows(model, shapes)
         except SurgeryError:
             # A graph kprune cannot trace: counted layer by layer instead.
             shape_model = model
@@ -379,5 +384,6 @@ def summary(model, input_shape=None, unknown_size=UNKNOWN_SIZE):
         "layers": rows,
         "widths": {r["name"]: r["width"] for r in rows if r["width"] is not None},
         "input_shapes": None if shapes is None else [list(s[1:]) for s in shapes],
+        "inner_macs": inside,
         "unknown_macs": sorted(set(unknown)),
     }
