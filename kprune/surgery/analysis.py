@@ -32,6 +32,8 @@ class ChannelAnalysis:
 
     Args:
         model: a built Functional or Sequential `keras.Model` (not modified).
+        keep_whole: layers with sublayers to treat as single layers (not
+            looked into), so that the units inside them stay.
 
     Attributes:
         graph: the traced `Graph`.
@@ -44,8 +46,8 @@ class ChannelAnalysis:
             that live inside a layer (attention heads), made by `internal`.
     """
 
-    def __init__(self, model):
-        self.graph = Graph(model, expand=True)
+    def __init__(self, model, keep_whole=()):
+        self.graph = Graph(model, expand=True, keep_whole=keep_whole)
         self.graph.set_channel_axes(_channel_axes(self.graph))
         self.internals = {}
         self.refused = set()
@@ -144,7 +146,8 @@ class ChannelAnalysis:
     def _tie_shared_layers(self):
         for nodes in self.graph.layer_nodes.values():
             first = nodes[0]
-            if get_handler(first.layer).ties_calls:
+            handler = get_handler(first.layer)
+            if handler.ties_calls or handler.calls_independent(first.layer):
                 continue
             for other in nodes[1:]:
                 for a, b in zip(

@@ -26,13 +26,24 @@ import numpy as np
 from kprune.surgery.copying import copy_layer, forget_calls
 from kprune.surgery.errors import SurgeryError
 from kprune.surgery.graph import fill_slots
-from kprune.surgery.tracing.trace import call_kwargs, standin_shape
+from kprune.surgery.tracing.trace import (
+    call_kwargs,
+    none_outputs_recorded,
+    standin_shape,
+)
 
 MAX_CANDIDATES = 64
 
 
 class CompositeRebuildError(SurgeryError):
-    """A composite layer's constructor cannot express the requested change."""
+    """A composite layer's constructor cannot express the requested change.
+
+    Attributes:
+        layer: the layer that could not be rebuilt (set by
+            `rebuild_composite`; None when unknown).
+    """
+
+    layer = None
 
 
 class ChannelSets:
@@ -230,7 +241,8 @@ def build_like(layer, call, input_shapes):
             call_args = fill_slots(list(args), symbolic)
             call_kw = fill_slots(dict(kwargs), symbolic)
         try:
-            layer(*call_args, **call_kwargs(layer, call_kw))
+            with none_outputs_recorded():
+                layer(*call_args, **call_kwargs(layer, call_kw))
             return
         except Exception as error:  # noqa: BLE001 - tried again, then reported
             last = error
@@ -288,16 +300,20 @@ def rebuild_composite(
             continue
         forget_calls(new)
         return new
-    return _swap_sublayers(
-        call,
-        replaced,
-        new_values,
-        channels,
-        input_shapes,
-        tried,
-        config_error,
-        attributes or {},
-    )
+    try:
+        return _swap_sublayers(
+            call,
+            replaced,
+            new_values,
+            channels,
+            input_shapes,
+            tried,
+            config_error,
+            attributes or {},
+        )
+    except CompositeRebuildError as error:
+        error.layer = layer
+        raise
 
 
 def _named_like(new, layer):
@@ -355,6 +371,8 @@ def _assemble(old, new, new_values, channels, values, seen):
         )
     for child_old, child_new in zip(old._layers, new._layers):
         given = new_values.get(id(child_old))
+        if child_old.weights and all(id(w) in seen for w in child_old.weights):
+            continue  # reached a second time (held in a list and a Sequential)
         if given is None:
             _assemble(child_old, child_new, new_values, channels, values, seen)
             continue
@@ -385,7 +403,8 @@ def _config_of(call):
     try:
         return call.layer.get_config(), None
     except Exception as error:  # noqa: BLE001 - a layer's own get_config bug
-        return None, f"its get_config() fails ({type(error).__name__}: {error})"
+        first = next((line for line in str(error).splitlines() if line.strip()), "")
+        return None, f"its get_config() fails ({type(error).__name__}: {first})"
 
 
 def _swap_sublayers(

@@ -218,6 +218,8 @@ class Graph:
         input_shapes: optional full input shapes (batch axis included), one
             per model input, to trace the graph at instead of the model's
             own (shapes of every call are then inferred again).
+        keep_whole: layers not to expand even when they trace (layers
+            kprune could not rebuild smaller: `slim` keeps them whole).
 
     Attributes:
         model: the traced model.
@@ -230,7 +232,7 @@ class Graph:
         tensors: every tensor, in creation order.
     """
 
-    def __init__(self, model, expand=False, input_shapes=None):
+    def __init__(self, model, expand=False, input_shapes=None, keep_whole=()):
         check_model(model)
         if not is_graph_model(model):
             raise UnsupportedModelError(
@@ -242,6 +244,7 @@ class Graph:
             )
         self.model = model
         self.expand = expand
+        self.keep_whole = {id(layer) for layer in keep_whole}
         self.nodes = []
         self.model_calls = []
         self.composites = []
@@ -413,6 +416,11 @@ class Graph:
             trace = tracing.trace_any(layer, path, inputs, arguments, self.opaque)
             if trace is not None:
                 return self._expand(layer, path, inputs, arguments, trace, parent)
+        elif self.expand and id(layer) in self.keep_whole:
+            self.opaque[path] = (
+                "it is kept whole: kprune could not rebuild it smaller "
+                "(see kprune.surgery.CompositeRebuildError)"
+            )
         elif self.expand:
             from kprune.surgery import tracing
 
@@ -432,7 +440,16 @@ class Graph:
         call = CompositeCall(layer, path, list(inputs), None, arguments, trace, parent)
         self.composites.append(call)
         inner = [inputs[i] for i in trace.input_slots]
-        call.outputs = self.trace_function(trace.function, path + "/", inner, call)
+        computed = self.trace_function(trace.function, path + "/", inner, call)
+        outputs = [None] * trace.output_count
+        for position, tensor in zip(trace.output_positions, computed):
+            outputs[position] = tensor
+        for position, tensor in enumerate(outputs):
+            if tensor is None:  # the layer returned None here: a stand-in
+                outputs[position] = self._new_tensor(
+                    (), "float32", f"{path}:none:{position}"
+                )
+        call.outputs = outputs
         return call.outputs
 
 

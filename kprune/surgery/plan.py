@@ -145,11 +145,7 @@ def removed_groups(analysis, units):
                     "(use 'outer/inner' for layers of nested models). "
                     f"Received: units[{path!r}]"
                 )
-            raise SurgeryError(
-                f"Layer '{path}' ({layer.__class__.__name__}) has no units of its "
-                "own: it passes channels through. Remove units of the layer that "
-                f"produces them. Received: units[{path!r}]"
-            )
+            raise SurgeryError(_not_a_producer(analysis, path, layer, producers))
         tensor = producers[path][1]
         indices = unit_indices(indices, path, tensor.channels)
         for index in indices:
@@ -162,6 +158,33 @@ def removed_groups(analysis, units):
                 )
             groups.add(int(group))
     return groups
+
+
+def _not_a_producer(analysis, path, layer, producers):
+    """Why a plan cannot name `path`, and what it can name instead."""
+    name = f"Layer '{path}' ({layer.__class__.__name__})"
+    received = f"Received: units[{path!r}]"
+    graph = analysis.graph
+    if path in graph.opaque:
+        return (
+            f"{name} has no units kprune can remove: kprune cannot look inside "
+            f"it ({graph.opaque[path]}). Register a handler for its class with "
+            f"kprune.surgery.register_handler. {received}"
+        )
+    inside = sorted(key for key in producers if key.startswith(path + "/"))
+    if inside:
+        shown = ", ".join(repr(key) for key in inside[:6])
+        more = f" and {len(inside) - 6} more" if len(inside) > 6 else ""
+        return (
+            f"{name} is a layer of sublayers: its units are those of its "
+            f"sublayers, named by their paths: {shown}{more} (see "
+            "kprune.surgery.prunable_units; heads are units only in the "
+            f"attention layers kprune has a handler for). {received}"
+        )
+    return (
+        f"{name} has no units of its own: it passes channels through. Remove "
+        f"units of the layer that produces them. {received}"
+    )
 
 
 def build_plan(analysis, groups, allow_empty=False):

@@ -67,19 +67,30 @@ class _Replayer:
         self.records = records
         self.memo = {}
         self.paths = {}
+        self.positions = {}
+        self.by_position = {
+            tuple(record["at"]): record
+            for record in records.values()
+            if isinstance(record, dict) and "at" in record
+        }
 
-    def index(self, model, prefix=""):
-        for layer in model.layers:
+    def index(self, model, prefix="", at=()):
+        for i, layer in enumerate(model.layers):
             path = prefix + layer.name
             self.paths.setdefault(id(layer), path)
+            self.positions.setdefault(id(layer), at + (i,))
             if isinstance(layer, keras.Model):
-                self.index(layer, path + "/")
+                self.index(layer, path + "/", at + (i,))
 
     def __call__(self, layer):
         key = id(layer)
         if key in self.memo:
             return self.memo[key]
-        record = self.records.get(self.paths.get(key), {})
+        record = self.records.get(self.paths.get(key))
+        if record is None:
+            # A class that names its layers after the model's name (KerasHub
+            # prefixes them when rebuilt from a config): found by position.
+            record = self.by_position.get(self.positions.get(key), {})
         if isinstance(layer, keras.Model):
             shapes = record.get("inputs")
             new = clone_model(
@@ -115,7 +126,9 @@ class PrunedModel(keras.Model):
             (`keras.saving.serialize_keras_object(model)`).
         changes: dict layer path -> record: `{"config": serialized layer}`,
             `{"swap": {attribute path: serialized sublayer}, "call": spec}`,
-            or `{"inputs": shapes}` for a nested model whose inputs narrowed.
+            or `{"inputs": shapes}` for a nested model whose inputs narrowed;
+            `"at"`: the layer's position (indices into `layers`, level by
+            level), used when a rebuilt model names its layers otherwise.
         **kwargs: `name`, `trainable`.
 
     Example:

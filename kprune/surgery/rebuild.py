@@ -5,7 +5,12 @@ import numpy as np
 
 from kprune.surgery.analysis import ChannelAnalysis
 from kprune.surgery.compiling import clone_model, compile_like
-from kprune.surgery.composite import ChannelSets, Replacement, rebuild_composite
+from kprune.surgery.composite import (
+    ChannelSets,
+    CompositeRebuildError,
+    Replacement,
+    rebuild_composite,
+)
 from kprune.surgery.copying import carry_keep_mask, copy_layer
 from kprune.surgery.dead import dead_plan
 from kprune.surgery.errors import SurgeryError
@@ -93,6 +98,9 @@ def slim(model, prune_inputs=False):
     units nothing depends on (zero outgoing weights everywhere, or a constant
     output folded into the consumers' biases), so the result computes the
     same function (float32, up to rounding) with fewer parameters and MACs.
+    A layer of sublayers that cannot be rebuilt smaller (see
+    `CompositeRebuildError`) is kept whole, with the dead units inside it,
+    and the rest of the model is slimmed.
 
     With `prune_inputs=True` it then calls `drop_input_features`: model
     inputs of shape `(batch, n)` read only by Dense layers stop being read
@@ -123,11 +131,36 @@ def slim(model, prune_inputs=False):
     >>> bool(np.allclose(model(x), small(x), atol=1e-6))
     True
     """
-    analysis = ChannelAnalysis(model)
-    small = _rebuild(analysis, dead_plan(analysis))
+    small = _rebuild_dead(model)
     if prune_inputs:
         small = drop_input_features(small)
     return small
+
+
+def _rebuild_dead(model):
+    """Rebuild without the dead units, keeping whole what cannot shrink.
+
+    A layer of sublayers that kprune cannot rebuild smaller (its
+    constructor cannot express the widths and its sublayers cannot be
+    swapped: a `CompositeRebuildError`) is kept whole, with the units
+    inside it, and every layer of its class with it (the reason is the
+    class's, so its other instances would fail the same way); the rest of
+    the model is slimmed. `slim` removes what it can rather than nothing.
+    """
+    keep_whole = []
+    while True:
+        analysis = ChannelAnalysis(model, keep_whole=keep_whole)
+        try:
+            return _rebuild(analysis, dead_plan(analysis))
+        except CompositeRebuildError as error:
+            layer = error.layer
+            if layer is None or any(layer is kept for kept in keep_whole):
+                raise
+            keep_whole += [
+                sub
+                for sub in model._flatten_layers(include_self=False, recursive=True)
+                if type(sub) is type(layer)
+            ]
 
 
 def _rebuild(analysis, plan):
@@ -162,7 +195,10 @@ def _rebuild(analysis, plan):
             replacement = get_handler(node.layer).rebuild_op(change)
             if replacement is not None:
                 op_calls[id(node.layer)] = replacement
-        elif change.changed:
+        elif change.changed and not get_handler(node.layer).calls_independent(
+            node.layer
+        ):
+            # (a layer without weights or widths in its config is copied as is)
             changes[id(node.layer)] = get_handler(node.layer).rebuild(change)
     composites = _rebuild_layers_of_sublayers(graph, changes, removed_of)
     composites.update(_rebuild_composites(graph, changes, composites, removed_of))
@@ -311,6 +347,16 @@ def _ordered_values(layer, values):
     )
 
 
+def _add_positions(records, model, prefix="", at=()):
+    """Give each record its layer's position in `model` (see `PrunedModel`)."""
+    for i, layer in enumerate(model.layers):
+        path = prefix + layer.name
+        if isinstance(records.get(path), dict):
+            records[path].setdefault("at", list(at + (i,)))
+        if isinstance(layer, keras.Model):
+            _add_positions(records, layer, path + "/", at + (i,))
+
+
 class _Cloner:
     """Clone a model with `keras.models.clone_model`, swapping changed layers.
 
@@ -343,6 +389,7 @@ class _Cloner:
             base = keras.saving.serialize_keras_object(model)
         except Exception:  # noqa: BLE001 - the original does not save either
             return new_model
+        _add_positions(self.records, model)
         pruned = PrunedModel(base, self.records, _built=new_model)
         compile_like(pruned, model)
         return pruned

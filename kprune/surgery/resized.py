@@ -16,7 +16,11 @@ import json
 import keras
 
 from kprune.surgery.graph import Slot
-from kprune.surgery.tracing.trace import call_kwargs, standin_shape
+from kprune.surgery.tracing.trace import (
+    call_kwargs,
+    none_outputs_recorded,
+    standin_shape,
+)
 
 _SLOT = "__kprune_slot__"
 
@@ -91,7 +95,8 @@ def call_symbolically(layer, spec):
         args = _decode(spec["args"], tensors)
         kwargs = call_kwargs(layer, _decode(spec["kwargs"], tensors))
         try:
-            return layer(*args, **kwargs)
+            with none_outputs_recorded():
+                return layer(*args, **kwargs)
         except Exception as caught:  # noqa: BLE001 - retried with stand-ins
             error = caught
     raise error
@@ -238,7 +243,23 @@ class Resized(keras.layers.Layer):
         return self.layer(*args, **kwargs)
 
     def compute_output_spec(self, *args, **kwargs):
-        return self.layer.compute_output_spec(*args, **kwargs)
+        try:
+            return self.layer.compute_output_spec(*args, **kwargs)
+        except Exception:  # noqa: BLE001 - its shape rule may not know the swap
+            # (a `compute_output_shape` written for its old sublayers): run it.
+            return super().compute_output_spec(*args, **kwargs)
+
+    def compute_output_shape(self, input_shape):
+        try:
+            return self.layer.compute_output_shape(input_shape)
+        except Exception:  # noqa: BLE001 - its shape rule may not know the swap
+            is_shape = isinstance(input_shape, (tuple, list)) and all(
+                d is None or isinstance(d, int) for d in input_shape
+            )
+            shapes = [input_shape] if is_shape else list(input_shape)
+            specs = [keras.KerasTensor(tuple(shape)) for shape in shapes]
+            out = self.compute_output_spec(*specs[:1] if is_shape else [specs])
+            return keras.tree.map_structure(lambda t: tuple(t.shape), out)
 
     def get_config(self):
         return {

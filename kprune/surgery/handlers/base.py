@@ -213,6 +213,15 @@ class LayerHandler:
     #: (otherwise their inputs and outputs are tied call to call).
     ties_calls = False
 
+    def calls_independent(self, layer):
+        """True when the calls of a shared `layer` need not be tied.
+
+        A layer without weights whose config does not hold widths
+        (`Dropout`, `Activation`) computes each call on its own, so its
+        calls may lose different channels, or be of different widths.
+        """
+        return False
+
     #: True when the handler follows channels on any axis (`TensorInfo.axis`,
     #: 1 for `channels_first` tensors). Calls of other handlers whose inputs
     #: have their channels elsewhere than last are pinned with a reason.

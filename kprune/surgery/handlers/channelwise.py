@@ -116,6 +116,13 @@ class ChannelwiseHandler(LayerHandler):
     def edit_config(self, change, kept):
         """Hook: update per-channel values held in the config."""
 
+    def calls_independent(self, layer):
+        """No weights, and a config without widths (`edit_config` unused)."""
+        return (
+            not getattr(layer, "weights", None)
+            and type(self).edit_config is ChannelwiseHandler.edit_config
+        )
+
     def rebuild(self, change):
         source = change.node.inputs[0]
         size = source.channels

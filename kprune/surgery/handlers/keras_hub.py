@@ -1,4 +1,4 @@
-"""KerasHub's embedding layers: position tables and tied token embeddings.
+"""KerasHub's own layers: embeddings, and a scalar affine block.
 
 KerasHub is not imported: the classes are registered by qualified name, so
 kprune works without KerasHub installed and costs nothing at import.
@@ -11,6 +11,10 @@ kprune works without KerasHub installed and costs nothing at import.
   output projection (`call(x, reverse=True)`: logits `x E^T`). Its units are
   the embedding dimensions, shared by the forward call's output and the
   reverse call's input.
+- `HGNetV2LearnableAffineBlock`: `scale * x + bias` with scalar `scale` and
+  `bias`: channel-wise, its weights are not per channel. (Its `call`
+  multiplies a variable by its input, which cannot run on symbolic
+  tensors, so it is not traced.)
 """
 
 import numpy as np
@@ -106,6 +110,10 @@ def _register():
     register_handler(
         f"{_HUB}.reversible_embedding.ReversibleEmbedding",
         ReversibleEmbeddingHandler(),
+    )
+    register_handler(
+        "keras_hub.src.models.hgnetv2.hgnetv2_layers.HGNetV2LearnableAffineBlock",
+        ChannelwiseHandler(),
     )
 
 

@@ -5,6 +5,7 @@ import dataclasses
 import inspect
 
 import keras
+from keras.src.ops.node import Node
 
 from kprune.surgery.graph import fill_slots
 
@@ -34,6 +35,14 @@ class Trace:
     function: object
     input_slots: list
     shapes: list
+    output_positions: list = None
+    output_count: int = None
+
+    def __post_init__(self):
+        if self.output_positions is None:
+            self.output_positions = list(range(len(self.function.outputs)))
+        if self.output_count is None:
+            self.output_count = len(self.output_positions)
 
     @property
     def operations(self):
@@ -50,6 +59,48 @@ def call_kwargs(layer, kwargs):
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
         return dict(kwargs)
     return {k: v for k, v in kwargs.items() if k in parameters}
+
+
+NONE_STANDIN_NAME = "kprune_none_output"
+
+
+def is_none_standin(tensor):
+    """Whether a recorded output stands for a `None` a sublayer returned."""
+    return getattr(tensor, "_kprune_none_standin", False)
+
+
+def _none_standin():
+    tensor = keras.KerasTensor((), dtype="float32", name=NONE_STANDIN_NAME)
+    tensor._kprune_none_standin = True
+    return tensor
+
+
+@contextlib.contextmanager
+def none_outputs_recorded():
+    """While tracing, a layer call may return `None` among its outputs.
+
+    Keras refuses to record a node whose outputs hold `None` (an attention
+    layer returning `(outputs, cache)` without a cache, a block returning
+    `(outputs, attention_scores)` when no scores are asked for). Within
+    this block such a node records a scalar stand-in tensor at each `None`
+    (so node outputs keep their positions when the graph is run), while
+    the caller still receives the `None`: its own `if cache is None` runs
+    as it does for real. Keras' `Node` is restored on exit.
+    """
+    original = Node.__init__
+
+    def init(self, operation, call_args=None, call_kwargs=None, outputs=None):
+        if outputs is not None:
+            flat = keras.tree.flatten(outputs)
+            if any(o is None for o in flat):
+                outputs = [_none_standin() if o is None else o for o in flat]
+        original(self, operation, call_args, call_kwargs, outputs)
+
+    Node.__init__ = init
+    try:
+        yield
+    finally:
+        Node.__init__ = original
 
 
 @contextlib.contextmanager
@@ -108,7 +159,7 @@ def _attempts(inputs):
         yield concrete
 
 
-def trace_layer(layer, inputs, arguments):
+def trace_layer(layer, inputs, arguments, check=None):
     """Call `layer.call` on fresh symbolic inputs and record its parts.
 
     First with the call's own shapes (unknown batch and lengths kept
@@ -120,6 +171,10 @@ def trace_layer(layer, inputs, arguments):
         inputs: the call's input `TensorInfo`s (shape and dtype).
         arguments: `(args, kwargs)` of the call with `Slot`s for tensors,
             or None for one positional argument per input.
+        check: optional `check(trace)` raising `TraceError` when a trace is
+            not faithful; a trace with unknown sizes that fails it is made
+            again with stand-in sizes (a layer that builds a `Reshape` from
+            its input's shape records the unknown sizes in it).
 
     Returns:
         A `Trace`.
@@ -143,16 +198,18 @@ def trace_layer(layer, inputs, arguments):
         if "training" in kwargs:
             kwargs["training"] = False
         try:
-            with lenient_output_specs(layer):
+            with lenient_output_specs(layer), none_outputs_recorded():
                 outputs = layer.call(*args, **kwargs)
         except Exception as error:  # noqa: BLE001 - any failure: not traceable
             reason = f"calling it symbolically failed ({_short(error)})"
             continue
-        flat = keras.tree.flatten(outputs)
-        if not flat or not all(isinstance(o, keras.KerasTensor) for o in flat):
+        every = keras.tree.flatten(outputs)
+        positions = [i for i, o in enumerate(every) if isinstance(o, keras.KerasTensor)]
+        flat = [every[i] for i in positions]
+        if not flat:
             raise TraceError(
-                "its call returns values that are not tensors "
-                f"({[type(o).__name__ for o in flat]})"
+                "its call returns no tensors computed from its inputs "
+                f"({[type(o).__name__ for o in every]})"
             )
         used = _used_inputs(symbolic, flat)
         if not used:
@@ -163,8 +220,41 @@ def trace_layer(layer, inputs, arguments):
             raise TraceError(
                 f"its outputs are not computed from its inputs ({_short(error)})"
             ) from None
-        return Trace(layer, function, used, shapes)
+        _resolve_unknown_reshapes(function, layer)
+        trace = Trace(layer, function, used, shapes, positions, len(every))
+        if check is not None:
+            try:
+                check(trace)
+            except TraceError as error:
+                reason = str(error)
+                continue
+        return trace
     raise TraceError(reason or "it could not be traced")
+
+
+def _resolve_unknown_reshapes(function, layer):
+    """`ops.reshape` calls that recorded one unknown size infer it instead.
+
+    A layer writing `ops.reshape(x, [ops.shape(x)[0], ops.shape(x)[1], d])`
+    records `None` where the symbolic shape lost a size (shape inference of
+    some ops drops static lengths), and a recorded `None` cannot run. With
+    one unknown size the intent is "whatever is left", which is `-1`. Only
+    the reshape operations the trace itself created are changed, never the
+    layer's own sublayers; the trace is checked numerically afterwards.
+    """
+    from keras.src.ops.numpy import Reshape
+
+    own = {id(sub) for sub in layer._flatten_layers(include_self=True)}
+    for operation in function.operations:
+        if not isinstance(operation, Reshape) or id(operation) in own:
+            continue
+        newshape = operation.newshape
+        if not isinstance(newshape, (list, tuple)):
+            continue
+        if sum(d is None for d in newshape) == 1 and -1 not in newshape:
+            operation.newshape = type(newshape)(
+                -1 if d is None else d for d in newshape
+            )
 
 
 def _used_inputs(symbolic, outputs):

@@ -22,7 +22,10 @@ def sample_values(shapes, dtypes, seed=0):
 
 
 def _flat_numpy(outputs):
-    return [keras.ops.convert_to_numpy(o) for o in keras.tree.flatten(outputs)]
+    return [
+        None if o is None else keras.ops.convert_to_numpy(o)
+        for o in keras.tree.flatten(outputs)
+    ]
 
 
 def verify_trace(trace, inputs, arguments, rtol=1e-5):
@@ -53,6 +56,14 @@ def verify_trace(trace, inputs, arguments, rtol=1e-5):
             f"running its trace failed ({type(error).__name__}: "
             f"{' '.join(str(error).split())[:160]})"
         ) from None
+    if len(expected) != trace.output_count or any(
+        expected[i] is None for i in trace.output_positions
+    ):
+        raise TraceError(
+            "its outputs at random inputs are not those it gave when traced "
+            f"({len(expected)} values, {trace.output_count} when traced)"
+        )
+    expected = [expected[i] for i in trace.output_positions]
     if len(expected) != len(got):
         raise TraceError(f"its trace has {len(got)} outputs, the layer {len(expected)}")
     for a, b in zip(expected, got):
