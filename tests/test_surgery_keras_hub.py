@@ -35,8 +35,6 @@ NOT_SLIMMED = {
 # Known bugs, each a strict xfail so that a fix shows up.
 BROKEN = {
     "efficientnet": "MBConv with expand_ratio=1: its SE width attribute is ambiguous",
-    "vit_det": "its MLP holds a Sequential, which cannot be resized (slim keeps "
-    "it whole; remove_units of its units raises CompositeRebuildError)",
     "qwen3_5_moe": "mixture-of-experts FFN kernels are not kprune units: slim "
     "removes 3.5 % (attention and shared FFN), under the 5 % checked",
 }
