@@ -67,6 +67,9 @@ published results came from:
         --methods constraint                      # ~15 min, seeds 0 and 1
     python benchmarks/group_sparsity.py --model lenet300 --timing-only \
         --timing-set constraint --timing-rounds 11  # and KERAS_BACKEND=jax
+        # and with one thread: TF_NUM_INTRAOP_THREADS=1
+        # TF_NUM_INTEROP_THREADS=1 (TensorFlow), XLA_FLAGS=
+        # "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
     python benchmarks/group_sparsity.py --model lenet5 --timing-only \
         --timing-set constraint --timing-rounds 9   # and KERAS_BACKEND=jax
     python benchmarks/group_sparsity.py --model lenet300 --timing-only \
