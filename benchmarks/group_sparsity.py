@@ -64,9 +64,17 @@ published results came from:
     python benchmarks/group_sparsity.py --model lenet300 \
         --methods constraint,constraint_sgl       # ~3 min
     python benchmarks/group_sparsity.py --model lenet5 \
-        --methods constraint,constraint_sgl       # ~12 min
-    python benchmarks/group_sparsity.py --model all --timing-only \
-        --timing-set constraint                   # and KERAS_BACKEND=jax
+        --methods constraint                      # ~15 min, seeds 0 and 1
+    python benchmarks/group_sparsity.py --model lenet300 --timing-only \
+        --timing-set constraint --timing-rounds 11  # and KERAS_BACKEND=jax
+        # and with one thread: TF_NUM_INTRAOP_THREADS=1
+        # TF_NUM_INTEROP_THREADS=1 (TensorFlow), XLA_FLAGS=
+        # "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+    python benchmarks/group_sparsity.py --model lenet5 --timing-only \
+        --timing-set constraint --timing-rounds 9   # and KERAS_BACKEND=jax
+    python benchmarks/group_sparsity.py --model lenet300 --timing-only \
+        --timing-set constraint --timing-rounds 9 \
+        --timing-batch-size 512                   # and KERAS_BACKEND=jax
 
 [*] run as two processes side by side, one thread each
 (TF_NUM_INTRAOP_THREADS=1 TF_NUM_INTEROP_THREADS=1), one method each, and
@@ -713,7 +721,24 @@ def xla_step_cost(model, x, y):
     return {"flops": float(cost["flops"]), "bytes": float(cost["bytes accessed"])}
 
 
-def step_timing(model_name, x, y, rounds, seed, timing_set="proximal"):
+THREAD_ENV = ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS", "XLA_FLAGS")
+
+
+def single_threaded():
+    """Whether the environment limits TensorFlow / XLA to one compute thread.
+
+    `TF_NUM_INTRAOP_THREADS=1` (TensorFlow), or `XLA_FLAGS` with
+    `--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1`
+    (JAX). One thread makes the process CPU time per step a measure that
+    other jobs on a shared machine barely change (no thread pool spinning
+    while it waits for a core).
+    """
+    if keras.backend.backend() == "jax":
+        return "intra_op_parallelism_threads=1" in os.environ.get("XLA_FLAGS", "")
+    return os.environ.get("TF_NUM_INTRAOP_THREADS") == "1"
+
+
+def step_timing(model_name, x, y, rounds, seed, timing_set="proximal", batch_size=None):
     """Seconds per training step, kprune vs plain fit, interleaved.
 
     Variants share the architecture, initial weights, optimizer and data.
@@ -732,10 +757,14 @@ def step_timing(model_name, x, y, rounds, seed, timing_set="proximal"):
     epoch-end work (SparsityLogger, the epoch-end proximal step) runs 3x
     more often than in real training: an upper bound. Reported: the median
     over rounds of the per-round time ratio, and the ratio of the fastest
-    rounds.
+    rounds, with the 1-minute load average before and after (the machine
+    is shared). `batch_size` overrides the recipe's (a larger batch makes
+    the matmuls larger and the constraint's per-step cost, which depends
+    only on the kernels, relatively smaller).
     """
     recipe = TRAINING[model_name]
-    bs = recipe["batch_size"]
+    bs = batch_size or recipe["batch_size"]
+    load_before = os.getloadavg()[0]
     if timing_set == "constraint":
         kinds = ("plain", "constraint", "constraint_fixed_t")
         if keras.backend.backend() == "tensorflow":
@@ -754,7 +783,8 @@ def step_timing(model_name, x, y, rounds, seed, timing_set="proximal"):
         # Warm-up: trace the train step (not timed).
         model.fit(x[: bs * 2], y[: bs * 2], batch_size=bs, epochs=1, verbose=0)
         variants[kind] = (model, callbacks)
-    result = interleaved_step_times(variants, x, y, bs, CHUNK_STEPS, rounds, "plain")
+    steps = min(CHUNK_STEPS, len(x) // bs)  # a round never wraps the data
+    result = interleaved_step_times(variants, x, y, bs, steps, rounds, "plain")
     if timing_set == "constraint" and keras.backend.backend() == "jax":
         result["xla_cost"] = {
             kind: xla_step_cost(variants[kind][0], x[:bs], y[:bs])
@@ -769,10 +799,15 @@ def step_timing(model_name, x, y, rounds, seed, timing_set="proximal"):
             "timing_set": timing_set,
             "target": target,
             "target_met": all(ratios[k]["median_ratio"] <= target for k in measured),
+            "load_before": load_before,
+            "threads": 1 if single_threaded() else os.cpu_count(),
+            "thread_env": {k: os.environ[k] for k in THREAD_ENV if k in os.environ},
+            "load_after": os.getloadavg()[0],
         }
     )
     print(
-        f"  step time {model_name} ({timing_set}, {result['backend']}): "
+        f"  step time {model_name} ({timing_set}, {result['backend']}, batch {bs}, "
+        f"load {load_before:.1f} -> {result['load_after']:.1f}): "
         + ", ".join(f"{k} {v:.2f} ms" for k, v in result["ms_per_step_median"].items())
         + "; ratios "
         + ", ".join(
@@ -870,6 +905,12 @@ def main(argv=None):
     )
     parser.add_argument("--timing-rounds", type=int, default=15)
     parser.add_argument(
+        "--timing-batch-size",
+        type=int,
+        default=None,
+        help="batch size of the step-time comparison (default: the recipe's)",
+    )
+    parser.add_argument(
         "--timing-set",
         choices=sorted(TIMING_TARGETS),
         default="proximal",
@@ -918,7 +959,13 @@ def main(argv=None):
         timing = None
         if not args.no_timing and (args.timing_only or args.methods is None):
             timing = step_timing(
-                model_name, xm, ym, args.timing_rounds, args.seed, args.timing_set
+                model_name,
+                xm,
+                ym,
+                args.timing_rounds,
+                args.seed,
+                args.timing_set,
+                args.timing_batch_size,
             )
             timing.update(stamp)
         # Merge with earlier invocations (re-read: another run may have written).
@@ -926,7 +973,12 @@ def main(argv=None):
         entry = results["models"].setdefault(model_name, {"rows": {}})
         entry["rows"].update(rows)
         if timing is not None and args.timing_set == "constraint":
-            entry.setdefault("constraint_timing", {})[timing["backend"]] = timing
+            key = timing["backend"]
+            if timing["batch_size"] != TRAINING[model_name]["batch_size"]:
+                key += f" batch={timing['batch_size']}"
+            if timing["threads"] == 1:
+                key += " threads=1"
+            entry.setdefault("constraint_timing", {})[key] = timing
         elif timing is not None:
             entry["timing"] = timing
         write_results("group_sparsity", results, render(results), args.results_dir)

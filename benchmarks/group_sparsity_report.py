@@ -260,12 +260,19 @@ def constraint_timing_table(timing):
         "only; on JAX each change would also need a recompilation), and "
         "ProximalStep every 50 steps + SparsityLogger. CPU time: the median "
         "per-round ratio of the process CPU time (all threads), less "
-        "sensitive to the other jobs on the shared machine.",
+        "sensitive to the other jobs on the shared machine; most so with "
+        "threads = 1 (`TF_NUM_INTRAOP_THREADS=1 TF_NUM_INTEROP_THREADS=1`, or "
+        "`XLA_FLAGS='--xla_cpu_multi_thread_eigen=false "
+        "intra_op_parallelism_threads=1'` for JAX), where no thread pool "
+        "spins while it waits for a core. Load: the 1-minute load average "
+        "before and after the run (2 cores).",
         "",
     ]
     header = [
         "model",
         "backend",
+        "batch",
+        "threads",
         "plain ms/step",
         "constraint (lr read in the step)",
         "ratio",
@@ -275,13 +282,15 @@ def constraint_timing_table(timing):
         "ratio",
         "ProximalStep every 50 steps + SparsityLogger",
         "ratio",
+        "load (1 min, before -> after)",
         "target",
     ]
     rows = []
     for t in timing:
         ms = t["ms_per_step_median"]
         r = t["ratio_vs_plain"]
-        cells = [t["model"], t["backend"], f"{ms['plain']:.2f}"]
+        cells = [t["model"], t["backend"], str(t["batch_size"])]
+        cells += [str(t.get("threads", "all")), f"{ms['plain']:.2f}"]
         for kind in (
             "constraint",
             "constraint_fixed_t",
@@ -294,6 +303,10 @@ def constraint_timing_table(timing):
                 cells += [f"{ms[kind]:.2f}", _ratio(r[kind]) + cpu]
             else:
                 cells += ["-", "-"]
+        if "load_before" in t:
+            cells.append(f"{t['load_before']:.1f} -> {t['load_after']:.1f}")
+        else:
+            cells.append("-")
         met = "met" if t["target_met"] else "NOT met"
         rows.append(cells + [f"{met} ({t['rounds']} rounds)"])
     lines += md_table(header, rows)
@@ -304,7 +317,7 @@ def constraint_timing_table(timing):
             lines += [
                 "",
                 f"XLA's cost analysis of the compiled train step ({t['model']}, "
-                f"JAX): the constraints add "
+                f"batch {t['batch_size']}, JAX): the constraints add "
                 f"{100 * (constraint['flops'] / plain['flops'] - 1):.1f} % flops "
                 f"and {100 * (constraint['bytes'] / plain['bytes'] - 1):.1f} % "
                 f"bytes accessed ({plain['bytes'] / 1e6:.1f} -> "
