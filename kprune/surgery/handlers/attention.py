@@ -21,7 +21,9 @@ Three sets of units live inside the layer (internal units, see
   projection is rescaled by `sqrt(D_k' / D_k)` so the scores keep their
   scale.
 - `path/value_dims`: dimension `d` of every head's values; removable when
-  `W_o[:, d] = 0` or `W_v[:, :, d] = 0` (then folded like a head).
+  `W_o[:, d] = 0` or `W_v[:, :, d] = 0` (then folded like a head). When
+  `D_k = D_v`, key dimension `d` and value dimension `d` leave together
+  (Keras on JAX needs equal head sizes in `dot_product_attention`).
 
 The output channels (`path/attention_output`) are ordinary units: they
 follow the tensor they are added to (the residual stream, in a transformer).
@@ -100,6 +102,12 @@ class MultiHeadAttentionHandler(LayerHandler):
         ctx.internal(node, "heads", heads)
         ctx.internal(node, "key_dims", key_dim)
         ctx.internal(node, "value_dims", value_dim)
+        if key_dim == value_dim:
+            # Keras computes attention with `ops.dot_product_attention`, which
+            # on JAX needs one head size for keys and values: a layer built
+            # with equal sizes keeps them equal (dimension d of the keys
+            # leaves with dimension d of the values).
+            ctx.tie(node.internal["key_dims"], node.internal["value_dims"])
         projected = {id(t) for t in self._inputs(node) if t is not None}
         for tensor in node.inputs:
             if id(tensor) not in projected:
