@@ -364,6 +364,18 @@ def main(argv=None):
             print(f"{kind} seed {seed}: dense test error {dense_err:.4f}", flush=True)
             runs = []
             best = {}
+            entry.setdefault("seeds", {})[str(seed)] = {
+                "dense_test_error": dense_err,
+                "dense_val_error": test_error(dense, xv, yv),
+                "dense_macs": args._dense_macs,
+                "dense_train_seconds": dense_seconds,
+                "runs": runs,
+            }
+
+            def save():  # after every run: a run cut short keeps what it did
+                info["load_after"] = os.getloadavg()
+                write_results(f"prune_budget{args.tag}", result, render(result))
+
             for importance in args.importances:
                 for budget in args.budgets:
                     small, run = prune_run(dense, data, importance, budget, args, seed)
@@ -372,6 +384,7 @@ def main(argv=None):
                         json.dumps({k: v for k, v in run.items() if k != "widths"}),
                         flush=True,
                     )
+                    save()
                     if importance != "random" and (
                         budget not in best or run["val_error"] < best[budget][0]
                     ):
@@ -384,20 +397,13 @@ def main(argv=None):
                         json.dumps({k: v for k, v in run.items() if k != "widths"}),
                         flush=True,
                     )
+                    save()
                 if budget in best and budget in args.scratch_budgets:
                     _, small, source = best[budget]
                     run = scratch_run(small, data, budget, source, args, seed)
                     runs.append(run)
                     print(json.dumps(run), flush=True)
-            entry.setdefault("seeds", {})[str(seed)] = {
-                "dense_test_error": dense_err,
-                "dense_val_error": test_error(dense, xv, yv),
-                "dense_macs": args._dense_macs,
-                "dense_train_seconds": dense_seconds,
-                "runs": runs,
-            }
-            info["load_after"] = os.getloadavg()
-            write_results(f"prune_budget{args.tag}", result, render(result))
+                    save()
     return result
 
 

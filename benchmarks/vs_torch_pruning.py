@@ -170,7 +170,8 @@ def main(argv=None):
         tp_bisection_steps=args.tp_steps,
     )
     result.setdefault("runs_of", [])
-    result["runs_of"].append(result["command"])
+    if result["command"] not in result["runs_of"]:
+        result["runs_of"].append(result["command"])
     folder = tempfile.mkdtemp(prefix="kprune_vs_tp_")
     data_path = os.path.join(folder, "mnist_split.npz")
     np.savez(data_path, x=x, y=y, xv=xv, yv=yv, xt=xt, yt=yt)
