@@ -14,7 +14,7 @@ import os
 import sys
 
 from common import machine, write_results
-from prune_budget import render, render_torch
+from prune_budget import render
 
 
 def main(log, gs_path, tp_path, commands):
@@ -65,9 +65,8 @@ def main(log, gs_path, tp_path, commands):
         },
     }
     write_results("prune_budget", result, render(result))
-    write_results(
-        "vs_torch_pruning", {"data": "prune_budget.json"}, render_torch(result)
-    )
+    # The Torch-Pruning point it also rendered (vs_torch_pruning.md) was
+    # superseded by benchmarks/vs_torch_pruning.py's runs.
 
 
 if __name__ == "__main__":

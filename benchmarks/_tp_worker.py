@@ -1,15 +1,28 @@
-"""Torch-Pruning side of benchmarks/prune_budget.py (run in .venv-tp only).
+"""Torch-Pruning side of benchmarks/vs_torch_pruning.py (run in .venv-tp only).
 
-Never imported by kprune. Reads a job JSON (model kind, dense Keras weights
-as .npz, MNIST split, budgets, importances, recipe, seed), rebuilds the same
-network in PyTorch with the Keras weights copied across, prunes it with
-Torch-Pruning to each MACs budget (global ranking, the same MAC rules as
-kprune: conv `positions * k * k * c_in * c_out`, linear `in * out`; a
-bisection on TP's global pruning ratio finds the smallest ratio that meets
-the budget), fine-tunes with the same recipe (Adam, same lr / eps, batch,
-epochs, shuffling seed) and writes test / validation errors and timings.
+Never imported by kprune. A server on stdin / stdout, one JSON object a
+line, so that the driver can time kprune's and Torch-Pruning's pruning calls
+one after the other under the same load:
 
-    .venv-tp/bin/python benchmarks/_tp_worker.py job.json out.json
+- `{"op": "load", "kind", "weights", "data", "calibration", "threads",
+  "seed"}`: rebuild the network in PyTorch with the dense Keras weights
+  (`.npz`) copied across, read the MNIST split; answers the dense errors and
+  the largest difference from the Keras logits stored with the weights.
+- `{"op": "prune", "importance", "budget", "steps"}`: prune the dense model
+  with Torch-Pruning to `MACs <= dense / budget` (kprune's MAC rules: conv
+  `positions * k * k * c_in * c_out`, linear `in * out`) with global
+  ranking: a bisection (`steps` MetaPruner runs) on TP's global pruning
+  ratio finds the smallest ratio that meets the budget. For `taylor` the
+  gradients on the calibration images are computed once (inside the timed
+  call) and copied into each candidate. Answers the whole call's time, the
+  time of one MetaPruner step at the ratio found, and the one-shot
+  validation error.
+- `{"op": "finetune", "epochs", "lr", "batch", "seed", "samples"}`:
+  fine-tune the last pruned model (Adam, `eps=1e-7`, the driver's per-epoch
+  permutations of the training images); answers its errors.
+- `{"op": "quit"}`.
+
+    .venv-tp/bin/python benchmarks/_tp_worker.py   # driven by vs_torch_pruning.py
 """
 
 import copy
@@ -35,7 +48,7 @@ class LeNet5(nn.Module):
     def forward(self, x):
         x = F.max_pool2d(self.conv1(x), 2)
         x = F.max_pool2d(self.conv2(x), 2)
-        x = x.permute(0, 2, 3, 1).flatten(1)  # Keras' NHWC flatten order
+        x = x.flatten(1)  # NCHW order: fc1's columns are permuted from Keras'
         return self.fc2(F.relu(self.fc1(x)))
 
 
@@ -97,7 +110,11 @@ def build(kind, weights):
         model = LeNet5()
         _conv_from(w["conv1/kernel"], model.conv1, w["conv1/bias"])
         _conv_from(w["conv2/kernel"], model.conv2, w["conv2/bias"])
-        model.fc1.weight.data = torch.tensor(w["fc1/kernel"].T.copy())
+        # Keras flattens (h, w, c); PyTorch (c, h, w). Permuting fc1's input
+        # columns keeps the plain `flatten`, which Torch-Pruning's dependency
+        # graph maps to conv2's channels (a `permute` before it is not).
+        kernel = w["fc1/kernel"].reshape(4, 4, 50, 500).transpose(2, 0, 1, 3)
+        model.fc1.weight.data = torch.tensor(kernel.reshape(800, 500).T.copy())
         model.fc1.bias.data = torch.tensor(w["fc1/bias"])
         model.fc2.weight.data = torch.tensor(w["fc2/kernel"].T.copy())
         model.fc2.bias.data = torch.tensor(w["fc2/bias"])
@@ -157,42 +174,53 @@ def _importance(name):
     raise ValueError(name)
 
 
-def prune_once(dense, importance, ratio, calib):
+def _with_grads(dense):
+    """A deep copy of `dense` that keeps its parameters' gradients."""
     model = copy.deepcopy(dense)
+    for new, old in zip(model.parameters(), dense.parameters()):
+        if old.grad is not None:
+            new.grad = old.grad.clone()
+    return model
+
+
+def prune_once(dense, importance, ratio):
+    """One MetaPruner step (global ranking) on a copy of `dense`."""
+    model = _with_grads(dense)
     model.eval()
-    imp = _importance(importance)
     pruner = tp.pruner.MetaPruner(
         model,
         torch.zeros(1, 1, 28, 28),
-        importance=imp,
+        importance=_importance(importance),
         global_pruning=True,
         pruning_ratio=ratio,
         ignored_layers=[model.fc2 if hasattr(model, "fc2") else model.fc],
     )
-    if importance == "taylor":
-        x, y = calib
-        model.zero_grad()
-        F.cross_entropy(model(x), y).backward()
     pruner.step()
-    model.zero_grad()
+    model.zero_grad(set_to_none=True)
     return model
 
 
-def prune_to(dense, importance, target, calib):
+def prune_to(dense, importance, target, calib, steps):
     """Bisection on TP's global pruning ratio: smallest ratio meeting target."""
+    dense = copy.deepcopy(dense)
+    dense.eval()
+    if importance == "taylor":
+        x, y = calib
+        dense.zero_grad()
+        F.cross_entropy(dense(x), y).backward()
     base = macs(dense)
     lo, hi = 0.0, 0.99
     best = None
-    for _ in range(10):
+    for _ in range(steps):
         mid = (lo + hi) / 2
-        model = prune_once(dense, importance, mid, calib)
+        model = prune_once(dense, importance, mid)
         if macs(model) <= target * base:
             hi, best = mid, model
         else:
             lo = mid
     if best is None:
-        best = prune_once(dense, importance, hi, calib)
-    return best, hi
+        best = prune_once(dense, importance, hi)
+    return best, hi, dense
 
 
 def errors(model, x, y, batch=1000):
@@ -206,6 +234,8 @@ def errors(model, x, y, batch=1000):
 
 
 def finetune(model, x, y, epochs, lr, batch, seed):
+    """Adam; epoch e visits the images in `default_rng(seed)`'s e-th
+    permutation, in batches of `batch` (the Keras side does the same)."""
     opt = torch.optim.Adam(model.parameters(), lr=lr, eps=1e-7)
     rng = np.random.default_rng(seed)
     for _ in range(epochs):
@@ -219,48 +249,88 @@ def finetune(model, x, y, epochs, lr, batch, seed):
     return model
 
 
-def main(job_path, out_path):
-    with open(job_path) as f:
-        job = json.load(f)
-    torch.manual_seed(job["seed"])
-    torch.set_num_threads(job.get("threads", 2))
-    data = np.load(job["data"])
-    x, y = torch.tensor(data["x"]), torch.tensor(data["y"])
-    xv, yv = torch.tensor(data["xv"]), torch.tensor(data["yv"])
-    xt, yt = torch.tensor(data["xt"]), torch.tensor(data["yt"])
-    x, xv, xt = (a.permute(0, 3, 1, 2).contiguous() for a in (x, xv, xt))
-    calib = (x[: job["calibration"]], y[: job["calibration"]])
-    dense = build(job["kind"], np.load(job["weights"]))
-    results = {"dense_test_error": errors(dense, xt, yt), "runs": []}
-    base = macs(dense)
-    for importance in job["importances"]:
-        for budget in job["budgets"]:
-            start = time.perf_counter()
-            pruned, ratio_found = prune_to(dense, importance, 1.0 / budget, calib)
-            seconds = time.perf_counter() - start
-            start = time.perf_counter()
-            prune_once(dense, importance, ratio_found, calib)
-            step_seconds = time.perf_counter() - start
-            ratio = macs(pruned) / base
-            finetune(pruned, x, y, job["epochs"], job["lr"], job["batch"], job["seed"])
-            results["runs"].append(
-                {
-                    "importance": importance,
-                    "budget": budget,
-                    "macs_ratio": ratio,
-                    "prune_seconds": seconds,
-                    "step_seconds": step_seconds,
-                    "tp_pruning_ratio": ratio_found,
-                    "val_error": errors(pruned, xv, yv),
-                    "test_error": errors(pruned, xt, yt),
-                }
-            )
-            print(json.dumps(results["runs"][-1]), flush=True)
-    results["torch"] = torch.__version__
-    results["torch_pruning"] = getattr(tp, "__version__", "?")
-    with open(out_path, "w") as f:
-        json.dump(results, f, indent=1)
+class Server:
+    def load(self, job):
+        torch.manual_seed(job["seed"])
+        torch.set_num_threads(job["threads"])
+        data = np.load(job["data"])
+        self.x, self.y = torch.tensor(data["x"]), torch.tensor(data["y"])
+        self.xv, self.yv = torch.tensor(data["xv"]), torch.tensor(data["yv"])
+        self.xt, self.yt = torch.tensor(data["xt"]), torch.tensor(data["yt"])
+        self.x, self.xv, self.xt = (
+            a.permute(0, 3, 1, 2).contiguous() for a in (self.x, self.xv, self.xt)
+        )
+        n = job["calibration"]
+        self.calib = (self.x[:n], self.y[:n])
+        weights = np.load(job["weights"])
+        self.dense = build(job["kind"], weights)
+        self.dense.eval()
+        with torch.no_grad():
+            logits = self.dense(self.xt[: len(weights["_logits"])]).numpy()
+        self.base = macs(self.dense)
+        return {
+            "dense_test_error": errors(self.dense, self.xt, self.yt),
+            "dense_val_error": errors(self.dense, self.xv, self.yv),
+            "max_logit_difference": float(np.abs(logits - weights["_logits"]).max()),
+            "dense_macs": self.base,
+            "threads": torch.get_num_threads(),
+            "torch": torch.__version__,
+            "torch_pruning": getattr(tp, "__version__", "?"),
+        }
+
+    def prune(self, job):
+        start = time.perf_counter()
+        self.pruned, ratio, scored = prune_to(
+            self.dense, job["importance"], 1.0 / job["budget"], self.calib, job["steps"]
+        )
+        seconds = time.perf_counter() - start
+        start = time.perf_counter()
+        prune_once(scored, job["importance"], ratio)
+        step_seconds = time.perf_counter() - start
+        return {
+            "prune_seconds": seconds,
+            "step_seconds": step_seconds,
+            "tp_pruning_ratio": ratio,
+            "macs_ratio": macs(self.pruned) / self.base,
+            "val_error_one_shot": errors(self.pruned, self.xv, self.yv),
+            "widths": {
+                name: m.out_channels if isinstance(m, nn.Conv2d) else m.out_features
+                for name, m in self.pruned.named_modules()
+                if isinstance(m, (nn.Conv2d, nn.Linear))
+            },
+        }
+
+    def finetune(self, job):
+        n = job.get("samples") or len(self.x)
+        start = time.perf_counter()
+        finetune(
+            self.pruned,
+            self.x[:n],
+            self.y[:n],
+            job["epochs"],
+            job["lr"],
+            job["batch"],
+            job["seed"],
+        )
+        return {
+            "finetune_seconds": time.perf_counter() - start,
+            "val_error": errors(self.pruned, self.xv, self.yv),
+            "test_error": errors(self.pruned, self.xt, self.yt),
+        }
+
+
+def main():
+    server = Server()
+    out = sys.stdout
+    sys.stdout = sys.stderr  # stray prints must not break the protocol
+    for line in sys.stdin:
+        job = json.loads(line)
+        if job["op"] == "quit":
+            break
+        answer = getattr(server, job["op"])(job)
+        out.write(json.dumps(answer) + "\n")
+        out.flush()
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2])
+    main()

@@ -19,25 +19,21 @@ full MNIST, split 55k train / 5k validation / 10k test.
    on the training set, the fine-tuning epochs on its first
    `--finetune-samples`) ("Rethinking the value of network
    pruning", Liu et al. 2019).
-5. With `--torch`: Torch-Pruning 1.6.1 (PyTorch CPU, `.venv-tp`, run by
-   `benchmarks/_tp_worker.py` in its own process) on the same dense weights
-   (copied across), the same split, `l2` (group magnitude, p=2) and `taylor`,
-   the same budgets (kprune's MAC rules; a bisection on TP's global pruning
-   ratio), the same fine-tuning recipe and epochs, per seed; kprune's runs
-   for those importances are repeated per seed as well.
+Every seed trains its own dense model and runs every importance; the
+markdown adds the mean over seeds. Fine-tuning visits the training images
+in `np.random.default_rng(seed)`'s permutations (one per epoch), as the
+Torch-Pruning side (`vs_torch_pruning.py`) does.
 
-    python benchmarks/prune_budget.py --models lenet5 --torch --seeds 0 1
+    python benchmarks/prune_budget.py --models lenet5 --seeds 0 1
 
-Writes benchmarks/results/prune_budget.json/.md (and vs_torch_pruning.json
-/ .md with --torch). Validation picks the best criterion; test is reported
-once for every run.
+Writes benchmarks/results/prune_budget{--tag}.json/.md. Validation picks the
+best criterion (per seed, for the from-scratch run); test is reported once
+for every run.
 """
 
 import argparse
 import json
 import os
-import subprocess
-import tempfile
 import time
 
 import keras
@@ -93,13 +89,16 @@ MODELS = {"lenet5": lenet_5, "resnet": resnet_small}
 
 
 def compile_(model, lr, decay_steps=None):
-    """Adam; with `decay_steps`, the learning rate follows a cosine to 0."""
+    """Adam; with `decay_steps`, the learning rate follows a cosine to 0. No XLA."""
     if decay_steps:
         lr = keras.optimizers.schedules.CosineDecay(lr, decay_steps)
     model.compile(
         optimizer=keras.optimizers.Adam(lr, epsilon=1e-7),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=["accuracy"],
+        # XLA ("auto" on TensorFlow) trains these small CNNs about 4x slower
+        # on this CPU (LeNet-5, 1 thread: 20.8 s vs 5.0 s for 10k images).
+        jit_compile=False,
     )
     return model
 
@@ -112,15 +111,21 @@ def finetune_steps(args, n):
     return args.finetune_epochs * -(-n // args.batch)
 
 
-def fit(model, x, y, epochs, args, callbacks=(), samples=None):
+def fit(model, x, y, epochs, args, callbacks=(), samples=None, seed=0):
+    """`epochs` epochs of Adam; epoch e visits the images in
+    `np.random.default_rng(seed)`'s e-th permutation (as the Torch-Pruning
+    worker does), in batches of `args.batch`."""
     if samples:
         x, y = x[:samples], y[:samples]
-    if epochs:
+    rng = np.random.default_rng(seed)
+    for _ in range(epochs):
+        order = rng.permutation(len(x))
         model.fit(
-            x,
-            y,
+            x[order],
+            y[order],
             batch_size=args.batch,
-            epochs=epochs,
+            epochs=1,
+            shuffle=False,
             verbose=0,
             callbacks=list(callbacks),
         )
@@ -149,7 +154,15 @@ def prune_run(dense, data, importance, budget, args, seed):
     one_shot = test_error(small, xv, yv)
     compile_(small, args.finetune_lr or args.lr, finetune_steps(args, len(x)))
     keras.utils.set_random_seed(seed)
-    fit(small, x, y, args.finetune_epochs, args, samples=args.finetune_samples)
+    fit(
+        small,
+        x,
+        y,
+        args.finetune_epochs,
+        args,
+        samples=args.finetune_samples,
+        seed=seed,
+    )
     return small, {
         "importance": importance,
         "budget": budget,
@@ -204,9 +217,17 @@ def scratch_run(pruned, data, budget, source, args, seed):
     keras.utils.set_random_seed(seed + 1000)
     fresh = keras.models.clone_model(pruned)  # same widths, new initial weights
     compile_(fresh, args.lr)
-    fit(fresh, x, y, args.dense_epochs, args)
+    fit(fresh, x, y, args.dense_epochs, args, seed=seed + 1000)
     compile_(fresh, args.finetune_lr or args.lr, finetune_steps(args, len(x)))
-    fit(fresh, x, y, args.finetune_epochs, args, samples=args.finetune_samples)
+    fit(
+        fresh,
+        x,
+        y,
+        args.finetune_epochs,
+        args,
+        samples=args.finetune_samples,
+        seed=seed,
+    )
     return {
         "importance": f"scratch ({source} architecture)",
         "budget": budget,
@@ -217,43 +238,60 @@ def scratch_run(pruned, data, budget, source, args, seed):
     }
 
 
-def torch_runs(kind, weights_path, data_path, args, seed):
-    job = {
-        "kind": kind,
-        "weights": weights_path,
-        "data": data_path,
-        "budgets": list(args.budgets),
-        "importances": ["l2", "taylor"],
-        "epochs": args.finetune_epochs,
-        "finetune_samples": args.finetune_samples,
-        "lr": args.lr,
+def set_threads(threads):
+    """Limit TensorFlow to `threads` intra- and inter-op threads (0: all)."""
+    if threads and keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(threads)
+
+
+def dense_model(kind, data, args, seed):
+    """The dense model of `kind` trained `args.dense_epochs` (cached in
+    `.scratch/`), and its training time (0 when read from the cache)."""
+    x, y = data[0], data[1]
+    keras.utils.set_random_seed(seed)
+    dense = compile_(MODELS[kind](), args.lr)
+    cached = os.path.join(
+        REPO, ".scratch", f"dense_{kind}_{seed}_{args.dense_epochs}.weights.h5"
+    )
+    start = time.perf_counter()
+    if os.path.isfile(cached):
+        dense.load_weights(cached)
+        return dense, 0.0
+    fit(dense, x, y, args.dense_epochs, args, seed=seed)
+    os.makedirs(os.path.dirname(cached), exist_ok=True)
+    partial = cached.replace(".weights.h5", f".{os.getpid()}.weights.h5")
+    dense.save_weights(partial)
+    os.replace(partial, cached)  # atomic: another run may read the cache
+    return dense, time.perf_counter() - start
+
+
+def mnist_split():
+    """Full MNIST: 55k train, 5k validation (the last training images), 10k
+    test."""
+    x_all, y_all, xt, yt = load_mnist(flat=False)
+    return x_all[:55000], y_all[:55000], x_all[55000:], y_all[55000:], xt, yt
+
+
+def recipe(args, n):
+    return {
+        "dense_epochs": args.dense_epochs,
+        "finetune_epochs": args.finetune_epochs,
+        "optimizer": f"Adam(lr={args.lr}, epsilon=1e-7)",
+        "finetune_lr": args.finetune_lr or args.lr,
+        "finetune_schedule": args.finetune_schedule,
         "batch": args.batch,
-        "seed": seed,
-        "calibration": args.calibration,
-        "threads": os.cpu_count(),
+        "calibration_images": args.calibration,
+        "finetune_samples": args.finetune_samples or n,
+        "shuffle": "epoch e: np.random.default_rng(seed) e-th permutation",
+        "threads": args.threads or os.cpu_count(),
+        "jit_compile": False,
     }
-    with tempfile.TemporaryDirectory() as folder:
-        job_path = os.path.join(folder, "job.json")
-        out_path = os.path.join(folder, "out.json")
-        with open(job_path, "w") as f:
-            json.dump(job, f)
-        worker = os.path.join(REPO, "benchmarks", "_tp_worker.py")
-        proc = subprocess.run(
-            [args.torch_python, worker, job_path, out_path],
-            capture_output=True,
-            text=True,
-        )
-        if proc.returncode:
-            raise SystemExit(f"Torch-Pruning worker failed:\n{proc.stderr[-3000:]}")
-        with open(out_path) as f:
-            return json.load(f)
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", nargs="+", default=["lenet5", "resnet"])
-    parser.add_argument("--importances", nargs="+", default=list(IMPORTANCES))
-    parser.add_argument("--budgets", nargs="+", type=int, default=list(BUDGETS))
+def add_recipe_args(parser):
     parser.add_argument("--dense-epochs", type=int, default=3)
     parser.add_argument("--finetune-epochs", type=int, default=2)
     parser.add_argument(
@@ -270,16 +308,27 @@ def main(argv=None):
         default="constant",
         help="learning rate during fine-tuning (cosine: decays to 0)",
     )
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--calibration", type=int, default=512)
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0])
+    parser.add_argument(
+        "--threads", type=int, default=0, help="TensorFlow threads (0: all cores)"
+    )
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", default=["lenet5", "resnet"])
+    parser.add_argument("--importances", nargs="+", default=list(IMPORTANCES))
+    parser.add_argument("--budgets", nargs="+", type=int, default=list(BUDGETS))
+    add_recipe_args(parser)
     parser.add_argument(
         "--no-group-sparsity",
         action="store_true",
         help="skip the group-sparsity target-mode runs",
     )
-    parser.add_argument("--batch", type=int, default=128)
-    parser.add_argument("--calibration", type=int, default=512)
     parser.add_argument("--gs-strength", type=float, default=0.5)
     parser.add_argument("--gs-growth", type=float, default=2.0)
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0])
     parser.add_argument(
         "--scratch-budgets",
         nargs="+",
@@ -287,80 +336,47 @@ def main(argv=None):
         default=list(BUDGETS),
         help="budgets at which the pruned architecture is also trained from scratch",
     )
-    parser.add_argument("--torch", action="store_true")
-    parser.add_argument(
-        "--torch-python", default=os.path.join(REPO, ".venv-tp", "bin", "python")
-    )
-    parser.add_argument("--no-sweep", action="store_true", help="torch part only")
     parser.add_argument("--tag", default="", help="suffix of the result files")
     parser.add_argument(
         "--render", action="store_true", help="only re-render the markdown"
     )
     args = parser.parse_args(argv)
+    path = os.path.join(REPO, "benchmarks", "results", f"prune_budget{args.tag}")
     if args.render:
-        path = os.path.join(REPO, "benchmarks", "results", f"prune_budget{args.tag}")
         result = read_json(path + ".json")
         write_results(f"prune_budget{args.tag}", result, render(result))
-        write_results(
-            f"vs_torch_pruning{args.tag}",
-            {"data": f"prune_budget{args.tag}.json"},
-            render_torch(result),
-        )
         return result
+    set_threads(args.threads)
     info = machine()
     info["load_before"] = os.getloadavg()
-    x_all, y_all, xt, yt = load_mnist(flat=False)
-    x, y, xv, yv = x_all[:55000], y_all[:55000], x_all[55000:], y_all[55000:]
-    data = (x, y, xv, yv, xt, yt)
-    result = read_json(
-        os.path.join(REPO, "benchmarks", "results", f"prune_budget{args.tag}.json"),
-        {},
-    )
+    data = mnist_split()
+    x, y, xv, yv, xt, yt = data
+    result = read_json(path + ".json", {})
     result.update(command=command_line(__file__, argv), machine=info)
     result.setdefault("models", {})
-    folder = tempfile.mkdtemp(prefix="kprune_prune_budget_")
-    data_path = os.path.join(folder, "mnist_split.npz")
-    if args.torch:
-        np.savez(data_path, x=x, y=y, xv=xv, yv=yv, xt=xt, yt=yt)
     for kind in args.models:
         entry = result["models"].setdefault(kind, {})
-        entry["recipe"] = {
-            "dense_epochs": args.dense_epochs,
-            "finetune_epochs": args.finetune_epochs,
-            "optimizer": f"Adam(lr={args.lr}, epsilon=1e-7)",
-            "finetune_lr": args.finetune_lr or args.lr,
-            "finetune_schedule": args.finetune_schedule,
-            "batch": args.batch,
-            "calibration_images": args.calibration,
-            "finetune_samples": args.finetune_samples or len(x),
-        }
+        entry["recipe"] = recipe(args, len(x))
         for seed in args.seeds:
-            keras.utils.set_random_seed(seed)
-            dense = compile_(MODELS[kind](), args.lr)
-            cached = os.path.join(
-                REPO, ".scratch", f"dense_{kind}_{seed}_{args.dense_epochs}.weights.h5"
-            )
-            start = time.perf_counter()
-            if os.path.isfile(cached):
-                dense.load_weights(cached)
-            else:
-                fit(dense, x, y, args.dense_epochs, args)
-                os.makedirs(os.path.dirname(cached), exist_ok=True)
-                dense.save_weights(cached)
-            dense_seconds = time.perf_counter() - start
+            dense, dense_seconds = dense_model(kind, data, args, seed)
             args._dense_macs = macs(dense)
             dense_err = test_error(dense, xt, yt)
             print(f"{kind} seed {seed}: dense test error {dense_err:.4f}", flush=True)
             runs = []
-            sweep = (
-                args.importances
-                if (seed == args.seeds[0] and not args.no_sweep)
-                else []
-            )
-            if args.torch and seed != args.seeds[0]:
-                sweep = ["l2", "taylor"]
-            best = None
-            for importance in sweep:
+            best = {}
+            entry.setdefault("seeds", {})[str(seed)] = {
+                "dense_test_error": dense_err,
+                "dense_val_error": test_error(dense, xv, yv),
+                "dense_macs": args._dense_macs,
+                "dense_train_seconds": dense_seconds,
+                "runs": runs,
+            }
+
+            def save():  # after every run: a run cut short keeps what it did
+                info["load_after"] = os.getloadavg()
+                write_results(f"prune_budget{args.tag}", result, render(result))
+
+            for importance in args.importances:
                 for budget in args.budgets:
                     small, run = prune_run(dense, data, importance, budget, args, seed)
                     runs.append(run)
@@ -368,127 +384,27 @@ def main(argv=None):
                         json.dumps({k: v for k, v in run.items() if k != "widths"}),
                         flush=True,
                     )
-                    if importance != "random":
-                        key = (budget,)
-                        if best is None:
-                            best = {}
-                        if key not in best or run["val_error"] < best[key][0]:
-                            best[key] = (run["val_error"], small, importance)
-            if seed == args.seeds[0] and not args.no_sweep:
-                for budget in args.budgets:
-                    if not args.no_group_sparsity:
-                        run = group_sparsity_run(dense, data, budget, args, seed)
-                        runs.append(run)
-                        print(
-                            json.dumps({k: v for k, v in run.items() if k != "widths"}),
-                            flush=True,
-                        )
-                    if best and (budget,) in best and budget in args.scratch_budgets:
-                        _, small, source = best[(budget,)]
-                        run = scratch_run(small, data, budget, source, args, seed)
-                        runs.append(run)
-                        print(json.dumps(run), flush=True)
-            seed_entry = {
-                "dense_test_error": dense_err,
-                "dense_val_error": test_error(dense, xv, yv),
-                "dense_macs": args._dense_macs,
-                "dense_train_seconds": dense_seconds,
-                "runs": runs,
-            }
-            if args.torch:
-                weights_path = os.path.join(folder, f"{kind}_{seed}.npz")
-                save_weights(dense, weights_path)
-                seed_entry["torch_pruning"] = torch_runs(
-                    kind, weights_path, data_path, args, seed
-                )
-                print(json.dumps(seed_entry["torch_pruning"]["runs"]), flush=True)
-            entry.setdefault("seeds", {})[str(seed)] = seed_entry
-            info["load_after"] = os.getloadavg()
-            write_results(f"prune_budget{args.tag}", result, render(result))
-            if args.torch:
-                write_results(
-                    f"vs_torch_pruning{args.tag}",
-                    {"data": f"prune_budget{args.tag}.json"},
-                    render_torch(result),
-                )
+                    save()
+                    if importance != "random" and (
+                        budget not in best or run["val_error"] < best[budget][0]
+                    ):
+                        best[budget] = (run["val_error"], small, importance)
+            for budget in args.budgets:
+                if not args.no_group_sparsity:
+                    run = group_sparsity_run(dense, data, budget, args, seed)
+                    runs.append(run)
+                    print(
+                        json.dumps({k: v for k, v in run.items() if k != "widths"}),
+                        flush=True,
+                    )
+                    save()
+                if budget in best and budget in args.scratch_budgets:
+                    _, small, source = best[budget]
+                    run = scratch_run(small, data, budget, source, args, seed)
+                    runs.append(run)
+                    print(json.dumps(run), flush=True)
+                    save()
     return result
-
-
-def render_torch(result):
-    """Markdown of the kprune vs Torch-Pruning runs (means over seeds)."""
-    lines = ["# kprune.prune vs Torch-Pruning (issue 21, Must show 3)", ""]
-    info = result["machine"]
-    lines.append(f"Run: {run_line(result['command'], info)}.")
-    lines += [
-        "",
-        "Same network (weights copied from the dense Keras model; outputs "
-        "match to 4e-7), same MNIST split, same importance, same MACs budget "
-        "(kprune's MAC rules on both sides), same fine-tuning recipe and "
-        "images. Test error in %, mean over the seeds run (their number in "
-        "brackets). Pruning time: the whole call that reaches the budget "
-        "(kprune: scoring, bisection, rebuild and check; TP: a bisection of "
-        "10 `MetaPruner` runs over its global pruning ratio), and TP's single "
-        "pruning step at the ratio found. Torch-Pruning "
-        "1.6.1 (reports `__version__` 1.6.0), torch 2.13.0 CPU.",
-        "",
-    ]
-    for kind, entry in result["models"].items():
-        rows = []
-        for importance in ("l2", "taylor"):
-            for budget in BUDGETS:
-                ours, theirs = [], []
-                for seed_entry in entry.get("seeds", {}).values():
-                    tp_runs = seed_entry.get("torch_pruning", {}).get("runs", [])
-                    hit = [
-                        r
-                        for r in seed_entry["runs"]
-                        if r["importance"] == importance and r["budget"] == budget
-                    ]
-                    hit_tp = [
-                        r
-                        for r in tp_runs
-                        if r["importance"] == importance and r["budget"] == budget
-                    ]
-                    if hit and hit_tp:
-                        ours.append(hit[0])
-                        theirs.append(hit_tp[0])
-                if not ours:
-                    continue
-                k_err = _mean([r["test_error"] for r in ours])
-                t_err = _mean([r["test_error"] for r in theirs])
-                rows.append(
-                    [
-                        importance,
-                        f"{budget}x",
-                        f"{100 * k_err:.2f} ({len(ours)})",
-                        f"{100 * t_err:.2f}",
-                        "yes" if k_err <= t_err else "no",
-                        f"{_mean([r['macs_ratio'] for r in ours]):.4f}",
-                        f"{_mean([r['macs_ratio'] for r in theirs]):.4f}",
-                        f"{_mean([r['prune_seconds'] for r in ours]):.2f}",
-                        f"{_mean([r['prune_seconds'] for r in theirs]):.2f}",
-                        f"{_mean([r['step_seconds'] for r in theirs]):.2f}",
-                    ]
-                )
-        if not rows:
-            continue
-        lines += ["", f"## {kind}", ""]
-        lines += md_table(
-            [
-                "importance",
-                "budget",
-                "kprune error (seeds)",
-                "TP error",
-                "kprune <= TP",
-                "kprune MACs ratio",
-                "TP MACs ratio",
-                "kprune prune s",
-                "TP prune-to-budget s",
-                "TP one step s",
-            ],
-            rows,
-        )
-    return "\n".join(lines) + "\n"
 
 
 def _mean(values):
@@ -554,7 +470,41 @@ def render(result):
                 rows.append(row + extra)
             lines += md_table(header, rows)
             lines.append("")
+        seeds = entry.get("seeds", {})
+        if len(seeds) > 1:
+            lines += _mean_table(seeds)
     return "\n".join(lines) + "\n"
+
+
+def _method(run):
+    name = run["importance"]
+    return "scratch (best criterion's architecture)" if "scratch" in name else name
+
+
+def _mean_table(seeds):
+    """Markdown lines: mean test (and validation) error over the seeds."""
+    runs = [r for seed_entry in seeds.values() for r in seed_entry["runs"]]
+    budgets = sorted({r["budget"] for r in runs})
+    names = list(dict.fromkeys(_method(r) for r in runs))
+    dense = _mean([e["dense_test_error"] for e in seeds.values()])
+    lines = [
+        f"Mean over seeds {', '.join(seeds)} (dense: {100 * dense:.2f} %): test "
+        "error % (validation error %) [number of seeds].",
+        "",
+    ]
+    rows = []
+    for name in names:
+        row = [name]
+        for b in budgets:
+            hit = [r for r in runs if _method(r) == name and r["budget"] == b]
+            if not hit:
+                row.append("-")
+                continue
+            test = _mean([r["test_error"] for r in hit])
+            val = _mean([r["val_error"] for r in hit])
+            row.append(f"{100 * test:.2f} ({100 * val:.2f}) [{len(hit)}]")
+        rows.append(row)
+    return lines + md_table(["method"] + [f"{b}x" for b in budgets], rows) + [""]
 
 
 if __name__ == "__main__":
