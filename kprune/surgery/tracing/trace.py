@@ -29,6 +29,10 @@ class Trace:
             input it stands for.
         shapes: the input shapes the trace was made with (unknown sizes
             replaced by stand-ins when the layer needs concrete shapes).
+        output_positions: for each `function.outputs[i]`, its position in
+            the call's flattened outputs (the others are `None`s or
+            constants the layer returns).
+        output_count: how many flattened outputs the call returns.
     """
 
     layer: object
@@ -61,18 +65,8 @@ def call_kwargs(layer, kwargs):
     return {k: v for k, v in kwargs.items() if k in parameters}
 
 
-NONE_STANDIN_NAME = "kprune_none_output"
-
-
-def is_none_standin(tensor):
-    """Whether a recorded output stands for a `None` a sublayer returned."""
-    return getattr(tensor, "_kprune_none_standin", False)
-
-
 def _none_standin():
-    tensor = keras.KerasTensor((), dtype="float32", name=NONE_STANDIN_NAME)
-    tensor._kprune_none_standin = True
-    return tensor
+    return keras.KerasTensor((), dtype="float32", name="kprune_none_output")
 
 
 @contextlib.contextmanager
