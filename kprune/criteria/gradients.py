@@ -53,9 +53,9 @@ def gradient_means(model, x, y, loss=None, batch_size=128):
     """Mean over batches of the gradient of the loss w.r.t. every weight.
 
     `g = (1 / B) sum_b dL_b / dw`, computed on a copy of the model (the
-    model itself is neither compiled nor changed) in inference mode for
-    BatchNormalization statistics... as Keras' `fit` runs it: layers in
-    training mode (dropout active, BatchNorm on batch statistics).
+    model itself is neither compiled nor changed) as Keras' `fit` computes
+    gradients: layers in training mode (dropout active, BatchNorm on batch
+    statistics).
 
     Args:
         model: a `keras.Model`.
