@@ -44,10 +44,8 @@ ALL = [
 
 
 @pytest.mark.parametrize("name", ALL)
-def test_slim_every_keras_application(name, request):
+def test_slim_every_keras_application(name):
     """All 40 applications: 30 % of units zeroed, slim exact (`-m zoo`)."""
-    if "zoo" not in (request.config.getoption("markexpr") or ""):
-        pytest.skip("every application: run with -m zoo")
     model, x = zoo.applications()[name]()
     zeroed, layers = zoo.zero_units(model, fraction=0.3, seed=0)
     assert layers

@@ -56,15 +56,6 @@ HUB = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def _only_default_unless_zoo(request):
-    marker = request.node.get_closest_marker("zoo")
-    if marker is None or marker.kwargs.get("default"):
-        return
-    if "zoo" not in (request.config.getoption("markexpr") or ""):
-        pytest.skip("whole zoo: run with -m zoo")
-
-
 def _outputs(model, x):
     y = model(x, training=False)
     flat = [y[k] for k in sorted(y)] if isinstance(y, dict) else keras.tree.flatten(y)

@@ -68,16 +68,6 @@ DESIGN_FAMILIES = {
 }
 
 
-@pytest.fixture(autouse=True)
-def _only_default_unless_zoo(request):
-    """Models outside the default subset run only with `-m zoo`."""
-    marker = request.node.get_closest_marker("zoo")
-    if marker is None or marker.kwargs.get("default"):
-        return
-    if "zoo" not in (request.config.getoption("markexpr") or ""):
-        pytest.skip("whole zoo: run with -m zoo")
-
-
 def _params(names, default):
     return [
         pytest.param(n, marks=pytest.mark.zoo(default=n in default), id=n)
