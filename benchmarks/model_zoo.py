@@ -18,8 +18,10 @@ never stops the run:
    built, for one inner Dense / EinsumDense / Conv (an FFN intermediate or
    expansion layer where one is found by name); does the result run with
    the same output shapes?
-6. remove head: `remove_units(model, {attention layer: [0]})` for the first
-   layer whose class name ends in `Attention` (head 0); n/a without one.
+6. remove head: `remove_units(model, {key: [0]})` for the first set of
+   heads `prunable_units` lists (more than one head, not pinned); else for
+   the first layer whose class name ends in `Attention` (which then fails
+   with kprune's reason); n/a without one.
 7. save/load: the slimmed model through `.keras` (outputs compared).
 8. MACs of the slimmed model (`summary`): non-zero?
 9. TFLite: `kprune.export.to_tflite` of the slimmed model (verified against
@@ -303,7 +305,14 @@ def run_model(kind, name, fraction, heavy_params, workdir, progress=None):
 
             step("slim_rewrapped", slim_rewrapped)
 
+    try:
+        units = kprune.surgery.prunable_units(model)
+    except Exception:  # noqa: BLE001 - the steps below report the error
+        units = {}
     path, _ = _pick_inner_layer(zoo, model)
+    # Plans name units by their `prunable_units` key (a leaf path can differ:
+    # a layer held in a Sequential inside a composite).
+    path = next((k for k, u in units.items() if u.layer == path), path)
     if path is None:
         skip("remove_ffn", "no inner kernel layer with >= 4 units")
     else:
@@ -316,7 +325,12 @@ def run_model(kind, name, fraction, heavy_params, workdir, progress=None):
         step("remove_ffn", remove_ffn)
         steps["remove_ffn"].setdefault("layer", path)
 
-    path, _ = _pick_attention(zoo, model)
+    heads = [
+        k
+        for k, u in units.items()
+        if u.kind == "heads" and u.count > 1 and u.pinned is None
+    ]
+    path = heads[0] if heads else _pick_attention(zoo, model)[0]
     if path is None:
         skip("remove_head", "no attention layer")
     else:

@@ -23,6 +23,7 @@ from scipy.sparse import csgraph
 
 from kprune.surgery.graph import Graph
 from kprune.surgery.handlers import LayerHandler, get_handler
+from kprune.surgery.tracing.heads import find_heads
 
 _SPATIAL_STANDIN = 8  # size used for unknown spatial dimensions
 
@@ -44,6 +45,8 @@ class ChannelAnalysis:
             every input, and the constant.
         internals: dict `(id(layer), name)` -> the `TensorInfo` of units
             that live inside a layer (attention heads), made by `internal`.
+        traced_heads: dict path -> `TracedHeads` of traced attention layers
+            (see `kprune.surgery.tracing.heads`).
     """
 
     def __init__(self, model, keep_whole=()):
@@ -64,6 +67,7 @@ class ChannelAnalysis:
                 self.pin_node(node, reason)
                 continue
             handler.connect(node, self)
+        self._traced_heads()
         self._tie_shared_layers()
         for tensor in self.graph.inputs:
             self.pin(tensor, "it is a model input")
@@ -143,6 +147,33 @@ class ChannelAnalysis:
         return self._weights[key]
 
     # -------------------------------------------------------------- internals
+    def _traced_heads(self):
+        """Heads of traced attention layers (see `tracing.heads`).
+
+        They are units of their own, keyed by the layer's path, removed only
+        when a plan names them: `slim` never does (exact-pinned).
+        """
+        self.traced_heads = {}
+        seen, claimed = set(), set()
+        for call in reversed(self.graph.composites):  # innermost first
+            if id(call.layer) in seen:
+                continue
+            seen.add(id(call.layer))
+            found = find_heads(self.graph, call, get_handler)
+            if isinstance(found, str):
+                self.graph.head_refusals[call.path] = found
+                continue
+            if found is None or found.touched & claimed:
+                continue  # no heads, or those of a layer inside it
+            claimed |= found.touched
+            found.tensor = self.internal(found.node, "heads", found.count)
+            self.pin_exact(
+                found.tensor,
+                f"the heads of traced layer '{call.path}' leave only when a "
+                "plan names them",
+            )
+            self.traced_heads[call.path] = found
+
     def _tie_shared_layers(self):
         for nodes in self.graph.layer_nodes.values():
             first = nodes[0]

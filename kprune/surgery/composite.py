@@ -269,7 +269,8 @@ def rebuild_composite(
         channels: the `ChannelSets` of the call's inputs and outputs.
         input_shapes: the new shapes of the call's inputs.
         attributes: attributes to set on a layer rebuilt by swapping its
-            sublayers (head counts its `call` reshapes with).
+            sublayers (head counts its `call` reshapes with): a dict, or a
+            list of dicts tried in turn.
 
     Returns:
         The new, built layer with its weights set: of the layer's own class
@@ -430,7 +431,13 @@ def _swap_sublayers(
     # squeeze-and-excite `Reshape` from `self.filters` there) is made anew at
     # the new width when the attribute it is made from changes: each
     # attribute that holds the old width is tried.
-    options = _width_attribute_options(layer, made_in_call, dict(attributes or {}))
+    if not isinstance(attributes, (list, tuple)):
+        attributes = [attributes]
+    options = []
+    for base in attributes:
+        for option in _width_attribute_options(layer, made_in_call, dict(base or {})):
+            if option not in options:
+                options.append(option)
     if not options:
         raise CompositeRebuildError(
             f"layer '{call.path}' ({type(layer).__name__}) cannot express "

@@ -228,6 +228,8 @@ class Graph:
         model_calls: every model call, the top-level one first.
         composites: every `CompositeCall` that was expanded, outer first.
         opaque: path -> reason, for composite layers that could not be traced.
+        head_refusals: path -> why the heads of a traced layer cannot be
+            removed (set by the channel analysis).
         inputs / outputs: the top-level model's tensors.
         tensors: every tensor, in creation order.
     """
@@ -249,6 +251,7 @@ class Graph:
         self.model_calls = []
         self.composites = []
         self.opaque = {}
+        self.head_refusals = {}
         self.tensors = []
         self._size = 0
         self.reshaped = input_shapes is not None

@@ -120,6 +120,8 @@ def unit_sources(analysis):
         for key, tensor in handler.unit_tensors(node, analysis):
             if tensor.channels:
                 found.setdefault(key, (node, tensor))
+    for path, heads in getattr(analysis, "traced_heads", {}).items():
+        found.setdefault(path, (heads.node, heads.tensor))
     return found
 
 
@@ -172,14 +174,16 @@ def _not_a_producer(analysis, path, layer, producers):
             f"kprune.surgery.register_handler. {received}"
         )
     inside = sorted(key for key in producers if key.startswith(path + "/"))
+    heads = graph.head_refusals.get(path)
+    if heads:
+        heads = f" Its heads cannot be removed: {heads}."
     if inside:
         shown = ", ".join(repr(key) for key in inside[:6])
         more = f" and {len(inside) - 6} more" if len(inside) > 6 else ""
         return (
             f"{name} is a layer of sublayers: its units are those of its "
             f"sublayers, named by their paths: {shown}{more} (see "
-            "kprune.surgery.prunable_units; heads are units only in the "
-            f"attention layers kprune has a handler for). {received}"
+            f"kprune.surgery.prunable_units).{heads or ''} {received}"
         )
     return (
         f"{name} has no units of its own: it passes channels through. Remove "

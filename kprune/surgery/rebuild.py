@@ -25,6 +25,7 @@ from kprune.surgery.pruned_model import (
     needs_plan_format,
     record_of,
 )
+from kprune.surgery.tracing.heads import slice_kernel_axes
 
 
 def plan_removal(model, units, allow_empty=False):
@@ -174,6 +175,7 @@ def _rebuild(analysis, plan):
     def removed_of(tensor):
         return np.flatnonzero(analysis.values(removed, tensor))
 
+    heads = _head_effects(analysis, removed_of)
     changes = {}
     op_calls = {}
     for nodes in graph.layer_nodes.values():
@@ -185,8 +187,8 @@ def _rebuild(analysis, plan):
             node.layer,
             node,
             analysis.weights(node.layer),
-            [removed_of(t) for t in node.inputs],
-            [removed_of(t) for t in node.outputs],
+            _with_heads([removed_of(t) for t in node.inputs], heads, "in", node),
+            _with_heads([removed_of(t) for t in node.outputs], heads, "out", node),
             [analysis.values(fill, t) for t in node.inputs],
             {name: removed_of(t) for name, t in node.internal.items()},
         )
@@ -200,8 +202,19 @@ def _rebuild(analysis, plan):
         ):
             # (a layer without weights or widths in its config is copied as is)
             changes[id(node.layer)] = get_handler(node.layer).rebuild(change)
+        kernel = _kernel_heads(heads, node)
+        if kernel:
+            config, weights = changes.get(id(node.layer)) or (
+                node.layer.get_config(),
+                dict(analysis.weights(node.layer)),
+            )
+            changes[id(node.layer)] = slice_kernel_axes(
+                node.layer, config, dict(weights), kernel
+            )
     composites = _rebuild_layers_of_sublayers(graph, changes, removed_of)
-    composites.update(_rebuild_composites(graph, changes, composites, removed_of))
+    composites.update(
+        _rebuild_composites(graph, changes, composites, removed_of, heads)
+    )
 
     new_shapes = {}
     for call in graph.model_calls[1:]:
@@ -211,6 +224,34 @@ def _rebuild(analysis, plan):
     paths = _top_level_paths(graph)
     cloner = _Cloner(changes, composites, new_shapes, paths, op_calls)
     return cloner.clone(graph.model)
+
+
+def _head_effects(analysis, removed_of):
+    """id(traced layer) -> `HeadEffects` of the heads the plan removes."""
+    effects = {}
+    for found in analysis.traced_heads.values():
+        lost = removed_of(found.tensor)
+        if len(lost):
+            effects[id(found.call.layer)] = found.effects(lost)
+    return effects
+
+
+def _with_heads(removed, heads, side, node):
+    """Add the channels that removed heads take from a call's tensors."""
+    for effects in heads.values():
+        extra = (effects.in_removed if side == "in" else effects.out_removed).get(
+            id(node), {}
+        )
+        for position, index in extra.items():
+            removed[position] = np.union1d(removed[position], index).astype(int)
+    return removed
+
+
+def _kernel_heads(heads, node):
+    for effects in heads.values():
+        if id(node) in effects.kernel_removed:
+            return effects.kernel_removed[id(node)]
+    return None
 
 
 def _top_level_paths(graph):
@@ -267,12 +308,14 @@ def _rebuild_layers_of_sublayers(graph, changes, removed_of):
     return rebuilt
 
 
-def _rebuild_composites(graph, changes, rebuilt_layers, removed_of):
+def _rebuild_composites(graph, changes, rebuilt_layers, removed_of, heads=None):
     """id(composite layer) -> its rebuilt copy, innermost first.
 
     `rebuilt_layers` holds layers already rebuilt from their sublayers
-    (attention layers); they count as rebuilt children here.
+    (attention layers); they count as rebuilt children here. `heads` maps
+    id(layer) -> `HeadEffects` for traced layers that lose heads.
     """
+    heads = heads or {}
     rebuilt = dict(rebuilt_layers)
     done = set()
     for call in reversed(graph.composites):
@@ -317,14 +360,58 @@ def _rebuild_composites(graph, changes, rebuilt_layers, removed_of):
         removed = [removed_of(t) for t in call.inputs + call.outputs]
         if not new_values and not any(len(r) for r in removed):
             continue
-        channels = ChannelSets(
-            [(t.channels, r) for t, r in zip(call.inputs + call.outputs, removed)]
-        )
+        effects = _owner_effects(call, heads)
+        sets = [(t.channels, r) for t, r in zip(call.inputs + call.outputs, removed)]
+        attributes = None
+        if effects is not None:
+            pairs += effects.head_sizes
+            sets += effects.channel_sets
+            heads_only = _head_attributes(call.layer, effects.head_sizes)
+            widths = _head_attributes(
+                call.layer,
+                [pair for pair in effects.sizes if pair not in effects.head_sizes],
+            )
+            attributes = [heads_only, {**widths, **heads_only}]
         shapes = [_new_shape(t, removed_of(t)) for t in call.inputs]
         rebuilt[key] = rebuild_composite(
-            call, new_values, pairs, replaced, channels, shapes
+            call, new_values, pairs, replaced, ChannelSets(sets), shapes, attributes
         )
     return rebuilt
+
+
+def _owner_effects(call, heads):
+    """The `HeadEffects` of `call`'s layer, or of the nearest enclosing layer
+    that owns heads reaching inside it."""
+    while call is not None:
+        if id(call.layer) in heads:
+            return heads[id(call.layer)]
+        call = call.parent
+    return None
+
+
+def _head_attributes(layer, sizes):
+    """The layer's int attributes holding a head count, at the new count.
+
+    Constructor arguments (`num_heads`) first: only when none holds the
+    count are other attributes of that value taken.
+    """
+    try:
+        config = set(layer.get_config())
+    except Exception:  # noqa: BLE001 - a layer's own get_config bug
+        config = set()
+    found = {}
+    for old, new in sizes:
+        names = [
+            name
+            for name, value in vars(layer).items()
+            if not name.startswith("_")
+            and isinstance(value, int)
+            and not isinstance(value, bool)
+            and value == old
+        ]
+        named = [name for name in names if name in config]
+        found.update({name: new for name in (named or names)})
+    return found
 
 
 def _ordered_values(layer, values):
