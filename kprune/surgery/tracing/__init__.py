@@ -15,6 +15,8 @@ the layers' own classes (see `kprune.surgery.composite`).
   call, or None when the layer has a handler, is not traceable, or its
   trace does not reproduce the layer (the reason goes into `opaque`).
 - `trace_layer(...)`: the tracing itself; `verify_trace(...)`: the check.
+- `find_heads(...)` (`tracing.heads`, with the axis rules of
+  `tracing.axes`): the attention heads of a traced call.
 """
 
 from kprune.surgery.tracing.policy import should_trace, trace_any, trace_for
