@@ -44,6 +44,8 @@ import re
 
 import keras
 import numpy as np
+from scipy import sparse
+from scipy.sparse import csgraph
 
 from kprune.surgery.graph import NodeInfo
 from kprune.surgery.tracing.axes import AxisGraph, follow
@@ -246,24 +248,22 @@ def _inside(node, call):
 
 
 def _classes(axes, component):
-    """slot -> class id: slots joined by ties (by their entries' components)."""
-    owner = {}
-    parent = {}
-
-    def find(x):
-        while parent[x] != x:
-            parent[x] = parent[parent[x]]
-            x = parent[x]
-        return x
-
-    for key in axes.slots:
-        parent[key] = key
-        for comp in np.unique(component[axes.entries(key)]):
-            other = owner.setdefault(int(comp), key)
-            if other != key:
-                parent[find(key)] = find(other)
-    roots = {}
-    return {key: roots.setdefault(find(key), len(roots)) for key in axes.slots}
+    """slot -> class id: slots joined by ties (sharing an entry component)."""
+    keys = list(axes.slots)
+    if not keys:
+        return {}
+    slot_of = np.empty(axes.size, dtype=np.int64)
+    for number, key in enumerate(keys):
+        slot_of[axes.entries(key)] = number
+    # A bipartite graph slot -- component: slots joined through components.
+    count = len(keys)
+    graph = sparse.coo_matrix(
+        (np.ones(axes.size, np.int8), (slot_of, count + component)),
+        shape=(count + axes.size, count + axes.size),
+    )
+    labels = csgraph.connected_components(graph, directed=False)[1][:count]
+    _, ids = np.unique(labels, return_inverse=True)
+    return {key: int(i) for key, i in zip(keys, ids)}
 
 
 def _is_candidate(axes, slots, classes, fine_side):
