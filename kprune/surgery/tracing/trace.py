@@ -5,6 +5,7 @@ import dataclasses
 import inspect
 
 import keras
+from keras.src.backend import compute_output_spec
 from keras.src.ops.node import Node
 
 from kprune.surgery.graph import fill_slots
@@ -108,9 +109,24 @@ def lenient_output_specs(layer):
     output shape does not depend on those arguments. Within this block each
     sublayer of `layer` drops such keyword arguments when they are None;
     the sublayers are left as they were afterwards.
+
+    A sublayer whose class overrides `call` but inherits
+    `compute_output_shape` from a parent written for another `call` (ESM's
+    rotary embedding returns two tensors where its parent returned one) has
+    its output spec computed from its own `call` instead.
     """
     patched = []
     for sublayer in layer._flatten_layers(include_self=False, recursive=True):
+        if "compute_output_spec" in vars(sublayer):
+            continue
+        if _stale_output_shape(type(sublayer)):
+
+            def from_call(*args, _bound=sublayer, **kwargs):
+                return compute_output_spec(_bound.call, *args, **kwargs)
+
+            object.__setattr__(sublayer, "compute_output_spec", from_call)
+            patched.append(sublayer)
+            continue
         method = type(sublayer).compute_output_spec
         try:
             parameters = inspect.signature(method).parameters
@@ -133,6 +149,24 @@ def lenient_output_specs(layer):
     finally:
         for sublayer in patched:
             object.__delattr__(sublayer, "compute_output_spec")
+
+
+def _stale_output_shape(cls):
+    """True when `cls` overrides `call` below the class that wrote the
+    `compute_output_shape` it inherits (and keeps Keras' own
+    `compute_output_spec`, which would trust that shape)."""
+    mro = cls.__mro__
+
+    def owner(name):
+        return next((c for c in mro if name in vars(c)), None)
+
+    base = keras.layers.Layer
+    call, shape = owner("call"), owner("compute_output_shape")
+    if call is None or shape is None or shape is base:
+        return False
+    if owner("compute_output_spec") not in (None, base):
+        return False
+    return mro.index(call) < mro.index(shape)
 
 
 def standin_shape(shape, first=True):
