@@ -114,6 +114,42 @@ class PrefixedModel(keras.Model):
         return {"units": self.units, "name": self.name}
 
 
+class Twice(keras.layers.Layer):
+    """A weightless layer whose `compute_output_shape` says one tensor."""
+
+    def call(self, x):
+        return x * 2.0
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+
+class TwiceBoth(Twice):
+    """Overrides `call` (two tensors out) under the inherited shape rule, as
+    ESM's rotary embedding does under KerasHub's `RotaryEmbedding`."""
+
+    def call(self, x, y):
+        return x * 2.0, y * 2.0
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class PairBlock(keras.layers.Layer):
+    def __init__(self, hidden, units, **kwargs):
+        super().__init__(**kwargs)
+        self.hidden, self.units = hidden, units
+        self.left = keras.layers.Dense(hidden, name="left")
+        self.right = keras.layers.Dense(hidden, name="right")
+        self.both = TwiceBoth(name="both")
+        self.out = keras.layers.Dense(units, name="out")
+
+    def call(self, x):
+        a, b = self.both(self.left(x), self.right(x))
+        return self.out(a + b)
+
+    def get_config(self):
+        return {**super().get_config(), "hidden": self.hidden, "units": self.units}
+
+
 def _zero_units(layer, units):
     kernel, bias = layer.get_weights()
     kernel[:, units] = 0.0
@@ -155,6 +191,16 @@ def test_a_weightless_layer_shared_between_widths_does_not_pin():
     small = kprune.surgery.slim(model)
     _same(model, small, X)
     assert small.get_layer("block").hidden == 10
+
+
+def test_a_sublayer_with_an_inherited_output_shape_rule_is_traced():
+    model = _model(PairBlock(10, 6, name="block"))
+    _zero_units(model.get_layer("block").left, [2])
+    _zero_units(model.get_layer("block").right, [2])
+    assert "block/left" in kprune.surgery.prunable_units(model)
+    small = kprune.surgery.slim(model)
+    _same(model, small, X)
+    assert small.get_layer("block").hidden == 9
 
 
 def test_a_sublayer_held_twice_is_resized_once():
