@@ -48,7 +48,8 @@ class SplitHeadsAttention(keras.layers.Layer):
         scores = ops.einsum("bqnd,bknd->bnqk", q, k) / np.sqrt(self.head_dim)
         if self.alibi:
             slopes = np.arange(1, self.num_heads + 1, dtype="float32")
-            scores = scores + slopes.reshape(1, -1, 1, 1)
+            distance = np.arange(x.shape[1], dtype="float32")
+            scores = scores + slopes.reshape(1, -1, 1, 1) * distance  # ALiBi
         weights = ops.softmax(scores, axis=-1)
         out = ops.einsum("bnqk,bknd->bqnd", weights, v)
         out = ops.reshape(out, (-1, x.shape[1], self.num_heads * self.head_dim))
@@ -199,3 +200,17 @@ def test_gpt_neo_x_heads():
     after = keras.tree.flatten(small(x))
     for a, b in zip(before, after):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-4)
+
+
+def test_a_rebuilt_layer_is_checked_against_the_silenced_original(monkeypatch):
+    # Hide the per-head constants from the axis analysis: the heads are then
+    # found, and the check of the rebuilt layer is what catches that the
+    # remaining head's slope changed.
+    from kprune.surgery import CompositeRebuildError
+    from kprune.surgery.tracing import axes
+
+    monkeypatch.setattr(axes, "constant_arguments", lambda node: [])
+    model, _ = _model(SplitHeadsAttention(2, 4, alibi=True, name="attn"))
+    assert kprune.surgery.prunable_units(model)["attn"].kind == "heads"
+    with pytest.raises(CompositeRebuildError, match="changes what its other heads"):
+        kprune.surgery.remove_units(model, {"attn": [0]})

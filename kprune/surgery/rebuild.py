@@ -17,6 +17,7 @@ from kprune.surgery.errors import SurgeryError
 from kprune.surgery.graph import CompositeCall
 from kprune.surgery.handlers import LayerChange, get_handler
 from kprune.surgery.handlers.base import SublayerChanges
+from kprune.surgery.heads_check import check_heads_removed
 from kprune.surgery.inputs import drop_input_features
 from kprune.surgery.plan import PruningPlan, build_plan, removed_groups
 from kprune.surgery.pruned_model import (
@@ -226,19 +227,29 @@ def _rebuild(analysis, plan):
     return cloner.clone(graph.model)
 
 
+class _Heads:
+    """The heads a plan removes from one traced layer."""
+
+    def __init__(self, found, removed):
+        self.found = found
+        self.removed = removed
+        self.effects = found.effects(removed)
+
+
 def _head_effects(analysis, removed_of):
-    """id(traced layer) -> `HeadEffects` of the heads the plan removes."""
-    effects = {}
-    for found in analysis.traced_heads.values():
-        lost = removed_of(found.tensor)
+    """id(traced layer) -> `_Heads` for each layer the plan takes heads from."""
+    found = {}
+    for heads in analysis.traced_heads.values():
+        lost = removed_of(heads.tensor)
         if len(lost):
-            effects[id(found.call.layer)] = found.effects(lost)
-    return effects
+            found[id(heads.call.layer)] = _Heads(heads, lost)
+    return found
 
 
 def _with_heads(removed, heads, side, node):
     """Add the channels that removed heads take from a call's tensors."""
-    for effects in heads.values():
+    for entry in heads.values():
+        effects = entry.effects
         extra = (effects.in_removed if side == "in" else effects.out_removed).get(
             id(node), {}
         )
@@ -248,9 +259,9 @@ def _with_heads(removed, heads, side, node):
 
 
 def _kernel_heads(heads, node):
-    for effects in heads.values():
-        if id(node) in effects.kernel_removed:
-            return effects.kernel_removed[id(node)]
+    for entry in heads.values():
+        if id(node) in entry.effects.kernel_removed:
+            return entry.effects.kernel_removed[id(node)]
     return None
 
 
@@ -313,7 +324,7 @@ def _rebuild_composites(graph, changes, rebuilt_layers, removed_of, heads=None):
 
     `rebuilt_layers` holds layers already rebuilt from their sublayers
     (attention layers); they count as rebuilt children here. `heads` maps
-    id(layer) -> `HeadEffects` for traced layers that lose heads.
+    id(layer) -> `_Heads` for traced layers that lose heads.
     """
     heads = heads or {}
     rebuilt = dict(rebuilt_layers)
@@ -376,7 +387,28 @@ def _rebuild_composites(graph, changes, rebuilt_layers, removed_of, heads=None):
         rebuilt[key] = rebuild_composite(
             call, new_values, pairs, replaced, ChannelSets(sets), shapes, attributes
         )
+        own = heads.get(key)
+        if own is not None and _only_heads(graph, call, removed_of):
+            try:
+                check_heads_removed(own.found, own.effects, rebuilt[key], own.removed)
+            except CompositeRebuildError as error:
+                error.layer = call.layer
+                raise
     return rebuilt
+
+
+def _only_heads(graph, call, removed_of):
+    """True when nothing but heads leaves inside `call` (so the rebuilt
+    layer can be compared with the original on the same inputs)."""
+    for node in graph.nodes:
+        parent = node.parent
+        while parent is not None and parent is not call:
+            parent = parent.parent
+        if parent is call and any(
+            len(removed_of(t)) for t in node.inputs + node.outputs
+        ):
+            return False
+    return not any(len(removed_of(t)) for t in call.inputs + call.outputs)
 
 
 def _owner_effects(call, heads):
@@ -384,7 +416,7 @@ def _owner_effects(call, heads):
     that owns heads reaching inside it."""
     while call is not None:
         if id(call.layer) in heads:
-            return heads[id(call.layer)]
+            return heads[id(call.layer)].effects
         call = call.parent
     return None
 
