@@ -312,7 +312,16 @@ def run_model(kind, name, fraction, heavy_params, workdir, progress=None):
     path, _ = _pick_inner_layer(zoo, model)
     # Plans name units by their `prunable_units` key (a leaf path can differ:
     # a layer held in a Sequential inside a composite).
-    path = next((k for k, u in units.items() if u.layer == path), path)
+    if path is not None and path not in units:
+        leaf, top = path.rsplit("/", 1)[-1], path.split("/")[0]
+        path = next(
+            (
+                k
+                for k, u in units.items()
+                if u.layer.rsplit("/", 1)[-1] == leaf and k.split("/")[0] == top
+            ),
+            path,
+        )
     if path is None:
         skip("remove_ffn", "no inner kernel layer with >= 4 units")
     else:

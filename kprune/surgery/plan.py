@@ -142,6 +142,7 @@ def removed_groups(analysis, units):
         if path not in producers:
             layer = analysis.graph.layers_by_path.get(path)
             if layer is None:
+                _raise_if_inside_opaque(analysis.graph, path)
                 raise SurgeryError(
                     f"Layer '{path}' is not in model '{analysis.graph.model.name}' "
                     "(use 'outer/inner' for layers of nested models). "
@@ -160,6 +161,22 @@ def removed_groups(analysis, units):
                 )
             groups.add(int(group))
     return groups
+
+
+def _raise_if_inside_opaque(graph, path):
+    """A clear error for a path inside a layer kprune cannot look inside."""
+    parts = path.split("/")
+    for end in range(len(parts) - 1, 0, -1):
+        outer = "/".join(parts[:end])
+        if outer in graph.opaque:
+            layer = graph.layers_by_path.get(outer)
+            name = f" ({layer.__class__.__name__})" if layer is not None else ""
+            raise SurgeryError(
+                f"Layer '{path}' is inside layer '{outer}'{name}, which kprune "
+                f"cannot look inside ({graph.opaque[outer]}), so its units "
+                "cannot be named. Register a handler for that layer's class "
+                f"with kprune.surgery.register_handler. Received: units[{path!r}]"
+            )
 
 
 def _not_a_producer(analysis, path, layer, producers):

@@ -107,8 +107,9 @@ def lenient_output_specs(layer):
     `cache_update_index=None`; `MultiHeadAttention.compute_output_spec`
     does not), so calling them on symbolic tensors fails although the
     output shape does not depend on those arguments. Within this block each
-    sublayer of `layer` drops such keyword arguments when they are None;
-    the sublayers are left as they were afterwards.
+    sublayer of `layer` drops such keyword arguments when they are None
+    (and computes its spec from its own `call` when one is not None); the
+    sublayers are left as they were afterwards.
 
     A sublayer whose class overrides `call` but inherits
     `compute_output_shape` from a parent written for another `call` (ESM's
@@ -139,7 +140,11 @@ def lenient_output_specs(layer):
         names = set(parameters)
 
         def lenient(*args, _bound=sublayer, _names=names, **kwargs):
-            kept = {k: v for k, v in kwargs.items() if k in _names or v is not None}
+            if any(k not in _names and v is not None for k, v in kwargs.items()):
+                # An argument its inherited spec does not know (Moonshine's
+                # `rotary_embedding`): the spec comes from its own `call`.
+                return compute_output_spec(_bound.call, *args, **kwargs)
+            kept = {k: v for k, v in kwargs.items() if k in _names}
             return type(_bound).compute_output_spec(_bound, *args, **kept)
 
         object.__setattr__(sublayer, "compute_output_spec", lenient)
