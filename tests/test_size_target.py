@@ -135,3 +135,25 @@ def test_order_config_and_errors(mnist):
         kprune.callbacks.SizeTarget(macs=0.5, on_target="stop")
     with pytest.raises(ValueError, match="min_units"):
         kprune.callbacks.SizeTarget(macs=0.5, min_units=1.0)
+
+
+def test_rewind_restarts_the_kept_units_from_the_start(mnist):
+    dense = _mlp()
+    sparse = kprune.sparsity.apply_group_sparsity(dense, 0.5, method="constraint")
+    target = kprune.callbacks.SizeTarget(macs=0.5, rewind=True)
+    seen = {}
+
+    class Spy(keras.callbacks.Callback):  # runs right after SizeTarget's check
+        def on_train_batch_begin(self, batch, logs=None):
+            if target.reached and not seen:
+                seen["kernel"] = keras.ops.convert_to_numpy(
+                    self.model.get_layer("fc1").kernel
+                )
+
+    _fit(sparse, mnist, [target, Spy()], epochs=2)
+    assert target.reached and seen
+    start = dense.get_layer("fc1").get_weights()[0]
+    kept = np.any(seen["kernel"] != 0, axis=0)
+    assert 0 < kept.sum() < 48
+    np.testing.assert_array_equal(seen["kernel"][:, kept], start[:, kept])
+    assert target.get_config()["rewind"] is True

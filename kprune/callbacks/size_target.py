@@ -213,7 +213,11 @@ class SizeTarget(keras.callbacks.Callback):
        is set to 0: the surviving units train on without shrinkage and the
        removed ones stay zero, so the model trains at that size. With
        `on_target="hold"` the strength is kept (more units may die: the
-       size can only go further down).
+       size can only go further down). With `rewind=True`, every weight of
+       the model then goes back to its value at the start of `fit`, the
+       removed units zero: group Lasso chose the units, and the kept ones
+       train on from their unshrunk weights (weight rewinding, Renda et al.
+       2020), for a model that was trained before `fit`.
 
     If `fit` ends above the target and `finish=True`, the live units with
     the smallest norm relative to their layer's best are zeroed, fewest
@@ -249,6 +253,8 @@ class SizeTarget(keras.callbacks.Callback):
             was not reached.
         min_units: fraction of each layer's units that always stays, in
             [0, 1) (at least one unit stays).
+        rewind: once the target is reached, reset every weight to its value
+            at the start of `fit` (removed units zero).
         objects: optional list of objects with a `strength` Variable (default:
             every regularizer / constraint of the model that has one).
         input_shape: passed to `kprune.report.summary` (models built on
@@ -278,7 +284,9 @@ class SizeTarget(keras.callbacks.Callback):
     Reference:
         Alvarez & Salzmann, "Learning the Number of Neurons in Deep
         Networks", NeurIPS 2016 (arXiv 1611.06321), for the proximal group
-        Lasso; the size controller is kprune's.
+        Lasso; Renda, Frankle & Carbin, "Comparing Rewinding and
+        Fine-tuning in Neural Network Pruning", ICLR 2020 (arXiv
+        2003.02389), for `rewind`; the size controller is kprune's.
     """
 
     def __init__(
@@ -291,6 +299,7 @@ class SizeTarget(keras.callbacks.Callback):
         on_target="freeze",
         finish=True,
         min_units=0.1,
+        rewind=False,
         objects=None,
         input_shape=None,
     ):
@@ -339,6 +348,7 @@ class SizeTarget(keras.callbacks.Callback):
         self.on_target = on_target
         self.finish = bool(finish)
         self.min_units = float(min_units)
+        self.rewind = bool(rewind)
         self.objects = objects
         self.input_shape = input_shape
         # State that changes during training, as Keras variables.
@@ -348,6 +358,7 @@ class SizeTarget(keras.callbacks.Callback):
         self._units = []
         self._base = None
         self._snapshot = None
+        self._start = None
         self._prox = None
         self._prox_seen = None
         self._step = 0
@@ -425,6 +436,8 @@ class SizeTarget(keras.callbacks.Callback):
         if self._base is None:
             self._base = self._size(self.model)
         self._snapshot = [u.values() for u in units]
+        if self.rewind and self._start is None:
+            self._start = [np.array(w) for w in self.model.get_weights()]
         self._prox_seen = None if self._prox is None else self._prox.applications
         self._step = 0
         if self.ratio is None:
@@ -498,6 +511,10 @@ class SizeTarget(keras.callbacks.Callback):
             self._held.assign(np.float32(self.strength()))
             if self.on_target == "freeze":
                 self._set_strengths(lambda value: 0.0)
+            if self.rewind and self._start is not None:
+                self.model.set_weights(self._start)
+                for units in self._units:
+                    units.zero()
         elif not died:
             growth, initial = self.growth, self.initial
             self._set_strengths(lambda v: v * growth if v > 0 else initial)
@@ -595,6 +612,7 @@ class SizeTarget(keras.callbacks.Callback):
             "on_target": self.on_target,
             "finish": self.finish,
             "min_units": self.min_units,
+            "rewind": self.rewind,
             "input_shape": self.input_shape,
         }
 
