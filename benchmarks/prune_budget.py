@@ -10,9 +10,13 @@ full MNIST, split 55k train / 5k validation / 10k test.
    `kprune.prune(dense, (x_cal, y_cal), macs=1/b, importance=...)` with 512
    training images for calibration, then fine-tuning with the same Adam
    recipe for `--finetune-epochs`.
-3. Group sparsity in target mode: `apply_group_sparsity` on the dense model,
-   trained `--finetune-epochs` with `ProximalStep` + `SizeTarget(macs=1/b)`
-   (checked 5 times per epoch: each epoch is fed as 5 chunks), then `slim`.
+3. Group sparsity in target mode: `apply_group_sparsity(dense,
+   --gs-strength, method=m)` trained with `SizeTarget(macs=1/b)` on the
+   fine-tuning images for `--finetune-epochs` (the same Adam, batch and
+   first-epoch order), then `slim`; `m="constraint"` (the proximal step in
+   every optimizer step) and `m="callback"` (`ProximalStep(every_n_steps=
+   --gs-prox-every)`). `--only-group-sparsity` runs just these rows and
+   merges them into the existing results.
 4. From scratch: the architecture kprune's best one-shot criterion (by
    validation error) produced, re-initialized and trained with the same
    recipe for `dense + finetune` epochs (the same images: the dense epochs
@@ -176,36 +180,60 @@ def prune_run(dense, data, importance, budget, args, seed):
     }
 
 
-def group_sparsity_run(dense, data, budget, args, seed):
+def gs_name(method, rewind):
+    name = "group_sparsity_target"
+    tags = [
+        t for t, on in (("callback", method == "callback"), ("rewind", rewind)) if on
+    ]
+    return f"{name} ({', '.join(tags)})" if tags else name
+
+
+def group_sparsity_run(dense, data, budget, args, seed, method="constraint"):
+    """`apply_group_sparsity(dense, --gs-strength, method=...)` trained with
+    `SizeTarget(macs=1/b)` for the fine-tuning recipe's epochs, images and
+    order (`fit`), then `slim`. `method="callback"` adds
+    `ProximalStep(every_n_steps=--gs-prox-every)` before the SizeTarget."""
     x, y, xv, yv, xt, yt = data
     keras.utils.set_random_seed(seed)
-    sparse = kprune.sparsity.apply_group_sparsity(dense, strength=args.gs_strength)
-    compile_(sparse, args.lr)
-    target = kprune.callbacks.SizeTarget(macs=1.0 / budget, growth=args.gs_growth)
-    chunks = 5
-    if args.finetune_samples:
-        x, y = x[: args.finetune_samples], y[: args.finetune_samples]
-    n = len(x)
-    order = np.random.default_rng(seed).permutation(n)
-    for _ in range(args.finetune_epochs):
-        for c in range(chunks):
-            idx = order[c * n // chunks : (c + 1) * n // chunks]
-            sparse.fit(
-                x[idx],
-                y[idx],
-                batch_size=args.batch,
-                epochs=1,
-                verbose=0,
-                callbacks=[kprune.callbacks.ProximalStep(), target],
-            )
+    sparse = kprune.sparsity.apply_group_sparsity(
+        dense, strength=args.gs_strength, method=method
+    )
+    compile_(sparse, args.finetune_lr or args.lr)
+    target = kprune.callbacks.SizeTarget(
+        macs=1.0 / budget, growth=args.gs_growth, rewind=args.gs_rewind
+    )
+    callbacks = [target]
+    if method == "callback":
+        callbacks = [kprune.callbacks.ProximalStep(every_n_steps=args.gs_prox_every)]
+        callbacks.append(target)
+    start = time.perf_counter()
+    epochs = args.finetune_epochs
+    for epoch in range(epochs):  # one `fit` per epoch: finish after the last
+        target.finish = epoch == epochs - 1
+        fit(
+            sparse,
+            x,
+            y,
+            1,
+            args,
+            callbacks=callbacks,
+            samples=args.finetune_samples,
+            seed=seed + 7919 * epoch,
+        )
+    seconds = time.perf_counter() - start
     small = kprune.surgery.slim(sparse)
     return {
-        "importance": "group_sparsity_target",
+        "importance": gs_name(method, args.gs_rewind),
+        "method": method,
+        "rewind": args.gs_rewind,
         "budget": budget,
         "seed": seed,
         "macs_ratio": macs(small) / macs(dense),
-        "reached": bool(target.reached),
-        "final_strength": target.strength(),
+        "reached_in_training": bool(target.reached) and target.finished_units == 0,
+        "finished_units": target.finished_units,
+        "start_strength": args.gs_strength,
+        "strength_at_target": float(keras.ops.convert_to_numpy(target._held)),
+        "train_seconds": seconds,
         "val_error": test_error(small, xv, yv),
         "test_error": test_error(small, xt, yt),
         "widths": kprune.report.summary(small)["widths"],
@@ -328,7 +356,25 @@ def main(argv=None):
         help="skip the group-sparsity target-mode runs",
     )
     parser.add_argument("--gs-strength", type=float, default=0.5)
-    parser.add_argument("--gs-growth", type=float, default=2.0)
+    parser.add_argument("--gs-growth", type=float, default=1.5)
+    parser.add_argument(
+        "--gs-methods",
+        nargs="+",
+        default=["constraint", "callback"],
+        help="apply_group_sparsity methods for the target-mode rows",
+    )
+    parser.add_argument("--gs-prox-every", type=int, default=5)
+    parser.add_argument(
+        "--gs-rewind",
+        action="store_true",
+        help="SizeTarget(rewind=True): back to the dense weights once reached",
+    )
+    parser.add_argument(
+        "--only-group-sparsity",
+        action="store_true",
+        help="run only the target-mode rows and merge them into the results "
+        "(replacing earlier target-mode rows, keeping every other row)",
+    )
     parser.add_argument(
         "--scratch-budgets",
         nargs="+",
@@ -352,6 +398,8 @@ def main(argv=None):
     data = mnist_split()
     x, y, xv, yv, xt, yt = data
     result = read_json(path + ".json", {})
+    if args.only_group_sparsity:
+        return _group_sparsity_only(result, args, argv, info, data)
     result.update(command=command_line(__file__, argv), machine=info)
     result.setdefault("models", {})
     for kind in args.models:
@@ -390,8 +438,8 @@ def main(argv=None):
                     ):
                         best[budget] = (run["val_error"], small, importance)
             for budget in args.budgets:
-                if not args.no_group_sparsity:
-                    run = group_sparsity_run(dense, data, budget, args, seed)
+                for method in [] if args.no_group_sparsity else args.gs_methods:
+                    run = group_sparsity_run(dense, data, budget, args, seed, method)
                     runs.append(run)
                     print(
                         json.dumps({k: v for k, v in run.items() if k != "widths"}),
@@ -404,6 +452,41 @@ def main(argv=None):
                     runs.append(run)
                     print(json.dumps(run), flush=True)
                     save()
+    return result
+
+
+def _group_sparsity_only(result, args, argv, info, data):
+    """Target-mode rows only, merged into an existing result (other rows
+    kept; earlier target-mode rows of the same model and seed replaced)."""
+    record = {"command": command_line(__file__, argv), "machine": info}
+    result.setdefault("group_sparsity_runs", []).append(record)
+    for kind in args.models:
+        entry = result.setdefault("models", {}).setdefault(kind, {})
+        entry.setdefault("recipe", recipe(args, len(data[0])))
+        for seed in args.seeds:
+            dense, _ = dense_model(kind, data, args, seed)
+            seed_entry = entry.setdefault("seeds", {}).setdefault(str(seed), {})
+            err = test_error(dense, data[4], data[5])
+            record[f"{kind}_{seed}_dense_test_error"] = err
+            print(f"{kind} seed {seed}: dense test error {err:.4f}", flush=True)
+            old = seed_entry.get("runs", [])
+            names = {gs_name(m, args.gs_rewind) for m in args.gs_methods}
+            runs = [
+                r
+                for r in old
+                if r["importance"] not in names
+                and not ("group_sparsity" in r["importance"] and "method" not in r)
+            ]
+            seed_entry["runs"] = runs
+            if "dense_macs" not in seed_entry:
+                seed_entry.update(dense_test_error=err, dense_macs=macs(dense))
+            for budget in args.budgets:
+                for method in args.gs_methods:
+                    run = group_sparsity_run(dense, data, budget, args, seed, method)
+                    runs.append(run)
+                    print(json.dumps({k: v for k, v in run.items()}), flush=True)
+                    info["load_after"] = os.getloadavg()
+                    write_results(f"prune_budget{args.tag}", result, render(result))
     return result
 
 
@@ -420,6 +503,13 @@ def render(result):
         f"{tuple(round(v, 1) for v in info.get('load_before', ()))} before, "
         f"{tuple(round(v, 1) for v in info.get('load_after', ()))} after."
     )
+    for extra in result.get("group_sparsity_runs", []):
+        m = extra["machine"]
+        lines.append(
+            f"Target-mode rows: {run_line(extra['command'], m)}; load average "
+            f"{tuple(round(v, 1) for v in m.get('load_before', ()))} before, "
+            f"{tuple(round(v, 1) for v in m.get('load_after', ()))} after."
+        )
     lines.append("")
     lines.append(
         "Test error (%) after fine-tuning, by MACs reduction; in "

@@ -149,6 +149,8 @@ def _check_prune(ns):
     summary = ns["kprune"].report.summary
     dense = summary(ns["model"])
     assert summary(ns["same"])["macs"] <= 0.25 * dense["macs"]
+    assert ns["target"].reached  # SizeTarget: slim meets macs=0.25
+    assert summary(ns["small"])["macs"] <= 0.25 * dense["macs"]
     assert ns["fast"].count_params() < ns["model"].count_params()
 
 

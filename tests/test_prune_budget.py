@@ -238,48 +238,6 @@ def test_latency_table_measures_with_litert(tmp_path, monkeypatch):
     assert "speedup" in kprune.report.format_table(report)
 
 
-def test_size_target_callback():
-    import kprune.sparsity
-
-    keras.utils.set_random_seed(0)
-    model = keras.Sequential(
-        [keras.Input((8,)), L.Dense(32, activation="relu"), L.Dense(2)]
-    )
-    model = kprune.sparsity.apply_group_sparsity(model, strength=1e-3)
-    model.compile(keras.optimizers.SGD(0.1), "mse")
-    target = kprune.callbacks.SizeTarget(macs=0.5, growth=4.0)
-    x = np.random.default_rng(0).random((32, 8)).astype("float32")
-    history = model.fit(
-        x,
-        x[:, :2],
-        epochs=8,
-        verbose=0,
-        callbacks=[kprune.callbacks.ProximalStep(), target],
-    )
-    logs = history.history
-    assert logs["size_target_reached"][-1] == 1
-    first = logs["size_target_reached"].index(1)
-    assert logs["size_ratio"][first] <= 0.5
-    assert logs["reg_strength"][first:] == [logs["reg_strength"][first]] * (
-        len(logs["reg_strength"]) - first
-    )  # held once reached
-    assert logs["reg_strength"][0] > 1e-3  # raised while above the target
-    config = target.get_config()
-    assert kprune.callbacks.SizeTarget.from_config(config).get_config() == config
-    plain = keras.Sequential([keras.Input((8,)), L.Dense(2)])
-    plain.compile("sgd", "mse")
-    with pytest.raises(ValueError, match="strength"):
-        plain.fit(
-            x,
-            x[:, :2],
-            epochs=1,
-            verbose=0,
-            callbacks=[kprune.callbacks.SizeTarget(macs=0.5)],
-        )
-    with pytest.raises(ValueError, match="exactly one"):
-        kprune.callbacks.SizeTarget()
-
-
 def test_cli_prune(tmp_path, capsys):
     from kprune.cli import main
 

@@ -267,6 +267,7 @@ class ProximalStep(keras.callbacks.Callback):
         self._last_step_size = None
         self._epoch_base = 0
         self._pending = {}
+        self.applications = 0  # proximal steps applied (SizeTarget reads it)
 
     # -- targets ---------------------------------------------------------
 
@@ -404,6 +405,7 @@ class ProximalStep(keras.callbacks.Callback):
             if bias is not None:
                 bias.assign(bias_value)
         self._last_step_size = t
+        self.applications += 1
         return self._stats()
 
     def _strengths(self, kernel, bias, axis, lam):
