@@ -465,6 +465,18 @@ def _swap_sublayers(
     raise CompositeRebuildError(errors[0])
 
 
+def int_attributes(layer, value):
+    """Names of the layer's public int attributes equal to `value`."""
+    return [
+        name
+        for name, held in vars(layer).items()
+        if not name.startswith("_")
+        and isinstance(held, int)
+        and not isinstance(held, bool)
+        and held == value
+    ]
+
+
 def _width_attribute_options(layer, made_in_call, attributes):
     """Attribute settings to try: `[attributes]`, or one per candidate."""
     options = [attributes]
@@ -478,14 +490,7 @@ def _width_attribute_options(layer, made_in_call, attributes):
         for old, new in replacement.pairs:
             if old == new:
                 continue
-            names = [
-                name
-                for name, value in vars(layer).items()
-                if not name.startswith("_")
-                and isinstance(value, int)
-                and not isinstance(value, bool)
-                and value == old
-            ]
+            names = int_attributes(layer, old)
             # Attributes derived in __init__ first: the config route already
             # tried the constructor's own arguments.
             names.sort(key=lambda name: name in config_keys)

@@ -9,6 +9,7 @@ from kprune.surgery.composite import (
     ChannelSets,
     CompositeRebuildError,
     Replacement,
+    int_attributes,
     rebuild_composite,
 )
 from kprune.surgery.copying import carry_keep_mask, copy_layer
@@ -433,14 +434,7 @@ def _head_attributes(layer, sizes):
         config = set()
     found = {}
     for old, new in sizes:
-        names = [
-            name
-            for name, value in vars(layer).items()
-            if not name.startswith("_")
-            and isinstance(value, int)
-            and not isinstance(value, bool)
-            and value == old
-        ]
+        names = int_attributes(layer, old)
         named = [name for name in names if name in config]
         found.update({name: new for name in (named or names)})
     return found

@@ -32,6 +32,7 @@ from kprune.surgery.handlers.ops import (
     SplitOpHandler,
     StackOpHandler,
     TransposeOpHandler,
+    transpose_order,
 )
 
 
@@ -303,21 +304,8 @@ class ModelStackHandler(StackOpHandler):
 # ---------------------------------------------------------------- Transpose
 def _moved_axis(layer, rank, axis):
     """Where a transpose / moveaxis / swapaxes op puts input axis `axis`."""
-    if hasattr(layer, "axes"):
-        if layer.axes is None:
-            return rank - 1 - axis
-        order = [int(a) % rank for a in layer.axes]
-    elif hasattr(layer, "source"):
-        source = [int(a) % rank for a in np.atleast_1d(layer.source)]
-        destination = [int(a) % rank for a in np.atleast_1d(layer.destination)]
-        order = [a for a in range(rank) if a not in source]
-        for dst, src in sorted(zip(destination, source)):
-            order.insert(dst, src)
-    elif hasattr(layer, "axis1"):
-        order = list(range(rank))
-        a, b = int(layer.axis1) % rank, int(layer.axis2) % rank
-        order[a], order[b] = order[b], order[a]
-    else:
+    order = transpose_order(layer, rank)
+    if order is None:
         return None
     return order.index(axis) if axis in order else None
 

@@ -140,26 +140,39 @@ class SqueezeOpHandler(PassThroughOpHandler):
         return _rank(node) - 1 not in _axes(node.layer.axis, _rank(node))
 
 
+def transpose_order(layer, rank):
+    """The input axis at each output position of a transpose-like op.
+
+    `ops.transpose(x, axes)` (None: reversed), `ops.moveaxis(x, source,
+    destination)`, `ops.swapaxes(x, axis1, axis2)`; None for other ops.
+    """
+    if hasattr(layer, "axes"):
+        if layer.axes is None:
+            return list(reversed(range(rank)))
+        return [int(a) % rank for a in layer.axes]
+    if hasattr(layer, "source"):
+        source = [int(a) % rank for a in np.atleast_1d(layer.source)]
+        destination = [int(a) % rank for a in np.atleast_1d(layer.destination)]
+        order = [a for a in range(rank) if a not in source]
+        for dst, src in sorted(zip(destination, source)):
+            order.insert(dst, src)
+        return order
+    if hasattr(layer, "axis1"):
+        order = list(range(rank))
+        a, b = int(layer.axis1) % rank, int(layer.axis2) % rank
+        order[a], order[b] = order[b], order[a]
+        return order
+    return None
+
+
 class TransposeOpHandler(PassThroughOpHandler):
     """`ops.transpose / moveaxis / swapaxes`: channel-wise when the last axis
     stays last."""
 
     def keeps_channels(self, node):
         rank = _rank(node)
-        layer = node.layer
-        if hasattr(layer, "axes"):
-            axes = layer.axes
-            return axes is not None and int(axes[-1]) % rank == rank - 1
-        if hasattr(layer, "source"):
-            source = _axes(layer.source, rank)
-            destination = _axes(layer.destination, rank)
-            order = [a for a in range(rank) if a not in source]
-            for dst, src in sorted(zip(destination, source)):
-                order.insert(dst, src)
-            return order[-1] == rank - 1
-        if hasattr(layer, "axis1"):
-            return rank - 1 not in _axes((layer.axis1, layer.axis2), rank)
-        return False
+        order = transpose_order(node.layer, rank)
+        return order is not None and order[-1] == rank - 1
 
 
 class RepeatOpHandler(PassThroughOpHandler):

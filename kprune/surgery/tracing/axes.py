@@ -25,6 +25,7 @@ from scipy.sparse import csgraph
 
 from kprune.surgery.graph import Slot, constant_arguments
 from kprune.surgery.handlers.base import LayerHandler
+from kprune.surgery.handlers.ops import transpose_order
 
 
 class AxisGraph:
@@ -294,30 +295,8 @@ def _matmul(axes, node):
     return True
 
 
-def _permutation(node):
-    layer = node.layer
-    rank = len(node.inputs[0].shape)
-    if hasattr(layer, "axes"):
-        if layer.axes is None:
-            return list(reversed(range(rank)))
-        return [int(a) % rank for a in layer.axes]
-    if hasattr(layer, "source"):
-        source = [int(a) % rank for a in np.atleast_1d(layer.source)]
-        destination = [int(a) % rank for a in np.atleast_1d(layer.destination)]
-        order = [a for a in range(rank) if a not in source]
-        for dst, src in sorted(zip(destination, source)):
-            order.insert(dst, src)
-        return order
-    if hasattr(layer, "axis1"):
-        order = list(range(rank))
-        i, j = int(layer.axis1) % rank, int(layer.axis2) % rank
-        order[i], order[j] = order[j], order[i]
-        return order
-    return None
-
-
 def _transpose(axes, node):
-    order = _permutation(node)
+    order = transpose_order(node.layer, len(node.inputs[0].shape))
     if order is None:
         return False
     source, out = node.inputs[0], node.outputs[0]
