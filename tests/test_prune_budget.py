@@ -199,12 +199,20 @@ def test_latency_target_with_a_table(tmp_path):
         calls.append(1)
         return {"latency_ms_median": 1e-4 * kprune.report.summary(m)["macs"]}
 
+    def fake_relative(m, reference, **kwargs):
+        ratio = kprune.report.summary(m)["macs"] / kprune.report.summary(model)["macs"]
+        return {"ratio": ratio}
+
     with (
         mock.patch(
             "kprune.export.latency.layer_latency", side_effect=_fake_layer_latency
         ),
         mock.patch(
             "kprune.export.latency.model_latency", side_effect=fake_model_latency
+        ),
+        mock.patch("kprune.export.latency.relative_latency", side_effect=fake_relative),
+        mock.patch(
+            "kprune.export.latency.export_for_timing", side_effect=lambda m, p, d: p
         ),
     ):
         table = LatencyTable(grid=(0.5, 1.0), cache_dir=tmp_path)
@@ -417,3 +425,71 @@ def test_prune_keras_hub_backbone_keeps_its_class():
     assert plan.report["params_ratio"] <= 0.8
     outputs = small(x)
     assert outputs["sequence_output"].shape == model(x)["sequence_output"].shape
+
+
+def test_calibration_caps_the_scored_samples(data):
+    model = _lenet()
+    seen = []
+
+    def count(model, layer, x, y):
+        seen.append((len(x), len(y)))
+        return np.ones(model.get_layer(layer).output.shape[-1])
+
+    _, plan = kprune.prune(model, data, macs=0.5, importance=count, calibration=16)
+    assert set(seen) == {(16, 16)} and plan.report["calibration_samples"] == 16
+    seen.clear()
+    _, plan = kprune.prune(model, data, macs=0.5, importance=count)
+    assert set(seen) == {(48, 48)} and plan.report["calibration_samples"] == 48
+    # The subset is seeded: the same samples (and so the same plan) each call.
+    a = kprune.prune(model, data, macs=0.5, importance="activation", calibration=8)
+    b = kprune.prune(model, data, macs=0.5, importance="activation", calibration=8)
+    assert a[1].units == b[1].units
+    for bad in (0, 2.5, True, "8"):
+        with pytest.raises(ValueError, match="calibration"):
+            kprune.prune(
+                model, data, macs=0.5, importance="activation", calibration=bad
+            )
+
+
+def test_latency_predictor_scales_and_prune_clamps_a_wild_timing(tmp_path):
+    model = _lenet()
+    answers = [0.001]  # the first side-by-side timing is absurdly low
+
+    def fake_relative(m, reference, **kwargs):
+        true = kprune.report.summary(m)["macs"] / kprune.report.summary(model)["macs"]
+        return {"ratio": answers.pop() if answers else true}
+
+    with (
+        mock.patch(
+            "kprune.export.latency.layer_latency", side_effect=_fake_layer_latency
+        ),
+        mock.patch(
+            "kprune.export.latency.model_latency",
+            side_effect=lambda m, **k: {"latency_ms_median": 10.0},
+        ),
+        mock.patch("kprune.export.latency.relative_latency", side_effect=fake_relative),
+        mock.patch(
+            "kprune.export.latency.export_for_timing", side_effect=lambda m, p, d: p
+        ),
+    ):
+        table = LatencyTable(grid=(0.5, 1.0), cache_dir=tmp_path)
+        predict = table.predictor(model, latency=10.0)
+        assert predict({}) == pytest.approx(10.0)  # full width: the measurement
+        half = predict({"conv2": (12, 8), "fc1": (None, 16)})
+        assert 0 < half < 10.0
+        _, plan = kprune.prune(model, latency=5.0, latency_table=table)
+    tries = plan.report["rounds"][0]["tries"]
+    assert tries[0]["achieved"] == pytest.approx(0.01)
+    assert tries[1]["internal"] == pytest.approx(2 * tries[0]["internal"])
+    assert abs(plan.report["latency_after_ms"] - 5.0) <= 0.5
+
+
+def test_relative_latency_side_by_side():
+    from kprune.export import relative_latency
+
+    big = keras.Sequential([keras.Input((1024,)), L.Dense(2048), L.Dense(1024)])
+    small = keras.Sequential([keras.Input((1024,)), L.Dense(16)])
+    out = relative_latency(small, big, runs=5, rounds=2)
+    assert out["ratio"] < 0.5 and out["model_ms"] > 0 and out["reference_ms"] > 0
+    with pytest.raises(ValueError, match="statistic"):
+        relative_latency(small, big, statistic="mean")

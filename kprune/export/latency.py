@@ -16,17 +16,9 @@ def _convert_and_time(model, dtype, num_threads, runs, warmup, seed):
     if dtype not in DTYPES:
         raise ValueError(f"`dtype` must be one of {DTYPES}. Received: dtype={dtype!r}")
     with tempfile.TemporaryDirectory(prefix="kprune_latency_") as folder:
-        path = os.path.join(folder, "model.tflite")
-        kwargs = {}
-        if dtype == "int8":
-            rng = np.random.default_rng(seed)
-            shape = [1 if d is None else int(d) for d in model.inputs[0].shape]
-            kwargs = dict(
-                quantize="int8",
-                representative_data=rng.random([8] + shape[1:]).astype("float32"),
-                calibration_samples=8,
-            )
-        to_tflite(model, path, verify=False, **kwargs)
+        path = export_for_timing(
+            model, os.path.join(folder, "model.tflite"), dtype, seed
+        )
         stats = measure_tflite(
             path, num_threads=num_threads, runs=runs, warmup=warmup, seed=seed
         )
@@ -109,3 +101,91 @@ def layer_latency(
         )
     stats = _convert_and_time(model, dtype, num_threads, runs, warmup, seed)
     return float(stats[f"latency_ms_{statistic}"])
+
+
+def export_for_timing(model, path, dtype="float32", seed=0):
+    """Export `model` to `path` as `model_latency` times it (float32, or int8
+    calibrated on 8 random inputs); returns `path`."""
+    if dtype not in DTYPES:
+        raise ValueError(f"`dtype` must be one of {DTYPES}. Received: dtype={dtype!r}")
+    kwargs = {}
+    if dtype == "int8":
+        rng = np.random.default_rng(seed)
+        shape = [1 if d is None else int(d) for d in model.inputs[0].shape]
+        kwargs = dict(
+            quantize="int8",
+            representative_data=rng.random([8] + shape[1:]).astype("float32"),
+            calibration_samples=8,
+        )
+    to_tflite(model, path, verify=False, **kwargs)
+    return path
+
+
+def relative_latency(
+    model,
+    reference,
+    num_threads=1,
+    dtype="float32",
+    runs=10,
+    rounds=3,
+    warmup=2,
+    seed=0,
+    statistic="min",
+):
+    """LiteRT latency of `model` relative to `reference`, timed side by side.
+
+    Both are exported (a `reference` given as a `.tflite` path is used as it
+    is) and timed in `rounds` interleaved rounds of `runs` calls each, so
+    both see the same load on a shared machine:
+    `ratio = stat(model) / stat(reference)` with `stat` the minimum (or
+    median) over all runs of a file.
+
+    Args:
+        model: a `keras.Model` with one input of known shape.
+        reference: a `keras.Model`, or the path of its `.tflite` file.
+        num_threads: interpreter threads.
+        dtype: "float32" or "int8".
+        runs: timed calls per round and file.
+        rounds: interleaved rounds.
+        warmup: untimed calls before each round's runs.
+        seed: seed of the random inputs.
+        statistic: "min" (the least-contended run) or "median".
+
+    Returns:
+        A dict: `model_ms`, `reference_ms`, `ratio`.
+
+    Example:
+
+    >>> big = keras.Sequential([keras.Input((64,)), keras.layers.Dense(256)])
+    >>> out = relative_latency(big, big, runs=3, rounds=1)
+    >>> out["ratio"] > 0
+    True
+    """
+    if statistic not in ("median", "min"):
+        raise ValueError(
+            f"`statistic` must be 'median' or 'min'. Received: statistic={statistic!r}"
+        )
+    if int(rounds) < 1:
+        raise ValueError(f"`rounds` must be >= 1. Received: rounds={rounds!r}")
+    with tempfile.TemporaryDirectory(prefix="kprune_latency_") as folder:
+        paths = [export_for_timing(model, os.path.join(folder, "m.tflite"), dtype)]
+        if isinstance(reference, (str, os.PathLike)):
+            paths.append(os.fspath(reference))
+        else:
+            paths.append(
+                export_for_timing(reference, os.path.join(folder, "r.tflite"), dtype)
+            )
+        times = [[], []]
+        for _ in range(int(rounds)):
+            for index, path in enumerate(paths):
+                stats = measure_tflite(
+                    path, num_threads=num_threads, runs=runs, warmup=warmup, seed=seed
+                )
+                times[index].append(stats[f"latency_ms_{statistic}"])
+    pick = min if statistic == "min" else (lambda v: float(np.median(v)))
+    model_ms, reference_ms = pick(times[0]), pick(times[1])
+    return {
+        "model_ms": float(model_ms),
+        "reference_ms": float(reference_ms),
+        "ratio": float(model_ms / reference_ms),
+    }
