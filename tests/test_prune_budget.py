@@ -493,3 +493,15 @@ def test_relative_latency_side_by_side():
     assert out["ratio"] < 0.5 and out["model_ms"] > 0 and out["reference_ms"] > 0
     with pytest.raises(ValueError, match="statistic"):
         relative_latency(small, big, statistic="mean")
+
+
+def test_latency_tables_sharing_a_cache_keep_each_others_entries(tmp_path):
+    with mock.patch(
+        "kprune.export.latency.layer_latency", side_effect=_fake_layer_latency
+    ):
+        a = LatencyTable(grid=(1.0,), cache_dir=tmp_path)
+        b = LatencyTable(grid=(1.0,), cache_dir=tmp_path)  # read before a saved
+        a.build(keras.Sequential([keras.Input((8,)), L.Dense(4, name="x")]))
+        b.build(keras.Sequential([keras.Input((6,)), L.Dense(3, name="y")]))
+        both = LatencyTable(grid=(1.0,), cache_dir=tmp_path)
+    assert len(both.entries) == 2 and set(a.entries) < set(both.entries)

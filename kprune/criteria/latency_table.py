@@ -192,8 +192,10 @@ class LatencyTable:
         return dict(data.get("entries", {}))
 
     def save(self):
-        """Write the table file (atomically)."""
+        """Write the table file (atomically), keeping the entries that other
+        tables (other processes) saved to it since this one was read."""
         os.makedirs(self.cache_dir, exist_ok=True)
+        self.entries = {**self._load(), **self.entries}
         data = {
             "format": "kprune.latency_table",
             "machine": self.machine,
