@@ -477,10 +477,13 @@ def test_latency_predictor_scales_and_prune_clamps_a_wild_timing(tmp_path):
         assert predict({}) == pytest.approx(10.0)  # full width: the measurement
         half = predict({"conv2": (12, 8), "fc1": (None, 16)})
         assert 0 < half < 10.0
-        _, plan = kprune.prune(model, latency=5.0, latency_table=table)
+        _, plan = kprune.prune(
+            model, latency=5.0, latency_table=table, max_iterations=10
+        )
     tries = plan.report["rounds"][0]["tries"]
     assert tries[0]["achieved"] == pytest.approx(0.01)
     assert tries[1]["internal"] == pytest.approx(2 * tries[0]["internal"])
+    # Then bracketed (the bogus try at one end) and interpolated to the goal.
     assert abs(plan.report["latency_after_ms"] - 5.0) <= 0.5
 
 
@@ -505,3 +508,30 @@ def test_latency_tables_sharing_a_cache_keep_each_others_entries(tmp_path):
         b.build(keras.Sequential([keras.Input((6,)), L.Dense(3, name="y")]))
         both = LatencyTable(grid=(1.0,), cache_dir=tmp_path)
     assert len(both.entries) == 2 and set(a.entries) < set(both.entries)
+
+
+def test_latency_search_brackets_then_interpolates():
+    from kprune.pruning.budget import _next_internal
+
+    one = [{"internal": 10.0, "achieved": 40.0}]
+    assert _next_internal(one, 10.0, "latency") == 5.0  # factor clamped to 0.5
+    assert _next_internal(one, 10.0, "macs") == 2.5
+    two = one + [{"internal": 5.0, "achieved": 1.0}]  # bracketed: 5 .. 10
+    assert _next_internal(two, 20.0, "latency") == pytest.approx(5 + 5 * 19 / 39)
+    assert _next_internal(two, 1.5, "latency") == 5 + 0.25 * 5  # middle half
+    three = two + [{"internal": 5.5, "achieved": 19.99}]  # below twice: bisect
+    assert _next_internal(three, 20.0, "latency") == pytest.approx(5.5 + 0.5 * 4.5)
+
+
+def test_measure_tflite_cpu_clock(tmp_path):
+    from kprune.export import measure_tflite, to_tflite
+
+    model = keras.Sequential([keras.Input((256,)), L.Dense(256), L.Dense(8)])
+    path = to_tflite(model, str(tmp_path / "m.tflite"), verify=False)
+    stats = measure_tflite(path, runs=5, clock="cpu")
+    assert stats["clock"] == "cpu" and stats["latency_ms_min"] >= 0
+    with pytest.raises(ValueError, match="clock"):
+        measure_tflite(path, runs=5, clock="gpu")
+    with pytest.raises(ValueError, match="clock"):
+        LatencyTable(clock="gpu", cache_dir=tmp_path)
+    assert LatencyTable(clock="cpu", cache_dir=tmp_path).path.endswith("-cpu.json")

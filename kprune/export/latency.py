@@ -12,7 +12,7 @@ from kprune.export.tflite import to_tflite
 DTYPES = ("float32", "int8")
 
 
-def _convert_and_time(model, dtype, num_threads, runs, warmup, seed):
+def _convert_and_time(model, dtype, num_threads, runs, warmup, seed, clock="wall"):
     if dtype not in DTYPES:
         raise ValueError(f"`dtype` must be one of {DTYPES}. Received: dtype={dtype!r}")
     with tempfile.TemporaryDirectory(prefix="kprune_latency_") as folder:
@@ -20,12 +20,19 @@ def _convert_and_time(model, dtype, num_threads, runs, warmup, seed):
             model, os.path.join(folder, "model.tflite"), dtype, seed
         )
         stats = measure_tflite(
-            path, num_threads=num_threads, runs=runs, warmup=warmup, seed=seed
+            path,
+            num_threads=num_threads,
+            runs=runs,
+            warmup=warmup,
+            seed=seed,
+            clock=clock,
         )
     return stats
 
 
-def model_latency(model, num_threads=1, dtype="float32", runs=20, warmup=3, seed=0):
+def model_latency(
+    model, num_threads=1, dtype="float32", runs=20, warmup=3, seed=0, clock="wall"
+):
     """Median LiteRT (XNNPACK) latency of a Keras model, batch 1, in ms.
 
     The model is exported with `to_tflite` (float32, or int8 calibrated on
@@ -39,6 +46,7 @@ def model_latency(model, num_threads=1, dtype="float32", runs=20, warmup=3, seed
         runs: timed calls.
         warmup: untimed calls before.
         seed: seed of the random inputs.
+        clock: "wall" or "cpu" (see `measure_tflite`).
 
     Returns:
         A dict from `measure_tflite` (`latency_ms_median`, ...).
@@ -49,7 +57,7 @@ def model_latency(model, num_threads=1, dtype="float32", runs=20, warmup=3, seed
     >>> model_latency(model, runs=3)["latency_ms_median"] > 0
     True
     """
-    return _convert_and_time(model, dtype, num_threads, runs, warmup, seed)
+    return _convert_and_time(model, dtype, num_threads, runs, warmup, seed, clock)
 
 
 def layer_latency(
@@ -62,6 +70,7 @@ def layer_latency(
     warmup=3,
     seed=0,
     statistic="median",
+    clock="wall",
 ):
     """Median (or minimum) LiteRT latency of one layer built from its config.
 
@@ -80,6 +89,7 @@ def layer_latency(
         seed: seed of the random inputs.
         statistic: "median" or "min" (the least-contended run, for shared
             machines).
+        clock: "wall" or "cpu" (see `measure_tflite`).
 
     Returns:
         The latency in milliseconds (float).
@@ -99,7 +109,7 @@ def layer_latency(
         raise ValueError(
             f"`statistic` must be 'median' or 'min'. Received: statistic={statistic!r}"
         )
-    stats = _convert_and_time(model, dtype, num_threads, runs, warmup, seed)
+    stats = _convert_and_time(model, dtype, num_threads, runs, warmup, seed, clock)
     return float(stats[f"latency_ms_{statistic}"])
 
 
@@ -131,6 +141,7 @@ def relative_latency(
     warmup=2,
     seed=0,
     statistic="min",
+    clock="wall",
 ):
     """LiteRT latency of `model` relative to `reference`, timed side by side.
 
@@ -150,6 +161,7 @@ def relative_latency(
         warmup: untimed calls before each round's runs.
         seed: seed of the random inputs.
         statistic: "min" (the least-contended run) or "median".
+        clock: "wall" or "cpu" (see `measure_tflite`).
 
     Returns:
         A dict: `model_ms`, `reference_ms`, `ratio`.
@@ -179,7 +191,12 @@ def relative_latency(
         for _ in range(int(rounds)):
             for index, path in enumerate(paths):
                 stats = measure_tflite(
-                    path, num_threads=num_threads, runs=runs, warmup=warmup, seed=seed
+                    path,
+                    num_threads=num_threads,
+                    runs=runs,
+                    warmup=warmup,
+                    seed=seed,
+                    clock=clock,
                 )
                 times[index].append(stats[f"latency_ms_{statistic}"])
     pick = min if statistic == "min" else (lambda v: float(np.median(v)))

@@ -317,7 +317,13 @@ def _search(model, planner, metric, goal, base, current, measure, max_iterations
 
     A miss re-targets the estimate by `goal / achieved` (for latency, a
     factor kept within [0.5, 2]: one timing on a busy machine can be far
-    off, and a wild factor would prune everything or nothing).
+    off, and a wild factor would prune everything or nothing). Once one
+    try landed below the goal and another above, the measured value is
+    bracketed (it grows with the internal target): the next internal
+    target interpolates between the two nearest tries (regula falsi, kept
+    inside the middle half of the bracket), or bisects it when the last two
+    tries fell on the same side, so a wrong timing at one end cannot stall
+    it.
     """
     internal = goal
     if metric != "latency":
@@ -345,12 +351,31 @@ def _search(model, planner, metric, goal, base, current, measure, max_iterations
             return pruned, units, achieved, history, report
         if best is None or miss < best[0]:
             best = (miss, pruned, units, achieved, report)
-        factor = goal / achieved
-        if metric == "latency":
-            factor = min(max(factor, 0.5), 2.0)
-        internal = internal * factor
+        internal = _next_internal(history, goal, metric)
     _, pruned, units, achieved, report = best
     return pruned, units, achieved, history, report
+
+
+def _next_internal(history, goal, metric):
+    """The next internal target after the tries in `history`."""
+    last = history[-1]
+    below = [h for h in history if h["achieved"] < goal]
+    above = [h for h in history if h["achieved"] > goal]
+    if below and above:
+        lo = max(below, key=lambda h: h["internal"])
+        hi = min(above, key=lambda h: h["internal"])
+        if lo["internal"] < hi["internal"]:
+            span = hi["internal"] - lo["internal"]
+            rise = hi["achieved"] - lo["achieved"]
+            t = (goal - lo["achieved"]) / rise if rise > 0 else 0.5
+            side = [h["achieved"] > goal for h in history[-2:]]
+            if len(side) == 2 and side[0] == side[1]:
+                t = 0.5  # the same end moved twice: bisect (Illinois-like)
+            return lo["internal"] + span * min(max(t, 0.25), 0.75)
+    factor = goal / last["achieved"] if last["achieved"] > 0 else 2.0
+    if metric == "latency":
+        factor = min(max(factor, 0.5), 2.0)
+    return last["internal"] * factor
 
 
 def _all_paths(model):
