@@ -487,17 +487,6 @@ def test_latency_predictor_scales_and_prune_clamps_a_wild_timing(tmp_path):
     assert abs(plan.report["latency_after_ms"] - 5.0) <= 0.5
 
 
-def test_relative_latency_side_by_side():
-    from kprune.export import relative_latency
-
-    big = keras.Sequential([keras.Input((1024,)), L.Dense(2048), L.Dense(1024)])
-    small = keras.Sequential([keras.Input((1024,)), L.Dense(16)])
-    out = relative_latency(small, big, runs=5, rounds=2)
-    assert out["ratio"] < 0.5 and out["model_ms"] > 0 and out["reference_ms"] > 0
-    with pytest.raises(ValueError, match="statistic"):
-        relative_latency(small, big, statistic="mean")
-
-
 def test_latency_tables_sharing_a_cache_keep_each_others_entries(tmp_path):
     with mock.patch(
         "kprune.export.latency.layer_latency", side_effect=_fake_layer_latency
@@ -523,15 +512,22 @@ def test_latency_search_brackets_then_interpolates():
     assert _next_internal(three, 20.0, "latency") == pytest.approx(5.5 + 0.5 * 4.5)
 
 
-def test_measure_tflite_cpu_clock(tmp_path):
-    from kprune.export import measure_tflite, to_tflite
+def test_cpu_clock_and_relative_latency(tmp_path):
+    from kprune.export import measure_tflite, relative_latency, to_tflite
 
-    model = keras.Sequential([keras.Input((256,)), L.Dense(256), L.Dense(8)])
-    path = to_tflite(model, str(tmp_path / "m.tflite"), verify=False)
+    big = keras.Sequential([keras.Input((1024,)), L.Dense(2048), L.Dense(1024)])
+    small = keras.Sequential([keras.Input((1024,)), L.Dense(16)])
+    path = to_tflite(big, str(tmp_path / "big.tflite"), verify=False)
     stats = measure_tflite(path, runs=5, clock="cpu")
-    assert stats["clock"] == "cpu" and stats["latency_ms_min"] >= 0
+    assert stats["clock"] == "cpu" and stats["latency_ms_min"] > 0
+    # The reference given as its file: timed side by side with `small`.
+    out = relative_latency(small, path, runs=5, rounds=2, clock="cpu")
+    assert out["ratio"] < 0.5 and out["model_ms"] > 0
+    assert out["reference_ms"] == pytest.approx(out["model_ms"] / out["ratio"])
     with pytest.raises(ValueError, match="clock"):
         measure_tflite(path, runs=5, clock="gpu")
+    with pytest.raises(ValueError, match="statistic"):
+        relative_latency(small, path, statistic="mean")
     with pytest.raises(ValueError, match="clock"):
         LatencyTable(clock="gpu", cache_dir=tmp_path)
     assert LatencyTable(clock="cpu", cache_dir=tmp_path).path.endswith("-cpu.json")
