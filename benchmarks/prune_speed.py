@@ -80,8 +80,9 @@ def time_side_by_side(paths, threads, runs, rounds, clock="wall"):
     used for speed-ups; the median is kept for reference.
     """
     times = {p: [] for p in paths}
-    for _ in range(rounds):
-        for path in paths:
+    for index in range(rounds):
+        # Alternate the order from round to round: no file always goes first.
+        for path in paths if index % 2 == 0 else paths[::-1]:
             stats = measure_tflite(
                 path, num_threads=threads, runs=runs, warmup=2, clock=clock
             )
@@ -395,10 +396,12 @@ def render(result):
             "",
             "`kprune.prune(dense, latency=target, latency_table=table, "
             "round_to=8)`; the table and the check inside `prune` use the "
-            "minimum over the timed runs of each file. `tries`: the table's "
+            "minimum over the timed runs of each file, timed by `clock` (wall "
+            "time, or the process's CPU time per call). `tries`: the table's "
             "prediction / the measured latency (ms) of each candidate "
-            "`prune` rebuilt (it re-targets by `target / measured` until "
-            "within 10 %). `re-measured`: pruned / dense, both files timed "
+            "`prune` rebuilt and timed side by side with the dense model (it "
+            "re-targets until within 10 %). `re-measured`: pruned / dense, "
+            "both files timed "
             "side by side afterwards (minimum over interleaved runs); "
             "within 10 % of the target means 0.45-0.55.",
             "",
@@ -413,6 +416,7 @@ def render(result):
             rows.append(
                 [
                     name,
+                    t.get("clock", "wall"),
                     f"{t['dense_ms']:.1f}",
                     f"{t['target_ms']:.1f}",
                     tries,
@@ -431,6 +435,7 @@ def render(result):
         lines += md_table(
             [
                 "model",
+                "clock",
                 "dense ms",
                 "target ms",
                 "tries: predicted / measured ms",

@@ -146,8 +146,9 @@ def relative_latency(
     """LiteRT latency of `model` relative to `reference`, timed side by side.
 
     Both are exported (a `reference` given as a `.tflite` path is used as it
-    is) and timed in `rounds` interleaved rounds of `runs` calls each, so
-    both see the same load on a shared machine:
+    is) and timed in `rounds` interleaved rounds of `runs` calls each (the
+    order alternating from round to round), so both see the same load on a
+    shared machine:
     `ratio = stat(model) / stat(reference)` with `stat` the minimum (or
     median) over all runs of a file.
 
@@ -188,8 +189,12 @@ def relative_latency(
                 export_for_timing(reference, os.path.join(folder, "r.tflite"), dtype)
             )
         times = [[], []]
-        for _ in range(int(rounds)):
-            for index, path in enumerate(paths):
+        for round_index in range(int(rounds)):
+            # Alternate which file goes first (ABBA...): no file is always
+            # timed right after the other's run.
+            order = (0, 1) if round_index % 2 == 0 else (1, 0)
+            for index in order:
+                path = paths[index]
                 stats = measure_tflite(
                     path,
                     num_threads=num_threads,
