@@ -12,9 +12,18 @@ runs. Speed-up = dense latency / pruned latency; its ratio to the MACs
 reduction is what the runtime gives of what the MACs promise (target >= 0.8
 with `round_to=8`; Torch-Pruning reports 0.57 for ResNet-50).
 
-`--latency`: for each model, a `LatencyTable` (float32, 1 thread) is built
-(its time reported separately), and `kprune.prune(latency=dense / 2)` must
-land within 10 % of the target on this machine.
+`--latency`: for each model, a `LatencyTable` (float32, 1 thread, minimum
+over `--table-runs` calls) is built (its time reported separately), and
+`kprune.prune(latency=dense / 2)` must land within 10 % of the target on
+this machine; the pruned file is then timed again side by side with the
+dense one. `--clock cpu` times calls by the process's CPU time (what a
+1-thread call costs on an idle core): on a machine busy with other jobs,
+wall times of long calls are inflated more than those of short ones.
+
+Results of one run are merged into the results file (`--results`, default
+`prune_speed`): only the entries of the models run are replaced, earlier
+cells of the same model are kept under `earlier`; `notes` in the JSON are
+rendered at the end of the markdown.
 
 `--cost`: `kprune.prune` on ResNet50 to 2x fewer MACs with 256 random
 calibration images, timed for `l2`, `activation` and `taylor` (target:
@@ -38,6 +47,7 @@ from common import (
     command_line,
     machine,
     md_table,
+    now,
     read_json,
     run_line,
     write_results,
@@ -62,7 +72,7 @@ def export(model, path, dtype):
     return time.perf_counter() - start
 
 
-def time_side_by_side(paths, threads, runs, rounds):
+def time_side_by_side(paths, threads, runs, rounds, clock="wall"):
     """Latency (ms) of each file, timed in interleaved rounds.
 
     Returns `{path: (minimum, median)}` over all runs of all rounds. The
@@ -70,14 +80,32 @@ def time_side_by_side(paths, threads, runs, rounds):
     used for speed-ups; the median is kept for reference.
     """
     times = {p: [] for p in paths}
-    for _ in range(rounds):
-        for path in paths:
-            stats = measure_tflite(path, num_threads=threads, runs=runs, warmup=2)
+    for index in range(rounds):
+        # Alternate the order from round to round: no file always goes first.
+        for path in paths if index % 2 == 0 else paths[::-1]:
+            stats = measure_tflite(
+                path, num_threads=threads, runs=runs, warmup=2, clock=clock
+            )
             times[path].append((stats["latency_ms_min"], stats["latency_ms_median"]))
     return {
         p: (min(t[0] for t in v), float(np.median([t[1] for t in v])))
         for p, v in times.items()
     }
+
+
+def save(args, result):
+    """Write the results, merging into what is on disk now: only the entries
+    of this run's models are replaced (other runs may write the same file)."""
+    path = os.path.join(REPO, "benchmarks", "results", f"{args.results}.json")
+    disk = read_json(path, {})
+    for key in ("command", "machine", "notes"):
+        if key in result:
+            disk[key] = result[key]
+    for section in ("speed", "latency_target"):
+        for name in args.models:
+            if name in result.get(section, {}):
+                disk.setdefault(section, {})[name] = result[section][name]
+    write_results(args.results, disk, render(disk))
 
 
 def speed(args, result, folder):
@@ -106,8 +134,23 @@ def speed(args, result, folder):
                         seconds,
                     )
                 )
-        entry = {"macs": base, "variants": {}}
-        entry.update(command=command_line(__file__), machine=machine())
+        # Merge into what earlier runs measured (other dtypes / threads).
+        entry = result.setdefault("speed", {}).get(name) or {}
+        entry.setdefault("variants", {})
+        entry["macs"] = base
+        runs = entry.setdefault("runs", [])
+        if "command" in entry:  # the single run of the first format
+            runs.append(
+                {"command": entry.pop("command"), "machine": entry.pop("machine")}
+            )
+        if args.dtypes and args.threads:
+            runs.append(
+                {
+                    "command": command_line(__file__),
+                    "machine": machine(),
+                    "keys": [f"{d}_t{t}" for d in args.dtypes for t in args.threads],
+                }
+            )
         for dtype in args.dtypes:
             paths = {}
             for label, model, ratio, seconds in variants:
@@ -130,7 +173,10 @@ def speed(args, result, folder):
                     v = entry["variants"][label]
                     key = f"{dtype}_t{threads}"
                     speedup = dense_ms / ms[path][0]
+                    if key in v:  # keep what an earlier run measured
+                        v.setdefault("earlier", []).append({key: v[key]})
                     v[key] = {
+                        "date": now(),
                         "latency_ms": ms[path][0],
                         "latency_ms_median": ms[path][1],
                         "speedup": speedup,
@@ -145,15 +191,18 @@ def speed(args, result, folder):
                     flush=True,
                 )
                 result.setdefault("speed", {})[name] = entry
-                write_results("prune_speed", result, render(result))
+                save(args, result)
         if args.latency:
             table = LatencyTable(
                 num_threads=1,
                 dtype="float32",
                 grid=tuple(args.grid),
                 round_to=8,
-                runs=args.runs,
+                runs=args.table_runs,
+                statistic="min",
+                clock=args.clock,
             )
+            load = os.getloadavg()
             start = time.perf_counter()
             table.build(dense)
             build_seconds = time.perf_counter() - start
@@ -161,15 +210,29 @@ def speed(args, result, folder):
             target = dense_ms / 2
             start = time.perf_counter()
             small, plan = kprune.prune(
-                dense, latency=target, latency_table=table, round_to=8
+                dense,
+                latency=target,
+                latency_table=table,
+                round_to=8,
+                steps=args.latency_steps,
             )
             seconds = time.perf_counter() - start
+            seconds -= plan.report["latency_table_seconds"]
             # An independent re-measurement, side by side with the dense model.
             paths = [os.path.join(folder, f"{name}_lt_{k}.tflite") for k in ("d", "p")]
             export(dense, paths[0], "float32")
             export(small, paths[1], "float32")
-            ms = time_side_by_side(paths, 1, args.runs, args.rounds)
+            ms = time_side_by_side(paths, 1, args.runs, args.rounds, args.clock)
+            ratio = ms[paths[1]][0] / ms[paths[0]][0]
             result.setdefault("latency_target", {})[name] = {
+                "command": command_line(__file__),
+                "machine": machine(),
+                "load": load,
+                "table_runs": args.table_runs,
+                "table_statistic": table.statistic,
+                "clock": args.clock,
+                "grid": list(table.grid),
+                "steps": args.latency_steps,
                 "table_build_seconds": build_seconds,
                 "table_measurements": table.measured,
                 "table_file": table.path,
@@ -180,13 +243,14 @@ def speed(args, result, folder):
                 <= 0.1 * target,
                 "remeasured_dense_ms": ms[paths[0]][0],
                 "remeasured_pruned_ms": ms[paths[1]][0],
-                "remeasured_ratio": ms[paths[1]][0] / ms[paths[0]][0],
+                "remeasured_ratio": ratio,
+                "remeasured_within_10pct": abs(ratio - 0.5) <= 0.05,
                 "macs_ratio": plan.report["macs_ratio"],
                 "prune_seconds_without_table": seconds,
-                "tries": plan.report["rounds"][0]["tries"],
+                "rounds": plan.report["rounds"],
             }
             print(name, result["latency_target"][name], flush=True)
-            write_results("prune_speed", result, render(result))
+            save(args, result)
 
 
 def cost(args):
@@ -199,23 +263,35 @@ def cost(args):
     earlier = read_json(os.path.join(REPO, "benchmarks", "results", "prune_cost.json"))
     if earlier and earlier.get("runs"):  # keep what earlier runs measured
         out["earlier"] = [
-            {**r, "date": earlier["machine"].get("date")}
+            {"date": earlier["machine"].get("date"), **r}
             for r in earlier.get("earlier", []) + earlier["runs"]
-            if "date" not in r
-        ] + [r for r in earlier.get("earlier", []) if "date" in r]
-    for importance in args.cost_importances:
+        ]
+    for spec in args.cost_importances:
+        importance, _, cap = spec.partition(":")
+        cap = int(cap) if cap else None
         load = os.getloadavg()
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         _, plan = kprune.prune(
-            model, (x, y), macs=0.5, importance=importance, batch_size=32
+            model,
+            (x, y),
+            macs=0.5,
+            importance=importance,
+            batch_size=32,
+            calibration=cap,
         )
         seconds = time.perf_counter() - start
         out["runs"].append(
             {
                 "importance": importance,
+                "calibration": cap,
+                "images_scored": plan.report.get("calibration_samples")
+                if importance in ("activation", "taylor", "car")
+                else 0,
                 "seconds": seconds,
+                "cpu_seconds": time.process_time() - cpu,
                 "macs_ratio": plan.report["macs_ratio"],
                 "load": load,
+                "date": now(),
             }
         )
         print(out["runs"][-1], flush=True)
@@ -225,17 +301,29 @@ def cost(args):
         f"Run: {run_line(out['command'], out['machine'])}.",
         "",
         "ResNet50 (224x224, random weights), 2x fewer MACs, 256 random "
-        "calibration images (batch 32); wall time of the whole "
-        "`kprune.prune` call (scoring, selection, rebuild, checks). Target: "
-        "under 60 s on 2 cores.",
+        "calibration images (batch 32) passed as `data`; `calibration=n`: "
+        "the data-driven importances score a seeded random subset of n of "
+        "them. Wall time of the whole `kprune.prune` call (scoring, "
+        "selection, rebuild, checks) and the process's CPU time (all "
+        "threads; on 2 otherwise idle cores the wall time would be about "
+        "CPU / 2 or more). Target: under 60 s on 2 cores.",
         "",
     ]
     lines += md_table(
-        ["importance", "seconds", "MACs ratio", "load average (1/5/15 min)"],
+        [
+            "importance",
+            "images scored",
+            "seconds",
+            "CPU seconds",
+            "MACs ratio",
+            "load average (1/5/15 min)",
+        ],
         [
             [
                 r["importance"],
+                str(r.get("images_scored", "-")),
                 f"{r['seconds']:.1f}",
+                f"{r['cpu_seconds']:.0f}" if "cpu_seconds" in r else "-",
                 f"{r['macs_ratio']:.4f}",
                 " / ".join(f"{v:.1f}" for v in r["load"]),
             ]
@@ -245,11 +333,19 @@ def cost(args):
     if out.get("earlier"):
         lines += ["", "Earlier runs (same call; their load in the last column):", ""]
         lines += md_table(
-            ["date", "importance", "seconds", "MACs ratio", "load average"],
+            [
+                "date",
+                "importance",
+                "images scored",
+                "seconds",
+                "MACs ratio",
+                "load average",
+            ],
             [
                 [
                     r["date"],
                     r["importance"],
+                    str(r.get("images_scored", 0 if r["importance"] == "l2" else 256)),
                     f"{r['seconds']:.1f}",
                     f"{r['macs_ratio']:.4f}",
                     " / ".join(f"{v:.1f}" for v in r["load"]),
@@ -275,8 +371,10 @@ def render(result):
     ]
     for name, entry in result.get("speed", {}).items():
         lines += [f"## {name} ({entry['macs'] / 1e6:.0f} M MACs)", ""]
-        if "command" in entry:
-            lines += [f"Run: {run_line(entry['command'], entry['machine'])}.", ""]
+        for run in entry.get("runs", []):
+            keys = ", ".join(run.get("keys", [])) or "float32_t1"
+            lines += [f"Run ({keys}): {run_line(run['command'], run['machine'])}."]
+        lines += [""]
         keys = sorted({k for v in entry["variants"].values() for k in v if "_t" in k})
         header = ["variant", "MACs ratio"] + keys
         rows = []
@@ -293,37 +391,68 @@ def render(result):
             rows.append(row)
         lines += md_table(header, rows) + [""]
     if result.get("latency_target"):
-        lines += ["## Latency targets (float32, 1 thread, target = dense / 2)", ""]
+        lines += [
+            "## Latency targets (float32, 1 thread, target = dense / 2)",
+            "",
+            "`kprune.prune(dense, latency=target, latency_table=table, "
+            "round_to=8)`; the table and the check inside `prune` use the "
+            "minimum over the timed runs of each file, timed by `clock` (wall "
+            "time, or the process's CPU time per call). `tries`: the table's "
+            "prediction / the measured latency (ms) of each candidate "
+            "`prune` rebuilt and timed side by side with the dense model (it "
+            "re-targets until within 10 %). `re-measured`: pruned / dense, "
+            "both files timed "
+            "side by side afterwards (minimum over interleaved runs); "
+            "within 10 % of the target means 0.45-0.55.",
+            "",
+        ]
         rows = []
         for name, t in result["latency_target"].items():
+            tries = "; ".join(
+                f"{h.get('predicted', float('nan')):.1f} / {h['achieved']:.1f}"
+                for r in t.get("rounds", [{"tries": t.get("tries", [])}])
+                for h in r["tries"]
+            )
             rows.append(
                 [
                     name,
+                    t.get("clock", "wall"),
                     f"{t['dense_ms']:.1f}",
                     f"{t['target_ms']:.1f}",
+                    tries,
                     f"{t['achieved_ms_in_prune']:.1f}",
                     "yes" if t["within_10pct_in_prune"] else "no",
                     f"{t['remeasured_ratio']:.3f}",
+                    {True: "yes", False: "no"}.get(
+                        t.get("remeasured_within_10pct"), "-"
+                    ),
                     f"{t['macs_ratio']:.3f}",
                     f"{t['table_build_seconds']:.0f} ({t['table_measurements']})",
                     f"{t['prune_seconds_without_table']:.0f}",
+                    " / ".join(f"{v:.1f}" for v in t.get("load", [])) or "-",
                 ]
             )
         lines += md_table(
             [
                 "model",
+                "clock",
                 "dense ms",
                 "target ms",
+                "tries: predicted / measured ms",
                 "achieved ms",
                 "within 10 %",
                 "re-measured pruned/dense",
+                "within 10 % (re-measured)",
                 "MACs ratio",
                 "table build s (measurements)",
                 "prune s (table excluded)",
+                "load",
             ],
             rows,
         )
         lines.append("")
+    if result.get("notes"):
+        lines += [result["notes"].strip(), ""]
     return "\n".join(lines) + "\n"
 
 
@@ -339,10 +468,24 @@ def main(argv=None):
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--latency", action="store_true")
     parser.add_argument("--grid", nargs="+", type=float, default=[0.5, 1.0])
+    parser.add_argument("--table-runs", type=int, default=10)
+    parser.add_argument("--latency-steps", type=int, default=1)
+    parser.add_argument(
+        "--clock",
+        choices=["wall", "cpu"],
+        default="wall",
+        help="latency target: time by wall or process CPU time (1 thread)",
+    )
+    parser.add_argument(
+        "--results", default="prune_speed", help="results file name (no suffix)"
+    )
     parser.add_argument("--no-speed", action="store_true")
     parser.add_argument("--cost", action="store_true")
     parser.add_argument(
-        "--cost-importances", nargs="+", default=["l2", "activation", "taylor"]
+        "--cost-importances",
+        nargs="+",
+        default=["l2", "activation", "taylor"],
+        help="importances to time; 'name:n' scores n images (calibration=n)",
     )
     args = parser.parse_args(argv)
     if args.cost:
@@ -350,7 +493,7 @@ def main(argv=None):
     if args.no_speed and not args.latency:
         return
     result = read_json(
-        os.path.join(REPO, "benchmarks", "results", "prune_speed.json"), {}
+        os.path.join(REPO, "benchmarks", "results", f"{args.results}.json"), {}
     )
     result.update(command=command_line(__file__, argv), machine=machine())
     if args.no_speed:

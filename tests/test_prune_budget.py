@@ -199,12 +199,20 @@ def test_latency_target_with_a_table(tmp_path):
         calls.append(1)
         return {"latency_ms_median": 1e-4 * kprune.report.summary(m)["macs"]}
 
+    def fake_relative(m, reference, **kwargs):
+        ratio = kprune.report.summary(m)["macs"] / kprune.report.summary(model)["macs"]
+        return {"ratio": ratio}
+
     with (
         mock.patch(
             "kprune.export.latency.layer_latency", side_effect=_fake_layer_latency
         ),
         mock.patch(
             "kprune.export.latency.model_latency", side_effect=fake_model_latency
+        ),
+        mock.patch("kprune.export.latency.relative_latency", side_effect=fake_relative),
+        mock.patch(
+            "kprune.export.latency.export_for_timing", side_effect=lambda m, p, d: p
         ),
     ):
         table = LatencyTable(grid=(0.5, 1.0), cache_dir=tmp_path)
@@ -375,3 +383,109 @@ def test_prune_keras_hub_backbone_keeps_its_class():
     assert plan.report["params_ratio"] <= 0.8
     outputs = small(x)
     assert outputs["sequence_output"].shape == model(x)["sequence_output"].shape
+
+
+def test_calibration_caps_the_scored_samples(data):
+    model = _lenet()
+    seen = []
+
+    def count(model, layer, x, y):
+        seen.append((len(x), len(y)))
+        return np.ones(model.get_layer(layer).output.shape[-1])
+
+    _, plan = kprune.prune(model, data, macs=0.5, importance=count, calibration=16)
+    assert set(seen) == {(16, 16)} and plan.report["calibration_samples"] == 16
+    seen.clear()
+    _, plan = kprune.prune(model, data, macs=0.5, importance=count)
+    assert set(seen) == {(48, 48)} and plan.report["calibration_samples"] == 48
+    # The subset is seeded: the same samples (and so the same plan) each call.
+    a = kprune.prune(model, data, macs=0.5, importance="activation", calibration=8)
+    b = kprune.prune(model, data, macs=0.5, importance="activation", calibration=8)
+    assert a[1].units == b[1].units
+    for bad in (0, 2.5, True, "8"):
+        with pytest.raises(ValueError, match="calibration"):
+            kprune.prune(
+                model, data, macs=0.5, importance="activation", calibration=bad
+            )
+
+
+def test_latency_predictor_scales_and_prune_clamps_a_wild_timing(tmp_path):
+    model = _lenet()
+    answers = [0.001]  # the first side-by-side timing is absurdly low
+
+    def fake_relative(m, reference, **kwargs):
+        true = kprune.report.summary(m)["macs"] / kprune.report.summary(model)["macs"]
+        return {"ratio": answers.pop() if answers else true}
+
+    with (
+        mock.patch(
+            "kprune.export.latency.layer_latency", side_effect=_fake_layer_latency
+        ),
+        mock.patch(
+            "kprune.export.latency.model_latency",
+            side_effect=lambda m, **k: {"latency_ms_median": 10.0},
+        ),
+        mock.patch("kprune.export.latency.relative_latency", side_effect=fake_relative),
+        mock.patch(
+            "kprune.export.latency.export_for_timing", side_effect=lambda m, p, d: p
+        ),
+    ):
+        table = LatencyTable(grid=(0.5, 1.0), cache_dir=tmp_path)
+        predict = table.predictor(model, latency=10.0)
+        assert predict({}) == pytest.approx(10.0)  # full width: the measurement
+        half = predict({"conv2": (12, 8), "fc1": (None, 16)})
+        assert 0 < half < 10.0
+        _, plan = kprune.prune(
+            model, latency=5.0, latency_table=table, max_iterations=10
+        )
+    tries = plan.report["rounds"][0]["tries"]
+    assert tries[0]["achieved"] == pytest.approx(0.01)
+    assert tries[1]["internal"] == pytest.approx(2 * tries[0]["internal"])
+    # Then bracketed (the bogus try at one end) and interpolated to the goal.
+    assert abs(plan.report["latency_after_ms"] - 5.0) <= 0.5
+
+
+def test_latency_tables_sharing_a_cache_keep_each_others_entries(tmp_path):
+    with mock.patch(
+        "kprune.export.latency.layer_latency", side_effect=_fake_layer_latency
+    ):
+        a = LatencyTable(grid=(1.0,), cache_dir=tmp_path)
+        b = LatencyTable(grid=(1.0,), cache_dir=tmp_path)  # read before a saved
+        a.build(keras.Sequential([keras.Input((8,)), L.Dense(4, name="x")]))
+        b.build(keras.Sequential([keras.Input((6,)), L.Dense(3, name="y")]))
+        both = LatencyTable(grid=(1.0,), cache_dir=tmp_path)
+    assert len(both.entries) == 2 and set(a.entries) < set(both.entries)
+
+
+def test_latency_search_brackets_then_interpolates():
+    from kprune.pruning.budget import _next_internal
+
+    one = [{"internal": 10.0, "achieved": 40.0}]
+    assert _next_internal(one, 10.0, "latency") == 5.0  # factor clamped to 0.5
+    assert _next_internal(one, 10.0, "macs") == 2.5
+    two = one + [{"internal": 5.0, "achieved": 1.0}]  # bracketed: 5 .. 10
+    assert _next_internal(two, 20.0, "latency") == pytest.approx(5 + 5 * 19 / 39)
+    assert _next_internal(two, 1.5, "latency") == 5 + 0.25 * 5  # middle half
+    three = two + [{"internal": 5.5, "achieved": 19.99}]  # below twice: bisect
+    assert _next_internal(three, 20.0, "latency") == pytest.approx(5.5 + 0.5 * 4.5)
+
+
+def test_cpu_clock_and_relative_latency(tmp_path):
+    from kprune.export import measure_tflite, relative_latency, to_tflite
+
+    big = keras.Sequential([keras.Input((1024,)), L.Dense(2048), L.Dense(1024)])
+    small = keras.Sequential([keras.Input((1024,)), L.Dense(16)])
+    path = to_tflite(big, str(tmp_path / "big.tflite"), verify=False)
+    stats = measure_tflite(path, runs=5, clock="cpu")
+    assert stats["clock"] == "cpu" and stats["latency_ms_min"] > 0
+    # The reference given as its file: timed side by side with `small`.
+    out = relative_latency(small, path, runs=5, rounds=2, clock="cpu")
+    assert out["ratio"] < 0.5 and out["model_ms"] > 0
+    assert out["reference_ms"] == pytest.approx(out["model_ms"] / out["ratio"])
+    with pytest.raises(ValueError, match="clock"):
+        measure_tflite(path, runs=5, clock="gpu")
+    with pytest.raises(ValueError, match="statistic"):
+        relative_latency(small, path, statistic="mean")
+    with pytest.raises(ValueError, match="clock"):
+        LatencyTable(clock="gpu", cache_dir=tmp_path)
+    assert LatencyTable(clock="cpu", cache_dir=tmp_path).path.endswith("-cpu.json")

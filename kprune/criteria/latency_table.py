@@ -9,12 +9,20 @@ pruned model's latency as
 
     latency(widths) = sum_l T_l(in_l, out_l) + rest
 
-with `T_l` interpolated bilinearly between grid points and `rest` the
-measured latency of the whole model minus the table's sum at full width
-(pooling, additions, the interpreter's overhead); when that difference is
-negative (layers timed alone carry their own overhead), the sum is scaled
-by `measured / sum` instead. `kprune.prune` measures the pruned model and
-corrects its target, so the table need only rank candidates well.
+with `T_l` interpolated bilinearly between grid points, scaled to the
+measured latency of the whole model:
+
+    latency(widths) = measured * sum_l T_l(in_l, out_l) / sum_l T_l(full)
+
+The ops outside the table (additions, pooling, activations that XNNPACK
+does not fuse, squeeze-excitation products, the interpreter's overhead)
+are assumed to shrink in the same proportion as the table's layers (they
+mostly scale with the same channel widths). An additive constant for them
+(`measured - sum`) is the difference of two timings and, on a busy machine,
+can be most of the model: a target below it is then unreachable on paper
+and the search removes everything. `kprune.prune` then measures each
+candidate side by side with the original model (`relative`) and corrects
+its target, so the table need only rank candidates well.
 
 Cache: one JSON file per machine, thread count and dtype in
 `$KPRUNE_CACHE_DIR/latency/` (default `$XDG_CACHE_HOME/kprune/latency/`, i.e.
@@ -29,6 +37,9 @@ import hashlib
 import json
 import os
 import platform
+import shutil
+import tempfile
+import weakref
 
 import numpy as np
 
@@ -107,6 +118,11 @@ class LatencyTable:
         runs: timed calls per measurement.
         statistic: "median" (default) or "min" of the timed calls (the
             least-contended run: steadier on a shared machine).
+        clock: "wall" (default) or "cpu": time each call by the CPU time
+            the process spends in it (`kprune.export.measure_tflite`), what
+            a call costs on an idle core with `num_threads=1`; for a
+            machine shared with other jobs, where wall times of long calls
+            are inflated more than those of short ones.
         cache_dir: where the table files live (default:
             `default_cache_dir()`).
 
@@ -132,6 +148,7 @@ class LatencyTable:
         runs=20,
         cache_dir=None,
         statistic="median",
+        clock="wall",
     ):
         if int(num_threads) < 1:
             raise ValueError(
@@ -157,10 +174,17 @@ class LatencyTable:
                 f"Received: statistic={statistic!r}"
             )
         self.statistic = statistic
+        if clock not in ("wall", "cpu"):
+            raise ValueError(
+                f"`clock` must be 'wall' or 'cpu'. Received: clock={clock!r}"
+            )
+        self.clock = clock
         self.cache_dir = os.fspath(cache_dir) if cache_dir else default_cache_dir()
         self.machine = machine_id()
         tag = hashlib.sha1(self.machine.encode()).hexdigest()[:12]
-        suffix = "" if statistic == "median" else "-min"
+        suffix = ("" if statistic == "median" else "-min") + (
+            "" if clock == "wall" else "-cpu"
+        )
         self.path = os.path.join(
             self.cache_dir, f"{tag}-t{self.num_threads}-{self.dtype}{suffix}.json"
         )
@@ -181,8 +205,10 @@ class LatencyTable:
         return dict(data.get("entries", {}))
 
     def save(self):
-        """Write the table file (atomically)."""
+        """Write the table file (atomically), keeping the entries that other
+        tables (other processes) saved to it since this one was read."""
         os.makedirs(self.cache_dir, exist_ok=True)
+        self.entries = {**self._load(), **self.entries}
         data = {
             "format": "kprune.latency_table",
             "machine": self.machine,
@@ -258,6 +284,7 @@ class LatencyTable:
                 dtype=self.dtype,
                 runs=self.runs,
                 statistic=self.statistic,
+                clock=self.clock,
             )
             self.measured += 1
         return self.entries[key]
@@ -297,28 +324,27 @@ class LatencyTable:
         column = np.array([_interp(outs, row, width_out) for row in rows])
         return float(_interp(ins, column, width_in))
 
-    def predictor(self, model):
+    def predictor(self, model, latency=None):
         """`fn(widths) -> ms` for pruned versions of `model`.
 
         `widths` is `{layer path: (kept_in, kept_out)}` (None: unchanged);
-        layers not named keep their full width. The rest of the model (not
-        in the table) is `model_latency - table sum at full width`, measured
-        once here.
+        layers not named keep their full width. The prediction is the
+        model's latency times the table's sum at these widths over its sum
+        at full width (see the module docstring).
+
+        Args:
+            model: the `keras.Model` the widths refer to.
+            latency: its measured latency in ms (measured here when None).
         """
         layers = self._layers(model)
         full = {
             path: self.layer_ms(name, config, shape, si, so, si, so)
             for path, name, config, shape, si, so in layers
         }
-        measured = self.measure_model(model)
+        measured = self.measure_model(model) if latency is None else float(latency)
         table_full = sum(full.values())
-        # Overhead outside the table's layers (pooling, adds, interpreter);
-        # when the layers timed alone add up to more than the whole model
-        # (each standalone file has its own overhead), scale them instead.
-        scale = 1.0
-        rest = measured - table_full
-        if rest < 0 and table_full > 0:
-            scale, rest = measured / table_full, 0.0
+        scale = measured / table_full if table_full > 0 else 0.0
+        rest = 0.0 if table_full > 0 else measured
         self.save()
 
         def predict(widths):
@@ -335,6 +361,38 @@ class LatencyTable:
 
         return predict
 
+    def relative(self, model, reference, runs=None, rounds=3):
+        """Latency of `model` relative to `reference`, timed side by side.
+
+        `kprune.export.relative_latency` with this table's threads, dtype
+        and statistic; the reference's exported file is kept (in a
+        temporary folder removed with the table) while `reference` is the
+        same object, so checking several candidates exports it once.
+
+        Returns:
+            A dict: `model_ms`, `reference_ms`, `ratio`.
+        """
+        from kprune.export.latency import export_for_timing, relative_latency
+
+        cached = getattr(self, "_reference", None)
+        if cached is None or cached[0] is not reference:
+            folder = tempfile.mkdtemp(prefix="kprune_reference_")
+            weakref.finalize(self, shutil.rmtree, folder, True)
+            path = export_for_timing(
+                reference, os.path.join(folder, "reference.tflite"), self.dtype
+            )
+            self._reference = (reference, path)
+        return relative_latency(
+            model,
+            self._reference[1],
+            num_threads=self.num_threads,
+            dtype=self.dtype,
+            runs=runs or self.runs,
+            rounds=rounds,
+            statistic=self.statistic,
+            clock=self.clock,
+        )
+
     def measure_model(self, model, runs=None):
         """LiteRT latency of the whole model (ms), with this table's threads,
         dtype and statistic."""
@@ -345,5 +403,6 @@ class LatencyTable:
             num_threads=self.num_threads,
             dtype=self.dtype,
             runs=runs or self.runs,
+            clock=self.clock,
         )
         return float(stats[f"latency_ms_{self.statistic}"])

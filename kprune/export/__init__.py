@@ -6,6 +6,8 @@
 - `sizes(path)`: raw and gzipped size.
 - `layer_latency(...)`, `model_latency(model, ...)`: LiteRT latency of one
   layer at a given width / of a model (used by latency tables).
+- `relative_latency(model, reference, ...)`: the latency ratio of two models
+  timed side by side (interleaved rounds).
 - `tf_select_ops(path)`: the TF Select ops a file needs (`select_tf_ops=True`).
 - `ConversionError`: a converter failure, in one line naming the ops.
 
@@ -13,7 +15,7 @@ This is the only part of kprune that imports `tensorflow` (lazily, inside
 the conversion).
 """
 
-from kprune.export.latency import layer_latency, model_latency
+from kprune.export.latency import layer_latency, model_latency, relative_latency
 from kprune.export.measure import measure_tflite, sizes
 from kprune.export.select_ops import (
     ConversionError,
@@ -40,6 +42,7 @@ __all__ = [
     "layer_latency",
     "measure_tflite",
     "model_latency",
+    "relative_latency",
     "representative_samples",
     "sizes",
     "tf_select_ops",

@@ -12,28 +12,27 @@ from kprune.export.tflite import to_tflite
 DTYPES = ("float32", "int8")
 
 
-def _convert_and_time(model, dtype, num_threads, runs, warmup, seed):
+def _convert_and_time(model, dtype, num_threads, runs, warmup, seed, clock="wall"):
     if dtype not in DTYPES:
         raise ValueError(f"`dtype` must be one of {DTYPES}. Received: dtype={dtype!r}")
     with tempfile.TemporaryDirectory(prefix="kprune_latency_") as folder:
-        path = os.path.join(folder, "model.tflite")
-        kwargs = {}
-        if dtype == "int8":
-            rng = np.random.default_rng(seed)
-            shape = [1 if d is None else int(d) for d in model.inputs[0].shape]
-            kwargs = dict(
-                quantize="int8",
-                representative_data=rng.random([8] + shape[1:]).astype("float32"),
-                calibration_samples=8,
-            )
-        to_tflite(model, path, verify=False, **kwargs)
+        path = export_for_timing(
+            model, os.path.join(folder, "model.tflite"), dtype, seed
+        )
         stats = measure_tflite(
-            path, num_threads=num_threads, runs=runs, warmup=warmup, seed=seed
+            path,
+            num_threads=num_threads,
+            runs=runs,
+            warmup=warmup,
+            seed=seed,
+            clock=clock,
         )
     return stats
 
 
-def model_latency(model, num_threads=1, dtype="float32", runs=20, warmup=3, seed=0):
+def model_latency(
+    model, num_threads=1, dtype="float32", runs=20, warmup=3, seed=0, clock="wall"
+):
     """Median LiteRT (XNNPACK) latency of a Keras model, batch 1, in ms.
 
     The model is exported with `to_tflite` (float32, or int8 calibrated on
@@ -47,6 +46,7 @@ def model_latency(model, num_threads=1, dtype="float32", runs=20, warmup=3, seed
         runs: timed calls.
         warmup: untimed calls before.
         seed: seed of the random inputs.
+        clock: "wall" or "cpu" (see `measure_tflite`).
 
     Returns:
         A dict from `measure_tflite` (`latency_ms_median`, ...).
@@ -57,7 +57,7 @@ def model_latency(model, num_threads=1, dtype="float32", runs=20, warmup=3, seed
     >>> model_latency(model, runs=3)["latency_ms_median"] > 0
     True
     """
-    return _convert_and_time(model, dtype, num_threads, runs, warmup, seed)
+    return _convert_and_time(model, dtype, num_threads, runs, warmup, seed, clock)
 
 
 def layer_latency(
@@ -70,6 +70,7 @@ def layer_latency(
     warmup=3,
     seed=0,
     statistic="median",
+    clock="wall",
 ):
     """Median (or minimum) LiteRT latency of one layer built from its config.
 
@@ -88,6 +89,7 @@ def layer_latency(
         seed: seed of the random inputs.
         statistic: "median" or "min" (the least-contended run, for shared
             machines).
+        clock: "wall" or "cpu" (see `measure_tflite`).
 
     Returns:
         The latency in milliseconds (float).
@@ -107,5 +109,105 @@ def layer_latency(
         raise ValueError(
             f"`statistic` must be 'median' or 'min'. Received: statistic={statistic!r}"
         )
-    stats = _convert_and_time(model, dtype, num_threads, runs, warmup, seed)
+    stats = _convert_and_time(model, dtype, num_threads, runs, warmup, seed, clock)
     return float(stats[f"latency_ms_{statistic}"])
+
+
+def export_for_timing(model, path, dtype="float32", seed=0):
+    """Export `model` to `path` as `model_latency` times it (float32, or int8
+    calibrated on 8 random inputs); returns `path`."""
+    if dtype not in DTYPES:
+        raise ValueError(f"`dtype` must be one of {DTYPES}. Received: dtype={dtype!r}")
+    kwargs = {}
+    if dtype == "int8":
+        rng = np.random.default_rng(seed)
+        shape = [1 if d is None else int(d) for d in model.inputs[0].shape]
+        kwargs = dict(
+            quantize="int8",
+            representative_data=rng.random([8] + shape[1:]).astype("float32"),
+            calibration_samples=8,
+        )
+    to_tflite(model, path, verify=False, **kwargs)
+    return path
+
+
+def relative_latency(
+    model,
+    reference,
+    num_threads=1,
+    dtype="float32",
+    runs=10,
+    rounds=3,
+    warmup=2,
+    seed=0,
+    statistic="min",
+    clock="wall",
+):
+    """LiteRT latency of `model` relative to `reference`, timed side by side.
+
+    Both are exported (a `reference` given as a `.tflite` path is used as it
+    is) and timed in `rounds` interleaved rounds of `runs` calls each (the
+    order alternating from round to round), so both see the same load on a
+    shared machine:
+    `ratio = stat(model) / stat(reference)` with `stat` the minimum (or
+    median) over all runs of a file.
+
+    Args:
+        model: a `keras.Model` with one input of known shape.
+        reference: a `keras.Model`, or the path of its `.tflite` file.
+        num_threads: interpreter threads.
+        dtype: "float32" or "int8".
+        runs: timed calls per round and file.
+        rounds: interleaved rounds.
+        warmup: untimed calls before each round's runs.
+        seed: seed of the random inputs.
+        statistic: "min" (the least-contended run) or "median".
+        clock: "wall" or "cpu" (see `measure_tflite`).
+
+    Returns:
+        A dict: `model_ms`, `reference_ms`, `ratio`.
+
+    Example:
+
+    >>> big = keras.Sequential([keras.Input((64,)), keras.layers.Dense(256)])
+    >>> out = relative_latency(big, big, runs=3, rounds=1)
+    >>> out["ratio"] > 0
+    True
+    """
+    if statistic not in ("median", "min"):
+        raise ValueError(
+            f"`statistic` must be 'median' or 'min'. Received: statistic={statistic!r}"
+        )
+    if int(rounds) < 1:
+        raise ValueError(f"`rounds` must be >= 1. Received: rounds={rounds!r}")
+    with tempfile.TemporaryDirectory(prefix="kprune_latency_") as folder:
+        paths = [export_for_timing(model, os.path.join(folder, "m.tflite"), dtype)]
+        if isinstance(reference, (str, os.PathLike)):
+            paths.append(os.fspath(reference))
+        else:
+            paths.append(
+                export_for_timing(reference, os.path.join(folder, "r.tflite"), dtype)
+            )
+        times = [[], []]
+        for round_index in range(int(rounds)):
+            # Alternate which file goes first (ABBA...): no file is always
+            # timed right after the other's run.
+            order = (0, 1) if round_index % 2 == 0 else (1, 0)
+            for index in order:
+                path = paths[index]
+                stats = measure_tflite(
+                    path,
+                    num_threads=num_threads,
+                    runs=runs,
+                    warmup=warmup,
+                    seed=seed,
+                    clock=clock,
+                )
+                times[index].append(stats[f"latency_ms_{statistic}"])
+    pick = min if statistic == "min" else (lambda v: float(np.median(v)))
+    model_ms, reference_ms = pick(times[0]), pick(times[1])
+    return {
+        "model_ms": float(model_ms),
+        "reference_ms": float(reference_ms),
+        "ratio": float(model_ms / reference_ms),
+    }

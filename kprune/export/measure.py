@@ -98,6 +98,7 @@ def measure_tflite(
     warmup=5,
     sample_inputs=None,
     seed=0,
+    clock="wall",
 ):
     """Size and CPU latency of a `.tflite` file under the LiteRT interpreter.
 
@@ -116,6 +117,14 @@ def measure_tflite(
             input order, or an array (one input). Default: one random sample
             (batch 1) with a fixed seed.
         seed: seed for the random sample.
+        clock: "wall" (default: the wall time of each call) or "cpu" (the
+            CPU time the process spent in each call, all threads). On a
+            machine shared with other jobs, a wall-time figure includes the
+            time the call waited for a core, and long calls are preempted
+            more often than short ones, so a busy machine distorts ratios
+            (not only the level); with 1 thread the CPU time is what the
+            call costs on an idle core. With n threads it is the sum over
+            the threads, not a latency.
 
     Returns:
         A dict: `path`, `bytes`, `gzip_bytes`, `latency_ms_median`,
@@ -141,13 +150,18 @@ def measure_tflite(
     result = {"path": os.fspath(path), **sizes(path)}
     runner = _io.Runner(path=path, num_threads=int(num_threads))
     feed = _feed(runner, sample_inputs, seed)
-    times = np.asarray(runner.time_invocations(feed, int(runs), int(warmup)))
+    if clock not in ("wall", "cpu"):
+        raise ValueError(f"`clock` must be 'wall' or 'cpu'. Received: clock={clock!r}")
+    times = np.asarray(
+        runner.time_invocations(feed, int(runs), int(warmup), clock=clock)
+    )
     result.update(
         latency_ms_median=float(np.median(times)),
         latency_ms_p90=float(np.percentile(times, 90)),
         latency_ms_min=float(np.min(times)),
         num_threads=int(num_threads),
         runs=int(runs),
+        clock=clock,
         delegate=runner.delegate,
     )
     return result
