@@ -18,6 +18,7 @@ from kprune.surgery.graph import CompositeCall
 from kprune.surgery.handlers import LayerChange, get_handler
 from kprune.surgery.handlers.base import SublayerChanges
 from kprune.surgery.inputs import drop_input_features
+from kprune.surgery.layouts import check_layouts
 from kprune.surgery.plan import PruningPlan, build_plan, removed_groups
 from kprune.surgery.pruned_model import (
     PrunedModel,
@@ -200,6 +201,7 @@ def _rebuild(analysis, plan):
         ):
             # (a layer without weights or widths in its config is copied as is)
             changes[id(node.layer)] = get_handler(node.layer).rebuild(change)
+    check_layouts((graph.layer_nodes[key][0].layer, c) for key, c in changes.items())
     composites = _rebuild_layers_of_sublayers(graph, changes, removed_of)
     composites.update(_rebuild_composites(graph, changes, composites, removed_of))
 
