@@ -8,13 +8,17 @@ import kprune
 from kprune.testing import zoo
 from tests import surgery_models as models
 
+# In the default run's JAX pass (tests/test_on_jax.py) only MobileNetV3Small
+# (depthwise, squeeze-and-excitation, residuals, hard-swish): JAX compiles
+# every op of each rebuilt application, 30-60 s of CPU per model.
+BY_HAND = pytest.mark.jax_by_hand(reason="a large application to compile on JAX")
 APPLICATIONS = [
-    ("MobileNetV2", 32),
-    ("MobileNetV3Small", 32),
-    ("ResNet50", 32),
-    ("DenseNet121", 32),
-    ("EfficientNetB0", 32),
-    ("ConvNeXtTiny", 32),
+    pytest.param("MobileNetV2", 32, marks=BY_HAND),
+    pytest.param("MobileNetV3Small", 32),
+    pytest.param("ResNet50", 32, marks=BY_HAND),
+    pytest.param("DenseNet121", 32, marks=BY_HAND),
+    pytest.param("EfficientNetB0", 32, marks=BY_HAND),
+    pytest.param("ConvNeXtTiny", 32, marks=BY_HAND),
 ]
 
 
