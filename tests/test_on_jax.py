@@ -17,8 +17,9 @@ included), and these suites check results, not speed. The suites share
 one persistent compilation cache for this run (the same small train steps
 recur across suites).
 
-Run only this pass with `python -m pytest tests/test_on_jax.py`, or one
-suite by hand with `KERAS_BACKEND=jax python -m pytest tests/<suite>`.
+Run only this pass with `python -m pytest tests/test_on_jax.py` (add
+`-rP` to see each suite's skips and their reasons), or one suite by hand
+with `KERAS_BACKEND=jax python -m pytest tests/<suite>`.
 """
 
 import importlib.util
@@ -46,6 +47,10 @@ SUITES = [
     "test_surgery_compiling.py",
     "test_surgery_inputs.py",
 ]
+
+# Suites of these names that do not run on JAX by default, with the reason.
+# Every tests/test_surgery_*.py is in SUITES or here (checked below).
+NOT_ON_JAX = {}
 
 ENV = {
     "KERAS_BACKEND": "jax",
@@ -95,6 +100,22 @@ def test_suite_on_jax(suite, compilation_cache):
         timeout=900,
     )
     summary = proc.stdout[-6000:] + proc.stderr[-2000:]
+    # The skips and their reasons: `pytest tests/test_on_jax.py -rP` shows them.
+    print("\n".join(x for x in proc.stdout.splitlines() if x.startswith("SKIPPED")))
     assert proc.returncode == 0, f"{suite} on JAX (rc={proc.returncode}):\n{summary}"
     assert "keras backend: jax" in proc.stdout, summary
     assert " passed" in proc.stdout.splitlines()[-1], summary
+
+
+def test_every_surgery_suite_is_listed():
+    """A new `tests/test_surgery_*.py` joins `SUITES` or `NOT_ON_JAX`."""
+    found = sorted(
+        name
+        for name in os.listdir(os.path.join(ROOT, "tests"))
+        if name.startswith("test_surgery_") and name.endswith(".py")
+    )
+    unlisted = [n for n in found if n not in SUITES and n not in NOT_ON_JAX]
+    assert not unlisted, (
+        f"{unlisted}: add each to SUITES (run again on JAX by the default run) "
+        "or to NOT_ON_JAX with the reason, in tests/test_on_jax.py"
+    )
