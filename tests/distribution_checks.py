@@ -1,7 +1,7 @@
 """kprune under the distribution engines users already run.
 
-Two scripts, each run in fresh processes by
-`tests/test_distribution.py` (the first one):
+Three scripts, each run in fresh processes by
+`tests/test_distribution.py` (the first two):
 
 - `jax_main()`: `KERAS_BACKEND=jax` with 4 virtual CPU devices
   (`XLA_FLAGS=--xla_force_host_platform_device_count=4`). The same
@@ -10,6 +10,9 @@ Two scripts, each run in fresh processes by
   same zero groups and masks. `kprune.transformers.prune` calibrates under
   `DataParallel` and must keep the same units. A model sharded with a
   `LayoutMap` (`ModelParallel`) is scored and slimmed.
+- `layouts_main()`: the same 4 devices; pruning a layer sharded by a
+  `LayoutMap` to a width its mesh axis does not divide raises kprune's
+  error, and an even width is rebuilt sharded.
 - `worker_main()`: one worker of a `tf.distribute.MultiWorkerMirroredStrategy`
   (its `TF_CONFIG` set by the caller); with `TF_CONFIG` unset it is the
   single-device reference. Not run by the tests: with Keras 3.15 and
@@ -17,7 +20,7 @@ Two scripts, each run in fresh processes by
   without kprune (tensorflow/tensorflow#72388, see docs/backends.md).
   `KPRUNE_WHICH=plain` reproduces that without kprune.
 
-Both print one line `RESULT <json>`.
+Each prints one line `RESULT <json>`.
 """
 
 import json
@@ -151,6 +154,56 @@ def _model_parallel(keras, kprune, devices):
     finally:
         keras.distribution.set_distribution(None)
     return out
+
+
+def layouts_main():
+    """A width the 'model' mesh axis does not divide: a kprune error.
+
+    Two layouts on a 2 x 2 mesh: layer `a`'s kernel sharded by its units,
+    and only layer `b`'s kernel sharded by its input rows (so that the
+    error comes from the consumer of the pruned layer).
+    """
+    import keras
+
+    import kprune
+
+    devices = keras.distribution.list_devices("cpu")
+    out = {"devices": len(devices)}
+    x, _ = data()
+    for name, patterns in {
+        "units": {".*a/kernel": (None, "model"), ".*a/bias": ("model",)},
+        "rows": {".*b/kernel": ("model", None)},
+    }.items():
+        mesh = keras.distribution.DeviceMesh((2, 2), ["batch", "model"], devices)
+        layout_map = keras.distribution.LayoutMap(mesh)
+        for pattern, axes in patterns.items():
+            layout_map[pattern] = axes
+        keras.distribution.set_distribution(
+            keras.distribution.ModelParallel(
+                layout_map=layout_map, batch_dim_name="batch"
+            )
+        )
+        try:
+            model = mlp(keras, kprune)
+            result = {}
+            try:
+                kprune.surgery.remove_units(model, {"a": [3]})
+            except Exception as error:  # noqa: BLE001 - checked by the test
+                result["odd_error"] = [type(error).__name__, str(error)]
+            even = kprune.surgery.remove_units(model, {"a": [3, 4]})
+            result["even_width"] = int(even.get_layer("a").units)
+            sharded = "b" if name == "rows" else "a"
+            result["even_sharding"] = str(
+                even.get_layer(sharded).kernel.value.sharding.spec
+            )
+            kept = [i for i in range(16) if i not in (3, 4)]
+            want = keras.ops.convert_to_numpy(model.get_layer("a")(x))[:, kept]
+            got = keras.ops.convert_to_numpy(even.get_layer("a")(x))
+            result["even_diff"] = float(np.abs(want - got).max())
+            out[name] = result
+        finally:
+            keras.distribution.set_distribution(None)
+    print("RESULT " + json.dumps(out))
 
 
 def jax_main():

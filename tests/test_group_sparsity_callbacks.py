@@ -7,6 +7,7 @@ import textwrap
 
 import keras
 import numpy as np
+import pytest
 
 import kprune
 from kprune.callbacks import ProximalStep, RegularizationScheduler, SparsityLogger
@@ -254,6 +255,9 @@ _MIRRORED_SCRIPT = TWO_CPUS + textwrap.dedent(
 
 
 class MirroredStrategyTest(kprune.testing.TestCase):
+    @pytest.mark.tensorflow_only(
+        reason="tf.distribute.MirroredStrategy needs the TensorFlow backend"
+    )
     def test_callbacks_under_mirrored_strategy_with_two_cpus(self):
         # Logical devices must be configured before TF initializes, which
         # other tests in this process already did: use a subprocess.

@@ -8,13 +8,18 @@ import kprune
 from kprune.testing import zoo
 from tests import surgery_models as models
 
+# Not in the default run's JAX pass (tests/test_on_jax.py), for time: JAX
+# compiles every op of each rebuilt application, 30-60 s of CPU per model
+# (the structure suite covers depthwise, squeeze-and-excitation and residual
+# structures on JAX). Run by hand: KERAS_BACKEND=jax pytest <this file>.
+BY_HAND = pytest.mark.jax_by_hand(reason="a large application to compile on JAX")
 APPLICATIONS = [
-    ("MobileNetV2", 32),
-    ("MobileNetV3Small", 32),
-    ("ResNet50", 32),
-    ("DenseNet121", 32),
-    ("EfficientNetB0", 32),
-    ("ConvNeXtTiny", 32),
+    pytest.param("MobileNetV2", 32, marks=BY_HAND),
+    pytest.param("MobileNetV3Small", 32, marks=BY_HAND),
+    pytest.param("ResNet50", 32, marks=BY_HAND),
+    pytest.param("DenseNet121", 32, marks=BY_HAND),
+    pytest.param("EfficientNetB0", 32, marks=BY_HAND),
+    pytest.param("ConvNeXtTiny", 32, marks=BY_HAND),
 ]
 
 

@@ -2,6 +2,7 @@
 
 import keras
 import numpy as np
+import pytest
 
 import kprune
 from kprune.surgery import SelectFeatures, drop_input_features
@@ -165,6 +166,10 @@ class DropInputFeaturesTest(TestCase):
         loaded = self.run_model_saving_test(small, data())
         self.assertIsInstance(loaded.layers[1], SelectFeatures)
 
+    @pytest.mark.tensorflow_only(
+        reason="to_tflite converts through TensorFlow; from JAX the route is "
+        "`kprune export` (tests/test_backends_surgery.py)"
+    )
     def test_tflite_export_gathers(self):
         model = mlp()
         small = drop_input_features(model)

@@ -84,6 +84,9 @@ def _random_biases(model, zeroed, rng):
                 variable.assign(value)
 
 
+@pytest.mark.jax_by_hand(
+    reason="a second slim of every structure; test_structure slims each on JAX"
+)
 @pytest.mark.parametrize(
     "name", sorted(n for n, c in structures.CASES.items() if c.runs)
 )

@@ -181,6 +181,7 @@ def test_heads_with_per_head_constants_are_refused_with_the_reason():
         kprune.surgery.remove_units(model, {"attn": [0]})
 
 
+@pytest.mark.jax_by_hand(reason="a KerasHub backbone to compile on JAX")
 def test_gpt_neo_x_heads():
     pytest.importorskip("keras_hub")
     from kprune.testing import zoo

@@ -20,6 +20,7 @@ from kprune.surgery.handlers import LayerChange, get_handler
 from kprune.surgery.handlers.base import SublayerChanges
 from kprune.surgery.heads_check import check_heads_removed
 from kprune.surgery.inputs import drop_input_features
+from kprune.surgery.layouts import check_layouts
 from kprune.surgery.plan import PruningPlan, build_plan, removed_groups
 from kprune.surgery.pruned_model import (
     PrunedModel,
@@ -213,6 +214,7 @@ def _rebuild(analysis, plan):
             changes[id(node.layer)] = slice_kernel_axes(
                 node.layer, config, dict(weights), kernel
             )
+    check_layouts((graph.layer_nodes[key][0].layer, c) for key, c in changes.items())
     composites = _rebuild_layers_of_sublayers(graph, changes, removed_of)
     composites.update(
         _rebuild_composites(graph, changes, composites, removed_of, heads)
