@@ -42,7 +42,6 @@ SUITES = [
     "test_surgery_api.py",
     "test_group_constraints.py",
     "test_group_sparsity_callbacks.py",
-    "test_surgery_applications.py",
     "test_surgery_property.py",
     "test_surgery_compiling.py",
     "test_surgery_inputs.py",
@@ -51,7 +50,11 @@ SUITES = [
 
 # Suites of these names that do not run on JAX by default, with the reason.
 # Every tests/test_surgery_*.py is in SUITES or here (checked below).
-NOT_ON_JAX = {}
+NOT_ON_JAX = {
+    "test_surgery_applications.py": "every application is jax_by_hand (JAX "
+    "compiles each rebuilt model, 30-60 s of CPU); the structure suite covers "
+    "their structures on JAX; run by hand with KERAS_BACKEND=jax",
+}
 
 ENV = {
     "KERAS_BACKEND": "jax",
