@@ -28,6 +28,15 @@ import os
 
 import numpy as np
 
+# The environment of a JAX process with 4 virtual CPU devices.
+JAX_FOUR_DEVICES = {
+    "KERAS_BACKEND": "jax",
+    "JAX_PLATFORMS": "cpu",
+    "XLA_FLAGS": "--xla_force_host_platform_device_count=4 "
+    "--xla_backend_optimization_level=0",
+}
+
+
 STEPS_BATCH = 16  # global batch size
 
 

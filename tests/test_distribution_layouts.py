@@ -14,18 +14,14 @@ import importlib.util
 import pytest
 
 import kprune
+from tests.distribution_checks import JAX_FOUR_DEVICES
 
 if importlib.util.find_spec("jax") is None:
     pytest.skip(
         "jax is not installed (it is in kprune's `test` extra)", allow_module_level=True
     )
 
-ENV = {
-    "KERAS_BACKEND": "jax",
-    "JAX_PLATFORMS": "cpu",
-    "XLA_FLAGS": "--xla_force_host_platform_device_count=4 "
-    "--xla_backend_optimization_level=0",
-}
+ENV = JAX_FOUR_DEVICES
 
 
 @pytest.fixture(scope="module")
