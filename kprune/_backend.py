@@ -102,11 +102,46 @@ def applying_optimizer():
     >>> applying_optimizer() is None
     True
     """
+    scope = _applying_scope()
+    return None if scope is None else scope.caller
+
+
+def _applying_scope():
+    """The innermost name scope whose caller is an optimizer, or `None`."""
     from keras.src.backend.common import global_state
     from keras.src.optimizers.base_optimizer import BaseOptimizer
 
     stack = global_state.get_global_attribute("name_scope_stack") or []
     for scope in reversed(stack):
         if isinstance(getattr(scope, "caller", None), BaseOptimizer):
-            return scope.caller
+            return scope
     return None
+
+
+def applying_learning_rate(dtype):
+    """The learning rate of the optimizer whose `apply` is running, once per step.
+
+    `optimizer.learning_rate` evaluates a schedule (a cosine decay is ten
+    ops) each time it is read. Every constrained variable needs it, so the
+    value is kept on the `apply` call's own name scope (made anew by each
+    `apply`, per replica thread) and read once per step and dtype.
+
+    Args:
+        dtype: the dtype to cast the learning rate to.
+
+    Returns:
+        A scalar tensor, or `None` outside `apply`.
+
+    Example:
+
+    >>> applying_learning_rate("float32") is None
+    True
+    """
+    scope = _applying_scope()
+    if scope is None:
+        return None
+    cache = scope.__dict__.setdefault("_kprune_learning_rate", {})
+    dtype = keras.backend.standardize_dtype(dtype)
+    if dtype not in cache:
+        cache[dtype] = keras.ops.cast(scope.caller.learning_rate, dtype)
+    return cache[dtype]

@@ -40,7 +40,7 @@ import numpy as np
 from keras import ops
 from keras.src.saving.keras_saveable import KerasSaveable
 
-from kprune._backend import applying_optimizer
+from kprune._backend import applying_learning_rate, applying_optimizer
 from kprune.ops.group_sparsity import num_units, sparse_group_prox, unit_axes
 
 
@@ -148,7 +148,9 @@ class _GroupThreshold(keras.constraints.Constraint, KerasSaveable):
                 f"{self._owner()} has no step size: pass step_size= here or "
                 "to the constraint. Received: step_size=None"
             )
-        lam = ops.cast(self._strength, kernel.dtype) * self.scale
+        lam = ops.cast(self._strength, kernel.dtype)
+        if self.scale != 1.0:
+            lam = lam * self.scale
         return sparse_group_prox(kernel, bias, t, lam, alpha=self.alpha, axis=self.axis)
 
     def _owner(self):
@@ -158,7 +160,7 @@ class _GroupThreshold(keras.constraints.Constraint, KerasSaveable):
         if self.step_size is not None:
             t = ops.convert_to_tensor(self.step_size, dtype=dtype)
         elif optimizer is not None:
-            t = ops.cast(optimizer.learning_rate, dtype)
+            t = applying_learning_rate(dtype)
         else:
             raise ValueError(
                 f"{self._owner()} reads its step size from the optimizer that "

@@ -22,6 +22,7 @@ channel `c * mult + m`).
 
 import math
 
+import keras
 from keras import ops
 
 
@@ -195,10 +196,57 @@ def soft_threshold(x, t):
     return ops.sign(x) * ops.maximum(ops.abs(x) - t, 0.0)
 
 
-def _shrink_factor(sq_norms, t):
-    norms = _safe_sqrt(sq_norms)
-    keep = norms > t
-    return ops.where(keep, 1.0 - t / ops.where(keep, norms, 1.0), 0.0)
+# The smallest normal number of each float dtype (a floor under squared norms).
+_TINY = {
+    "float16": 6.103515625e-05,
+    "bfloat16": 1.1754943508222875e-38,
+    "float32": 1.1754943508222875e-38,
+    "float64": 2.2250738585072014e-308,
+}
+
+
+def _unit_layout(shape, axis):
+    """How the proximal step lays out per-unit values against the kernel.
+
+    Returns `(reduce, keepdims, unit_shape)`. Units on the trailing axes
+    (Dense, Conv, depthwise kernels): the norms reduced without kept dims
+    broadcast against the kernel as they are, so the step needs no
+    reshapes (fewer ops in a compiled train step). Other units (`Conv*DTranspose`)
+    keep the reduced dims.
+    """
+    ndim = len(shape)
+    units = unit_axes(ndim, axis)
+    reduce = tuple(i for i in range(ndim) if i not in units)
+    if units == tuple(range(ndim - len(units), ndim)):
+        return reduce, False, tuple(int(shape[i]) for i in units)
+    return reduce, True, _bias_shape(shape, axis)
+
+
+def _group_shrink(kernel, bias, tau, axis):
+    """Group shrink `theta_n <- theta_n * max(1 - tau_n / ||theta_n||_2, 0)`.
+
+    `tau` is a scalar or a tensor of `_unit_layout`'s `unit_shape`. Written
+    with few ops (no `where`, no reshape for trailing units): the factor is
+    `max(1 - tau / sqrt(max(sq, tiny)), 0)`, which is `0` for a zero group
+    (and `1` there when `tau = 0`, so a zero group stays zero, never NaN).
+    """
+    reduce, keepdims, unit_shape = _unit_layout(kernel.shape, axis)
+    sq = ops.square(kernel)
+    if reduce:
+        sq = ops.sum(sq, axis=reduce, keepdims=keepdims)
+    if bias is not None:
+        bias_sq = ops.square(bias)
+        if unit_shape != tuple(bias.shape):
+            bias_sq = ops.reshape(bias_sq, unit_shape)
+        sq = sq + bias_sq
+    tiny = _TINY.get(keras.backend.standardize_dtype(kernel.dtype), _TINY["float32"])
+    factor = ops.maximum(1.0 - tau / ops.sqrt(ops.maximum(sq, tiny)), 0.0)
+    kernel = kernel * factor
+    if bias is not None:
+        if tuple(factor.shape) != tuple(bias.shape):
+            factor = ops.reshape(factor, (-1,))
+        bias = bias * factor
+    return kernel, bias
 
 
 def group_soft_threshold(x, t, axis=-1, bias=None):
@@ -226,11 +274,8 @@ def group_soft_threshold(x, t, axis=-1, bias=None):
     """
     x = ops.convert_to_tensor(x)
     bias = _check_bias(x, bias, axis)
-    t = ops.cast(t, x.dtype)
-    factor = _shrink_factor(_group_sq_norms(x, bias, axis), t)
-    if bias is None:
-        return x * factor
-    return x * factor, bias * ops.reshape(factor, (-1,))
+    x, bias = _group_shrink(x, bias, ops.cast(t, x.dtype), axis)
+    return x if bias is None else (x, bias)
 
 
 def sparse_group_prox(kernel, bias, t, lam, alpha=0.0, axis=-1, group_size=None):
@@ -290,34 +335,38 @@ def sparse_group_prox(kernel, bias, t, lam, alpha=0.0, axis=-1, group_size=None)
         raise ValueError(f"`alpha` must be in [0, 1]. Received: alpha={alpha}")
     if group_size is None:
         group_size = _default_group_size(kernel.shape, axis, bias is not None)
-    t = ops.cast(t, kernel.dtype)
-    lam = ops.convert_to_tensor(lam, dtype=kernel.dtype)
-    lam_bias = lam  # per-unit: one entry per bias entry
-    if len(lam.shape) == 1:
+    # `t * lam` once; the constants are folded in Python (this runs inside
+    # every compiled train step when a constraint applies it).
+    step = ops.cast(t, kernel.dtype) * ops.convert_to_tensor(lam, dtype=kernel.dtype)
+    step_bias = step  # per-unit: one entry per bias entry
+    if len(step.shape) == 1:
         n = num_units(kernel.shape, axis)
-        if int(lam.shape[0]) != n:
+        if int(step.shape[0]) != n:
             raise ValueError(
                 f"A 1-D `lam` must have one entry per output unit ({n} for a "
                 f"kernel of shape {tuple(kernel.shape)} and axis={axis!r}). "
-                f"Received: lam.shape={tuple(lam.shape)}"
+                f"Received: lam.shape={tuple(step.shape)}"
             )
-        lam = ops.reshape(lam, _bias_shape(kernel.shape, axis))
-    elif len(lam.shape) != 0:
+        unit_shape = _unit_layout(kernel.shape, axis)[2]
+        if unit_shape != (n,):
+            step = ops.reshape(step, unit_shape)
+    elif len(step.shape) != 0:
         raise ValueError(
             "`lam` must be a scalar or 1-D (one entry per unit). "
-            f"Received: lam.shape={tuple(lam.shape)}"
+            f"Received: lam.shape={tuple(step.shape)}"
         )
     if alpha > 0.0:
-        kernel = soft_threshold(kernel, t * alpha * lam)
+        kernel = soft_threshold(kernel, _scaled(step, alpha))
         if bias is not None:
-            bias = soft_threshold(bias, t * alpha * lam_bias)
+            bias = soft_threshold(bias, _scaled(step_bias, alpha))
     if alpha < 1.0:
-        tau = t * (1.0 - alpha) * lam * math.sqrt(group_size)
-        factor = _shrink_factor(_group_sq_norms(kernel, bias, axis), tau)
-        kernel = kernel * factor
-        if bias is not None:
-            bias = bias * ops.reshape(factor, (-1,))
+        tau = _scaled(step, (1.0 - alpha) * math.sqrt(group_size))
+        kernel, bias = _group_shrink(kernel, bias, tau, axis)
     return kernel, bias
+
+
+def _scaled(x, c):
+    return x if c == 1.0 else x * c
 
 
 def group_reweights(kernel, delta, axis=-1, bias=None):
