@@ -24,6 +24,11 @@ warning lines (a dozen per TFLite conversion) off the terminal; `kprune
 export` also selects Keras' TensorFlow backend (the converter needs it), so
 a `.keras` file trained on JAX or PyTorch converts whatever `KERAS_BACKEND`
 says.
+
+`kprune.multi_worker` (TensorFlow only: a workaround that lets Keras 3.15's
+`fit` run under `tf.distribute.MultiWorkerMirroredStrategy`) is not
+imported by `import kprune`: a training script imports it and applies it
+explicitly.
 """
 
 import os as _os

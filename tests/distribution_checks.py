@@ -1,7 +1,7 @@
 """kprune under the distribution engines users already run.
 
-Three scripts, each run in fresh processes by
-`tests/test_distribution.py` (the first two):
+Three scripts, each run in fresh processes by `tests/test_distribution.py`
+(the first two) and `tests/test_multi_worker.py` (the third):
 
 - `jax_main()`: `KERAS_BACKEND=jax` with 4 virtual CPU devices
   (`XLA_FLAGS=--xla_force_host_platform_device_count=4`). The same
@@ -14,11 +14,10 @@ Three scripts, each run in fresh processes by
   `LayoutMap` to a width its mesh axis does not divide raises kprune's
   error, and an even width is rebuilt sharded.
 - `worker_main()`: one worker of a `tf.distribute.MultiWorkerMirroredStrategy`
-  (its `TF_CONFIG` set by the caller); with `TF_CONFIG` unset it is the
-  single-device reference. Not run by the tests: with Keras 3.15 and
-  TensorFlow 2.21, `model.fit` itself fails under this strategy, with or
-  without kprune (tensorflow/tensorflow#72388, see docs/backends.md).
-  `KPRUNE_WHICH=plain` reproduces that without kprune.
+  (its `TF_CONFIG` set by `run_workers`), with
+  `kprune.multi_worker.patch_keras_multi_worker()` (Keras 3.15's `fit`
+  fails under this strategy without it, with or without kprune; see
+  docs/backends.md). `reference()` computes the same on one device.
 
 Each prints one line `RESULT <json>`.
 """
@@ -62,26 +61,32 @@ def mlp(keras, kprune, reg=None):
 
 
 def train(keras, kprune, which, dataset=None):
-    """One training run; returns its kernels, zero groups and masks."""
+    """One training run; returns its kernels, zero groups and masks.
+
+    `which`: `"plain"` (no kprune object), `"proximal"` (`ProximalStep`),
+    `"magnitude"` (`MagnitudePruning`) or `"constraint"` (the
+    `GroupSoftThreshold` constraints of `apply_group_sparsity(...,
+    method="constraint")`, with `SizeTarget`).
+    """
     x, y = data()
+    reg, callbacks = None, []
     if which == "proximal":
         reg = kprune.regularizers.GroupLasso(0.5, mode="proximal")
-        callback = kprune.callbacks.ProximalStep(every_n_steps=2)
-    elif which == "plain":
-        reg = None
-        callback = keras.callbacks.History()
-    else:
-        reg = None
-        callback = kprune.callbacks.MagnitudePruning(
-            quality=0.7, cycles=2, epochs_per_cycle=1
-        )
+        callbacks = [kprune.callbacks.ProximalStep(every_n_steps=2)]
+    elif which == "magnitude":
+        callbacks = [
+            kprune.callbacks.MagnitudePruning(quality=0.7, cycles=2, epochs_per_cycle=1)
+        ]
     model = mlp(keras, kprune, reg)
+    if which == "constraint":
+        model = kprune.sparsity.apply_group_sparsity(model, 0.2, method="constraint")
+        callbacks = [kprune.callbacks.SizeTarget(params=0.6, every_n_steps=4)]
     model.compile(keras.optimizers.SGD(0.05), "mse")
     if dataset is None:
         kwargs = dict(x=x, y=y, batch_size=STEPS_BATCH, shuffle=False)
     else:
-        kwargs = dict(x=dataset(x, y))
-    history = model.fit(epochs=3, verbose=0, callbacks=[callback], **kwargs)
+        kwargs = dict(x=dataset(x, y), shuffle=False)
+    history = model.fit(epochs=3, verbose=0, callbacks=callbacks, **kwargs)
     kernels = {
         layer.name: keras.ops.convert_to_numpy(layer.kernel) for layer in model.layers
     }
@@ -94,6 +99,11 @@ def train(keras, kprune, which, dataset=None):
         masks = kprune.pruning.get_masks(model)
         out["masks"] = {k: np.asarray(v).astype(int).tolist() for k, v in masks.items()}
         out["sparsity"] = history.history["sparsity"]
+    if which == "constraint":
+        for key in ("size_ratio", "reg_strength", "size_target_reached"):
+            out[key] = history.history[key]
+    if dataset is not None and which == "proximal":
+        out["evaluate"] = float(model.evaluate(kwargs["x"], verbose=0))
     return out
 
 
@@ -246,7 +256,167 @@ def jax_main():
     print("RESULT " + json.dumps(out))
 
 
+def tf_dataset(x, y):
+    """`(x, y)` in batches of `STEPS_BATCH`, sharded by data between workers."""
+    import tensorflow as tf
+
+    ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(STEPS_BATCH)
+    options = tf.data.Options()
+    policy = tf.data.experimental.AutoShardPolicy.DATA
+    options.experimental_distribute.auto_shard_policy = policy
+    return ds.with_options(options)
+
+
+# What `worker_main` runs by default, in this order.
+WORKER_CHECKS = ("unpatched", "proximal", "magnitude", "constraint", "transformers")
+
+
+def _error(fn):
+    """`"Type: message"` (its first line) of what `fn()` raises, else None."""
+    try:
+        fn()
+    except Exception as error:  # noqa: BLE001 - reported, checked by the test
+        return f"{type(error).__name__}: {str(error).splitlines()[0][:300]}"
+    return None
+
+
+def reference(keras, kprune, checks=WORKER_CHECKS):
+    """What `worker_main` computes, on one device with Keras unpatched."""
+    out = {}
+    for check in checks:
+        if check == "transformers":
+            out[check] = _transformers(keras, kprune)
+        elif check != "unpatched":
+            out[check] = train(keras, kprune, check, tf_dataset)
+    return out
+
+
+def _unpatched(keras, kprune, strategy):
+    """How a plain `fit` (no kprune object) fails without the patch, and
+    with only its first half (the symbolic build)."""
+    from keras.src.backend.tensorflow import trainer
+
+    import kprune.multi_worker as multi_worker
+
+    def fit():
+        with strategy.scope():
+            train(keras, kprune, "plain", tf_dataset)
+
+    out = {"keras": _error(fit)}
+    keras_build = trainer.TensorFlowTrainer.__dict__["_maybe_symbolic_build"]
+    trainer.TensorFlowTrainer._maybe_symbolic_build = (
+        multi_worker._maybe_symbolic_build(trainer, keras_build)
+    )
+    try:
+        out["build_patched"] = _error(fit)
+    finally:
+        trainer.TensorFlowTrainer._maybe_symbolic_build = keras_build
+    return out
+
+
+def free_ports(n):
+    """`n` distinct free TCP ports on the loopback interface."""
+    import socket
+
+    sockets = []
+    try:
+        for _ in range(n):
+            sock = socket.socket()
+            sock.bind(("127.0.0.1", 0))
+            sockets.append(sock)
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def run_workers(script, workers=2, env=None, timeout=120):
+    """Run `script` in `workers` local processes, a `TF_CONFIG` cluster.
+
+    Each process gets `TF_CONFIG` naming every worker (`127.0.0.1` and a
+    free port each) and its own index, no GPU, and kprune's checkout first
+    on `PYTHONPATH`; each prints one line `RESULT <json>`.
+
+    Returns:
+        `(results, seconds)`: each worker's decoded JSON, in worker order,
+        and the wall time of the whole run.
+
+    Raises:
+        AssertionError: with the end of each worker's output, if one fails,
+            prints no `RESULT` line or runs past `timeout` seconds.
+    """
+    import subprocess
+    import sys
+    import time
+
+    import kprune
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(kprune.__file__)))
+    path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)
+    cluster = {"worker": [f"127.0.0.1:{port}" for port in free_ports(workers)]}
+    procs = []
+    start = time.monotonic()
+    for index in range(workers):
+        task = {"cluster": cluster, "task": {"type": "worker", "index": index}}
+        full_env = dict(os.environ, CUDA_VISIBLE_DEVICES="", PYTHONPATH=path)
+        full_env.update(env or {}, TF_CONFIG=json.dumps(task))
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-c", script],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                env=full_env,
+            )
+        )
+    outputs = []
+    try:
+        for proc in procs:
+            left = max(timeout - (time.monotonic() - start), 1)
+            outputs.append(proc.communicate(timeout=left))
+    except subprocess.TimeoutExpired:
+        for proc in procs:
+            proc.kill()
+        for proc in procs[len(outputs) :]:
+            outputs.append(proc.communicate())
+        outputs = [("", "(killed: past the timeout)\n" + e) for _, e in outputs]
+    seconds = time.monotonic() - start
+    results, failures = [], []
+    for index, (proc, (stdout, stderr)) in enumerate(zip(procs, outputs)):
+        lines = [x for x in stdout.splitlines() if x.startswith("RESULT ")]
+        if proc.returncode != 0 or len(lines) != 1:
+            failures.append(
+                f"worker {index} (rc={proc.returncode}, {len(lines)} RESULT "
+                f"lines):\n{stdout[-1500:]}\n{stderr[-3000:]}"
+            )
+        else:
+            results.append(json.loads(lines[0][len("RESULT ") :]))
+    if failures:
+        raise AssertionError(
+            f"{len(failures)} of {workers} workers failed after {seconds:.0f} s:\n"
+            + "\n".join(failures)
+        )
+    return results, seconds
+
+
 def worker_main():
+    """One worker of a `tf.distribute.MultiWorkerMirroredStrategy`.
+
+    `TF_CONFIG` (set by the caller) names the cluster and this worker; with
+    it unset, the same runs with no strategy (the single-device
+    reference). `KPRUNE_CHECKS` (comma-separated, default `WORKER_CHECKS`)
+    chooses what runs: `unpatched` (how `fit` fails without
+    `kprune.multi_worker.patch_keras_multi_worker()`), `plain` (a `fit` with
+    no kprune object), `proximal`, `magnitude`, `constraint` (see `train`)
+    and `transformers` (`kprune.transformers.prune` calibrating in the
+    strategy's scope). All but `unpatched` run with the patch applied, or
+    without it with `KPRUNE_PATCH=0` (e.g. `KPRUNE_CHECKS=plain
+    KPRUNE_PATCH=0` reproduces Keras' failure without kprune).
+    """
+    import contextlib
+    import time
+
+    started = time.monotonic()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     import tensorflow as tf
 
@@ -255,20 +425,30 @@ def worker_main():
     import keras
 
     import kprune
+    from kprune.multi_worker import patch_keras_multi_worker
 
-    def dataset(x, y):
-        ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(STEPS_BATCH)
-        options = tf.data.Options()
-        policy = tf.data.experimental.AutoShardPolicy.DATA
-        options.experimental_distribute.auto_shard_policy = policy
-        return ds.with_options(options)
-
-    out = {"replicas": strategy.num_replicas_in_sync if strategy else 1}
     keras.config.disable_traceback_filtering()
-    for which in os.environ.get("KPRUNE_WHICH", "proximal,magnitude").split(","):
-        if strategy is None:
-            out[which] = train(keras, kprune, which, dataset)
-        else:
-            with strategy.scope():
-                out[which] = train(keras, kprune, which, dataset)
+    out = {
+        "replicas": strategy.num_replicas_in_sync if strategy else 1,
+        "workers": len(config.get("cluster", {}).get("worker", [])),
+    }
+    out["seconds"] = {"start": time.monotonic() - started}
+    checks = os.environ.get("KPRUNE_CHECKS") or ",".join(WORKER_CHECKS)
+    for check in checks.split(","):
+        started = time.monotonic()
+        if check == "unpatched":
+            if strategy is not None:
+                out[check] = _unpatched(keras, kprune, strategy)
+            out["seconds"][check] = time.monotonic() - started
+            continue
+        with contextlib.ExitStack() as stack:
+            if os.environ.get("KPRUNE_PATCH", "1") == "1":
+                stack.enter_context(patch_keras_multi_worker())
+            if strategy is not None:
+                stack.enter_context(strategy.scope())
+            if check == "transformers":
+                out[check] = _transformers(keras, kprune)
+            else:
+                out[check] = train(keras, kprune, check, tf_dataset)
+        out["seconds"][check] = time.monotonic() - started
     print("RESULT " + json.dumps(out))
