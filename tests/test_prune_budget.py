@@ -489,3 +489,100 @@ def test_cpu_clock_and_relative_latency(tmp_path):
     with pytest.raises(ValueError, match="clock"):
         LatencyTable(clock="gpu", cache_dir=tmp_path)
     assert LatencyTable(clock="cpu", cache_dir=tmp_path).path.endswith("-cpu.json")
+
+
+def test_group_costs_count_macs_and_memory_bound_elements():
+    from kprune.criteria.budget import rank_weights
+
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((8, 8, 4))
+    h = L.Conv2D(6, 1, name="a")(inp)
+    h = L.Activation("swish", name="act")(h)  # a separate op: 64 elements
+    h = L.ReLU(name="fused")(L.Conv2D(6, 1, name="c")(h))  # fused into c
+    model = keras.Model(inp, L.Conv2D(5, 1, name="b")(h))
+    view = DependencyGroups(model)
+    planner = BudgetPlanner(model, view, np.ones(len(view.ids)), activation_cost=16)
+    macs, elements = planner.group_costs()
+    rows = {r["name"]: r["macs"] for r in kprune.report.summary(model)["layers"]}
+    a = view.structures.index(("a",))
+    c = view.structures.index(("c",))
+    on_a, on_c = view.structure == a, view.structure == c
+    # a's unit: its share of a's MACs and of c's (which reads it).
+    np.testing.assert_allclose(macs[on_a], rows["a"] / 6 + rows["c"] / 6)
+    np.testing.assert_allclose(macs[on_c], rows["c"] / 6 + rows["b"] / 6)
+    np.testing.assert_allclose(elements[on_a], 64.0)  # the swish output
+    np.testing.assert_allclose(elements[on_c], 0.0)  # ReLU fused into c
+    weights = rank_weights(macs, elements, 16.0)
+    np.testing.assert_allclose(weights[on_a], macs[on_a] / (macs[on_a] + 16 * 64))
+    np.testing.assert_allclose(weights[on_c], 1.0)
+
+
+def _memory_bound(seed=0):
+    # A wide expansion with separate swish ops and a depthwise conv at high
+    # resolution (time mostly memory traffic), then a MAC-heavy conv.
+    keras.utils.set_random_seed(seed)
+    inp = keras.Input((32, 32, 8))
+    h = L.Conv2D(64, 1, name="expand")(inp)
+    h = L.Activation("swish")(h)
+    h = L.DepthwiseConv2D(3, padding="same", name="dw")(h)
+    h = L.Activation("swish")(h)
+    h = L.Conv2D(16, 1, name="project")(h)
+    h = L.Conv2D(64, 3, strides=2, activation="relu", name="heavy")(h)
+    h = L.GlobalAveragePooling2D()(h)
+    return keras.Model(inp, L.Dense(4, name="out")(h))
+
+
+def test_activation_cost_tilts_the_ranking_only_where_time_is_not_macs():
+    model = _memory_bound()
+    plain, p0 = kprune.prune(model, macs=0.25, activation_cost=0)
+    tilted, p1 = kprune.prune(model, macs=0.25)  # default activation_cost=16
+    assert p0.report["rank_exponent"] == 0 and p1.report["rank_exponent"] > 0
+    assert p1.report["macs_ratio"] <= 0.25
+    w0 = kprune.report.summary(plain)["widths"]
+    w1 = kprune.report.summary(tilted)["widths"]
+    assert w1["expand"] < w0["expand"]  # the memory-bound channels leave first
+    # Plain CNNs (time nearly all MACs): the same choice as importance alone.
+    lenet = _lenet()
+    for budget in (0.5, 0.125):
+        _, a = kprune.prune(lenet, macs=budget, activation_cost=0)
+        _, b = kprune.prune(lenet, macs=budget)
+        assert b.report["rank_exponent"] == 0 and a.units == b.units
+    with pytest.raises(ValueError, match="activation_cost"):
+        kprune.prune(model, macs=0.5, activation_cost=-1)
+
+
+def test_latency_reference_is_the_least_of_its_timings(tmp_path):
+    model = _lenet()
+
+    # The first timing of the original is slow (10 ms); side by side it
+    # times 8 ms: the candidate's latency is its ratio times 8, not 10.
+    def fake_relative(m, reference, **kwargs):
+        ratio = kprune.report.summary(m)["macs"] / kprune.report.summary(model)["macs"]
+        return {"ratio": ratio, "reference_ms": 8.0, "model_ms": 8.0 * ratio}
+
+    rounds = []
+
+    def fake_model_latency(m, **kwargs):
+        rounds.append(kwargs.get("rounds"))
+        return {"latency_ms_median": 10.0}
+
+    with (
+        mock.patch(
+            "kprune.export.latency.layer_latency", side_effect=_fake_layer_latency
+        ),
+        mock.patch(
+            "kprune.export.latency.model_latency", side_effect=fake_model_latency
+        ),
+        mock.patch("kprune.export.latency.relative_latency", side_effect=fake_relative),
+        mock.patch(
+            "kprune.export.latency.export_for_timing", side_effect=lambda m, p, d: p
+        ),
+    ):
+        table = LatencyTable(grid=(0.5, 1.0), cache_dir=tmp_path)
+        _, plan = kprune.prune(model, latency=4.0, latency_table=table)
+    assert rounds[0] == 3  # measure_model times the original in 3 rounds
+    assert plan.report["latency_first_ms"] == 10.0
+    assert plan.report["latency_before_ms"] == 8.0
+    ratio = plan.report["macs_ratio"]  # the fake latency is proportional
+    assert plan.report["latency_after_ms"] == pytest.approx(8.0 * ratio)
+    assert abs(plan.report["latency_after_ms"] - 4.0) <= 0.4

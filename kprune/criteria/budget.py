@@ -47,6 +47,12 @@ class BudgetPlanner:
         input_shape: passed to `kprune.report.summary` (models built on
             unknown dimensions).
         summary: the model's `kprune.report.summary`, if already computed.
+        activation_cost: MACs-equivalent cost of one activation element
+            (`group_costs`, `rank_weights`); > 0 lets `search` tilt the
+            ranking toward removing memory-bound groups until the estimated
+            time falls as far as the MACs (0: importance alone).
+        speed_share: the estimated speed-up `search` asks for, as a share
+            of the MACs reduction, before it tilts the ranking.
 
     Example:
 
@@ -71,6 +77,8 @@ class BudgetPlanner:
         latency_fn=None,
         input_shape=None,
         summary=None,
+        activation_cost=0.0,
+        speed_share=0.9,
     ):
         self.view = groups
         self.scores = np.asarray(scores, dtype=np.float64)
@@ -90,14 +98,7 @@ class BudgetPlanner:
             positions = groups.position[ignore]
             protected[positions[positions >= 0]] = True
         self.protected = protected
-        candidates = np.flatnonzero(~protected)
-        order = candidates[np.argsort(self.scores[candidates], kind="stable")]
-        self.order = order  # removable positions, lowest score first
         num_structures = len(groups.structures)
-        self.order_structure = groups.structure[order]
-        self.per_structure = [
-            order[self.order_structure == s] for s in range(num_structures)
-        ]
         self.total = np.bincount(groups.structure, minlength=num_structures)
         self.fixed = groups.pinned_units + np.bincount(
             groups.structure[protected], minlength=num_structures
@@ -160,6 +161,49 @@ class BudgetPlanner:
             "params": self.base["params"] - sum(t[1] for t in self._terms),
         }
         self._analysis = analysis
+        # The ranking: importance, weighted by the share of MACs in each
+        # group's estimated time (`rank_weights`) to the power `exponent`,
+        # chosen by `search` (0: importance alone); lowest leaves first.
+        self.activation_cost = float(activation_cost or 0.0)
+        self.speed_share = float(speed_share)
+        self._candidates = np.flatnonzero(~protected)
+        self._costs = None
+        if self.activation_cost > 0:
+            self._costs = self.group_costs(totals=True)
+        self.rank(0.0)
+
+    def rank(self, exponent):
+        """Order the groups by importance times `rank_weights(...) ** exponent`
+        (the order `select` and `search` use)."""
+        self.exponent = float(exponent)
+        self.rank_scores = self.scores
+        if self._costs is not None and self.exponent > 0:
+            macs, elements = self._costs[:2]
+            self.rank_scores = self.scores * rank_weights(
+                macs, elements, self.activation_cost, self.exponent
+            )
+        candidates = self._candidates
+        order = candidates[np.argsort(self.rank_scores[candidates], kind="stable")]
+        self.order = order  # removable positions, lowest first
+        self.order_structure = self.view.structure[order]
+        self.per_structure = [
+            order[self.order_structure == s] for s in range(len(self.total))
+        ]
+
+    def time_estimate(self, positions, cost=None):
+        """Estimated time without these groups, relative to the model's:
+        `(MACs + k * elements) / (MACs_0 + k * elements_0)` with `k =
+        activation_cost` (MACs alone when `k` is 0)."""
+        cost = cost or self.estimate(positions)
+        if self._costs is None:
+            return cost["macs"] / self.base["macs"] if self.base["macs"] else 1.0
+        _, elements, total_elements = self._costs
+        kept = total_elements - float(
+            np.sum(elements[np.asarray(positions, dtype=np.int64)])
+        )
+        k = self.activation_cost
+        full = self.base["macs"] + k * total_elements
+        return (cost["macs"] + k * kept) / full if full else 1.0
 
     # ------------------------------------------------------------------ API
     def select(self, k):
@@ -209,8 +253,17 @@ class BudgetPlanner:
             cost["latency"] = float(self.latency_fn(self.widths(positions)))
         return cost
 
-    def search(self, metric, target):
+    def search(self, metric, target, max_exponent=1.0, steps=7):
         """Positions to remove: the fewest that bring `metric` to `target`.
+
+        With `activation_cost > 0` and a MACs or parameter budget, the
+        ranking's exponent (`rank`) is the smallest in `[0, max_exponent]`
+        (bisection, `steps` halvings) whose selection's estimated speed-up
+        (`1 / time_estimate`) is at least `speed_share` times its MACs
+        reduction: importance alone decides wherever that already holds
+        (plain convolutional networks, whose time is nearly all MACs), and
+        the cost weighting only tilts the choice as far as needed
+        (`max_exponent` when even that falls short).
 
         Args:
             metric: "macs" or "params" (`target` is a fraction of the
@@ -226,6 +279,35 @@ class BudgetPlanner:
             raise ValueError(f"`metric` must be one of {METRICS}. Received: {metric!r}")
         if metric == "latency" and self.latency_fn is None:
             raise ValueError("metric='latency' needs a latency_fn.")
+        if self._costs is None or metric == "latency" or not self.base["macs"]:
+            return self._search(metric, target)
+
+        def fast_enough(removed):
+            cost = self.estimate(removed)
+            macs_ratio = cost["macs"] / self.base["macs"]
+            time_ratio = self.time_estimate(removed, cost)
+            return macs_ratio >= self.speed_share * time_ratio * (1 - 1e-9)
+
+        self.rank(0.0)
+        removed = self._search(metric, target)
+        if fast_enough(removed):
+            return removed
+        lo, hi = 0.0, float(max_exponent)
+        self.rank(hi)
+        best = self._search(metric, target)
+        if fast_enough(best):
+            for _ in range(int(steps)):
+                mid = (lo + hi) / 2
+                self.rank(mid)
+                removed = self._search(metric, target)
+                if fast_enough(removed):
+                    hi, best = mid, removed
+                else:
+                    lo = mid
+        self.rank(hi)
+        return best
+
+    def _search(self, metric, target):
         goal = target if metric == "latency" else target * self.base[metric]
 
         def meets(k):
@@ -261,7 +343,7 @@ class BudgetPlanner:
         for position in removed:
             gone.setdefault(int(structure[position]), []).append(int(position))
         for s in gone:
-            gone[s].sort(key=lambda p: -self.scores[p])  # best first
+            gone[s].sort(key=lambda p: -self.rank_scores[p])  # best first
 
         def flat():
             items = [p for positions in gone.values() for p in positions]
@@ -270,7 +352,7 @@ class BudgetPlanner:
         changed = True
         while changed and tries > 0:
             changed = False
-            order = sorted(gone, key=lambda s: -self.scores[gone[s][0]])
+            order = sorted(gone, key=lambda s: -self.rank_scores[gone[s][0]])
             for s in order:
                 tries -= 1
                 block, rest = gone[s][:step], gone[s][step:]
@@ -285,11 +367,164 @@ class BudgetPlanner:
                     break
         return flat()
 
+    def group_costs(self, totals=False):
+        """Per removable group: the MACs and the activation elements it costs.
+
+        `macs[g]`: the MACs that leave with group `g` at full widths (a
+        weighted layer with original MACs `C` and `n` input channels costs
+        `C / n` per input channel, likewise per output unit). `elements[g]`:
+        the elements of `g`'s channel, summed over the outputs of the calls
+        whose cost is memory traffic rather than MACs (activations that are
+        separate ops, elementwise products and sums, pooling, depthwise
+        convolutions, resizing): every call except those of Dense / Conv
+        layers, BatchNormalization (folded into the conv before it), ReLU /
+        ReLU6 right after a layer the converter fuses them into, and calls
+        that are free at inference (dropout, noise, reshapes). A channel of
+        a `H x W` map
+        counts `H * W` per call.
+
+        Args:
+            totals: also return the model's total of such elements (all
+                channels, removable or not).
+
+        Returns:
+            `(macs, elements)`: float64 arrays aligned with `groups.ids`
+            (and the total with `totals=True`).
+        """
+        view, analysis = self.view, self._analysis
+        macs = np.zeros(len(view.ids))
+        for cost, _, tensor_in, tensor_out, _ in self._terms:
+            for tensor in (tensor_in, tensor_out):
+                if tensor is None or not tensor.channels or not cost:
+                    continue
+                positions = view.position[analysis.values(analysis.component, tensor)]
+                keep = positions >= 0
+                np.add.at(macs, positions[keep], cost / tensor.channels)
+        elements = np.zeros(len(view.ids))
+        total = 0.0
+        graph = analysis.graph
+        makers = {}
+        for node in graph.nodes:
+            for tensor in node.outputs:
+                makers[id(tensor)] = node
+        for node in graph.nodes:
+            if not _memory_bound(node, makers):
+                continue
+            for tensor in node.outputs:
+                if not tensor.channels or not tensor.last:
+                    continue
+                spatial = [d for d in tensor.shape[1:-1]]
+                if any(d is None for d in spatial):
+                    continue
+                size = float(np.prod(spatial))
+                positions = view.position[analysis.values(analysis.component, tensor)]
+                keep = positions >= 0
+                np.add.at(elements, positions[keep], size)
+                total += size * tensor.channels
+        return (macs, elements, total) if totals else (macs, elements)
+
     # ------------------------------------------------------------- internals
     def _keep(self, positions):
         keep = np.ones(self._analysis.num_groups, dtype=bool)
         keep[self.view.ids[np.asarray(positions, dtype=np.int64)]] = False
         return keep
+
+
+_MATMUL = (
+    "Dense",
+    "EinsumDense",
+    "Conv1D",
+    "Conv2D",
+    "Conv3D",
+    "Conv1DTranspose",
+    "Conv2DTranspose",
+    "Conv3DTranspose",
+    "SeparableConv1D",
+    "SeparableConv2D",
+)
+_FREE = (
+    "InputLayer",
+    "BatchNormalization",
+    "Dropout",
+    "SpatialDropout1D",
+    "SpatialDropout2D",
+    "SpatialDropout3D",
+    "GaussianNoise",
+    "GaussianDropout",
+    "AlphaDropout",
+    "Identity",
+    "Reshape",
+    "Flatten",
+)
+_FUSED = ("relu", "relu6")
+# Ops the converter fuses a following ReLU / ReLU6 into.
+_FUSES_RELU = _MATMUL + (
+    "DepthwiseConv1D",
+    "DepthwiseConv2D",
+    "Add",
+    "Subtract",
+    "Multiply",
+)
+
+
+def _memory_bound(node, makers):
+    """True for a call whose cost is moving its elements (see
+    `BudgetPlanner.group_costs`)."""
+    import keras
+
+    layer = node.layer
+    name = layer.__class__.__name__
+    if name in _MATMUL or name in _FREE or isinstance(layer, keras.Model):
+        return False
+    activation = None
+    if name == "ReLU":
+        activation = "relu"
+    elif name == "Activation":
+        activation = getattr(layer.activation, "__name__", None)
+        if activation == "linear":
+            return False
+    if activation in _FUSED and node.inputs:
+        # The converter fuses ReLU / ReLU6 into the conv, depthwise conv,
+        # dense or elementwise op before it (through a folded
+        # BatchNormalization).
+        maker = makers.get(id(node.inputs[0]))
+        if maker is not None and maker.layer.__class__.__name__ == "BatchNormalization":
+            maker = makers.get(id(maker.inputs[0])) if maker.inputs else None
+        if maker is not None and maker.layer.__class__.__name__ in _FUSES_RELU:
+            return False
+    return True
+
+
+def rank_weights(macs, elements, activation_cost, exponent=1.0):
+    """The share of MACs in each group's cost: the ranking's weight.
+
+        w_g = (macs_g / (macs_g + k * elements_g)) ** exponent
+
+    with `k = activation_cost` (MACs-equivalent cost of one activation
+    element). A group whose time is mostly memory-bound work (activations
+    of wide, high-resolution maps that no MAC count sees) gets a small
+    weight, so at equal importance it leaves before a group whose cost the
+    MACs budget counts: the same MACs budget then removes more time.
+
+    Args:
+        macs: per-group MACs (`BudgetPlanner.group_costs`).
+        elements: per-group activation elements.
+        activation_cost: `k` (0: all weights 1).
+        exponent: strength of the weighting.
+
+    Returns:
+        Float64 weights in (0, 1].
+
+    Example:
+
+    >>> rank_weights(np.array([100.0, 100.0]), np.array([0.0, 10.0]), 10.0)
+    array([1. , 0.5])
+    """
+    macs = np.asarray(macs, dtype=np.float64)
+    elements = np.asarray(elements, dtype=np.float64)
+    total = macs + activation_cost * elements
+    share = np.where(total > 0, macs / np.maximum(total, 1e-300), 1.0)
+    return share**exponent
 
 
 def _fraction(analysis, tensor, keep):

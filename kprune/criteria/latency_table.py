@@ -393,9 +393,16 @@ class LatencyTable:
             clock=self.clock,
         )
 
-    def measure_model(self, model, runs=None):
+    def measure_model(self, model, runs=None, rounds=3):
         """LiteRT latency of the whole model (ms), with this table's threads,
-        dtype and statistic."""
+        dtype, statistic and clock: exported once and timed in `rounds`
+        rounds of `runs` calls (`kprune.export.model_latency`); the
+        statistic over all of them (a minimum over several rounds is
+        steadier on a shared machine than over one).
+
+        `kprune.prune(latency=...)` measures the original model with this;
+        time a model the same way to set a target.
+        """
         from kprune.export.latency import model_latency
 
         stats = model_latency(
@@ -404,5 +411,6 @@ class LatencyTable:
             dtype=self.dtype,
             runs=runs or self.runs,
             clock=self.clock,
+            rounds=rounds,
         )
         return float(stats[f"latency_ms_{self.statistic}"])
