@@ -17,9 +17,11 @@ one after the other under the same load:
   call) and copied into each candidate. Answers the whole call's time, the
   time of one MetaPruner step at the ratio found, and the one-shot
   validation error.
-- `{"op": "finetune", "epochs", "lr", "batch", "seed", "samples"}`:
-  fine-tune the last pruned model (Adam, `eps=1e-7`, the driver's per-epoch
-  permutations of the training images); answers its errors.
+- `{"op": "finetune", "epochs", "lr", "batch", "seed", "samples",
+  "recalibrate"}`: fine-tune the last pruned model (Adam, `eps=1e-7`, the
+  driver's per-epoch permutations of the training images), then recompute
+  the BatchNorm statistics on the first `recalibrate` images; answers its
+  errors.
 - `{"op": "quit"}`.
 
     .venv-tp/bin/python benchmarks/_tp_worker.py   # driven by vs_torch_pruning.py
@@ -249,6 +251,26 @@ def finetune(model, x, y, epochs, lr, batch, seed):
     return model
 
 
+def recalibrate_bn(model, x, images, batch=512):
+    """BatchNorm running statistics recomputed on `x[:images]`: PyTorch's
+    cumulative average (`momentum=None`) over batches of `batch`, in
+    training mode, no weight update (as `prune_budget.recalibrate_bn`)."""
+    layers = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    if not layers or not images:
+        return model
+    for m in layers:
+        m.reset_running_stats()
+        m.momentum = None
+    model.train()
+    with torch.no_grad():
+        for lo in range(0, min(images, len(x)), batch):
+            model(x[lo : min(lo + batch, images)])
+    for m in layers:
+        m.momentum = 0.01
+    model.eval()
+    return model
+
+
 class Server:
     def load(self, job):
         torch.manual_seed(job["seed"])
@@ -312,6 +334,7 @@ class Server:
             job["batch"],
             job["seed"],
         )
+        recalibrate_bn(self.pruned, self.x[:n], job.get("recalibrate", 0))
         return {
             "finetune_seconds": time.perf_counter() - start,
             "val_error": errors(self.pruned, self.xv, self.yv),

@@ -229,6 +229,7 @@ def main(argv=None):
                             batch=args.batch,
                             seed=seed,
                             samples=args.finetune_samples,
+                            recalibrate=args.bn_recalibrate,
                         )
                     )
                     run = {
@@ -374,6 +375,8 @@ def render(result):
                 f"(mean {_mean(ratios):.2f})."
             )
     lines += ["", "## Targets", ""] + verdicts
+    if result.get("notes"):  # written by hand, kept in the JSON
+        lines += ["", result["notes"].strip()]
     return "\n".join(lines) + "\n"
 
 

@@ -157,3 +157,22 @@ def test_rewind_restarts_the_kept_units_from_the_start(mnist):
     assert 0 < kept.sum() < 48
     np.testing.assert_array_equal(seen["kernel"][:, kept], start[:, kept])
     assert target.get_config()["rewind"] is True
+
+
+def test_finish_keeps_the_min_units_floor(mnist):
+    # 2 % of the MACs is below what the floor allows: the final cut stops at
+    # the floor (every layer keeps its best quarter) and says so; it used to
+    # zero whole layers (a ResNet block lost every unit of a residual branch).
+    sparse = kprune.sparsity.apply_group_sparsity(_mlp(), 1e-6, method="constraint")
+    target = kprune.callbacks.SizeTarget(
+        macs=0.02, growth=1.01, every_n_steps=50, min_units=0.25
+    )
+    x, y = mnist
+    _fit(sparse, (x[:256], y[:256]), [target], epochs=1)
+    assert target.finished_units > 0 and not target.reached
+    live = {
+        layer.name: int(np.sum(np.linalg.norm(layer.kernel.numpy(), axis=0) > 0))
+        for layer in sparse.layers[:2]
+    }
+    assert live == {"fc1": 12, "fc2": 6}, live  # ceil(0.25 * 48), ceil(0.25 * 24)
+    assert target.ratio > 0.02

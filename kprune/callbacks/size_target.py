@@ -223,6 +223,8 @@ class SizeTarget(keras.callbacks.Callback):
     the smallest norm relative to their layer's best are zeroed, fewest
     first, until `slim` meets the target (`finished_units` counts them): a
     magnitude cut the model was not trained with, so fine-tune afterwards.
+    The cut keeps the `min_units` floor too; where the target cannot be met
+    above it, every unit above the floor is cut and `reached` stays False.
     Fitting in several `fit` calls, pass `finish=False` to all but the last.
 
     Controlled objects: every regularizer / constraint of the model whose
@@ -563,16 +565,16 @@ class SizeTarget(keras.callbacks.Callback):
         self.ratio = give_back(hi)
 
     def _finish(self):
-        """Zero the weakest live units until the slimmed model meets the target."""
+        """Zero the weakest live units until the slimmed model meets the target
+        (each layer keeps its best `min_units`: the target may stay unmet)."""
         saved = [u.values() for u in self._units]
         order = []
         for i, (units, (kernel, bias)) in enumerate(zip(self._units, saved)):
             if units.scale <= 0.0:
                 continue  # an unregularized layer keeps its units
             score = _norms_np(kernel, bias, units) / (units.scale * units.root)
-            order += [
-                (float(score[j]), i, int(j)) for j in np.flatnonzero(units.live())
-            ]
+            # the floor: the layer's best `floor` units are never cut
+            order += _ranked(score, units.live(), i, keep=units.floor)
         order.sort()
         before = [~u.live() for u in self._units]
 
