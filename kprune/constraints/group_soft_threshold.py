@@ -33,46 +33,14 @@ How the constraint gets what a constraint is not given:
   `save_weights` and `keras.callbacks.BackupAndRestore` keep it.
 """
 
-import math
-
 import keras
 import numpy as np
 from keras import ops
 from keras.src.saving.keras_saveable import KerasSaveable
 
 from kprune._backend import applying_learning_rate, applying_optimizer
-from kprune.ops.group_sparsity import num_units, sparse_group_prox, unit_axes
-
-
-def _check_axis(axis):
-    try:
-        unit_axes(8, axis)
-    except ValueError:
-        raise ValueError(
-            "`axis` must be an int or a non-empty sequence of distinct ints "
-            f"(the axes indexing output units). Received: axis={axis!r}"
-        ) from None
-    return axis if isinstance(axis, int) else tuple(int(a) for a in axis)
-
-
-def _check_float(value, name, positive=False, maximum=None):
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(
-            f"`{name}` must be a number. Received: {name}={value!r}"
-        ) from None
-    ok = value > 0.0 if positive else value >= 0.0
-    if maximum is not None:
-        ok = ok and value <= maximum
-    if not ok or math.isinf(value):
-        bound = "> 0" if positive else ">= 0"
-        if maximum is not None:
-            bound = f"in [0, {maximum}]"
-        raise ValueError(
-            f"`{name}` must be a finite float {bound}. Received: {name}={value}"
-        )
-    return value
+from kprune._strength import HasStrength, check_axis, check_float
+from kprune.ops.group_sparsity import num_units, sparse_group_prox
 
 
 def _partner_bias(optimizer, kernel, owner):
@@ -94,36 +62,19 @@ def _partner_bias(optimizer, kernel, owner):
     return found[0] if found else None
 
 
-class _GroupThreshold(keras.constraints.Constraint, KerasSaveable):
+class _GroupThreshold(HasStrength, keras.constraints.Constraint, KerasSaveable):
     """State, checks and saving shared by the group-threshold constraints."""
 
     def __init__(self, strength, alpha, scale, axis, step_size, include_bias):
-        strength = _check_float(strength, "strength")
-        self.alpha = _check_float(alpha, "alpha", maximum=1.0)
-        self.scale = _check_float(scale, "scale")
-        self.axis = _check_axis(axis)
+        strength = check_float(strength, "strength")
+        self.alpha = check_float(alpha, "alpha", maximum=1.0)
+        self.scale = check_float(scale, "scale")
+        self.axis = check_axis(axis)
         self.step_size = (
-            None if step_size is None else _check_float(step_size, "step_size", True)
+            None if step_size is None else check_float(step_size, "step_size", True)
         )
         self.include_bias = bool(include_bias)
-        self._strength = keras.Variable(
-            strength, dtype="float32", trainable=False, name="group_threshold_strength"
-        )
-
-    # -- the strength interface (shared with kprune's group regularizers) --
-
-    @property
-    def strength(self):
-        """The `keras.Variable` holding `lambda` (assign to change it mid-fit)."""
-        return self._strength
-
-    def strength_value(self):
-        """The current strength as a Python float (shortest float32 repr)."""
-        return float(str(np.float32(ops.convert_to_numpy(self._strength))))
-
-    def effective_strength(self):
-        """The layer's `lambda` as a Python float: `strength * scale`."""
-        return self.strength_value() * self.scale
+        self._init_strength(strength, "group_threshold_strength")
 
     # -- the proximal step ---------------------------------------------------
 

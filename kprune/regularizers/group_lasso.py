@@ -1,69 +1,28 @@
 """Group Lasso and sparse group Lasso regularizers (Alvarez & Salzmann 2016)."""
 
 import keras
-import numpy as np
 from keras import ops
 
-from kprune.ops.group_sparsity import sparse_group_lasso_penalty, unit_axes
+from kprune._strength import HasStrength, check_axis, check_float
+from kprune.ops.group_sparsity import sparse_group_lasso_penalty
 
 _MODES = ("penalty", "proximal")
 
 
-def _check_axis(axis):
-    try:
-        unit_axes(8, axis)
-    except ValueError:
-        raise ValueError(
-            "`axis` must be an int or a non-empty sequence of distinct ints "
-            f"(the axes indexing output units). Received: axis={axis!r}"
-        ) from None
-    return axis if isinstance(axis, int) else tuple(int(a) for a in axis)
-
-
-def _finite(value, name, bounds=">= 0"):
-    """`value` as a finite float (and >= 0 unless `bounds` says otherwise)."""
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        number = None
-    if number is None or not np.isfinite(number) or (bounds == ">= 0" and number < 0.0):
-        raise ValueError(
-            f"`{name}` must be a finite float {bounds}. Received: {name}={value!r}"
-        )
-    return number
-
-
-class _GroupRegularizer(keras.regularizers.Regularizer):
+class _GroupRegularizer(HasStrength, keras.regularizers.Regularizer):
     """Shared state and checks of `GroupLasso` and `SparseGroupLasso`."""
 
     def __init__(self, strength, alpha, scale, axis, mode):
-        strength = _finite(strength, "strength")
-        alpha = _finite(alpha, "alpha", "in [0, 1]")
-        if not 0.0 <= alpha <= 1.0:
-            raise ValueError(f"`alpha` must be in [0, 1]. Received: alpha={alpha}")
-        scale = _finite(scale, "scale")
+        strength = check_float(strength, "strength")
+        alpha = check_float(alpha, "alpha", maximum=1.0)
+        scale = check_float(scale, "scale")
         if mode not in _MODES:
             raise ValueError(f"`mode` must be one of {_MODES}. Received: mode={mode!r}")
         self.alpha = alpha
         self.scale = scale
-        self.axis = _check_axis(axis)
+        self.axis = check_axis(axis)
         self.mode = mode
-        self._strength = keras.Variable(
-            strength, dtype="float32", trainable=False, name="group_lasso_strength"
-        )
-
-    @property
-    def strength(self):
-        """The `keras.Variable` holding `lambda` (assign to change it mid-fit)."""
-        return self._strength
-
-    def strength_value(self):
-        """The current strength as a Python float (shortest float32 repr)."""
-        return float(str(np.float32(ops.convert_to_numpy(self._strength))))
-
-    def effective_strength(self):
-        """The layer's `lambda` as a Python float: `strength * scale`."""
-        return self.strength_value() * self.scale
+        self._init_strength(strength, "group_lasso_strength")
 
     def __call__(self, x):
         if self.mode == "proximal":
