@@ -310,19 +310,21 @@ def constraint_timing_table(timing):
         met = "met" if t["target_met"] else "NOT met"
         rows.append(cells + [f"{met} ({t['rounds']} rounds)"])
     lines += md_table(header, rows)
+    costs = []  # one line per (model, batch): thread count does not change it
     for t in timing:
         cost = t.get("xla_cost")
         if cost:
             plain, constraint = cost["plain"], cost["constraint"]
-            lines += [
-                "",
+            costs.append(
                 f"XLA's cost analysis of the compiled train step ({t['model']}, "
                 f"batch {t['batch_size']}, JAX): the constraints add "
                 f"{100 * (constraint['flops'] / plain['flops'] - 1):.1f} % flops "
                 f"and {100 * (constraint['bytes'] / plain['bytes'] - 1):.1f} % "
                 f"bytes accessed ({plain['bytes'] / 1e6:.1f} -> "
-                f"{constraint['bytes'] / 1e6:.1f} MB per step).",
-            ]
+                f"{constraint['bytes'] / 1e6:.1f} MB per step)."
+            )
+    for line in dict.fromkeys(costs):
+        lines += ["", line]
     return lines
 
 
