@@ -191,6 +191,17 @@ def _fake_layer_latency(class_name, config, input_shape, **kwargs):
     return 0.001 * float(np.prod(input_shape)) * width
 
 
+def _fake_timing(model_latency, relative_latency):
+    """Replace the LiteRT timings of `kprune.export.latency` with fakes."""
+    return mock.patch.multiple(
+        "kprune.export.latency",
+        layer_latency=mock.Mock(side_effect=_fake_layer_latency),
+        model_latency=mock.Mock(side_effect=model_latency),
+        relative_latency=mock.Mock(side_effect=relative_latency),
+        export_for_timing=mock.Mock(side_effect=lambda m, p, d: p),
+    )
+
+
 def test_latency_target_with_a_table(tmp_path):
     model = _lenet()
     calls = []
@@ -203,18 +214,7 @@ def test_latency_target_with_a_table(tmp_path):
         ratio = kprune.report.summary(m)["macs"] / kprune.report.summary(model)["macs"]
         return {"ratio": ratio}
 
-    with (
-        mock.patch(
-            "kprune.export.latency.layer_latency", side_effect=_fake_layer_latency
-        ),
-        mock.patch(
-            "kprune.export.latency.model_latency", side_effect=fake_model_latency
-        ),
-        mock.patch("kprune.export.latency.relative_latency", side_effect=fake_relative),
-        mock.patch(
-            "kprune.export.latency.export_for_timing", side_effect=lambda m, p, d: p
-        ),
-    ):
+    with _fake_timing(fake_model_latency, fake_relative):
         table = LatencyTable(grid=(0.5, 1.0), cache_dir=tmp_path)
         table.build(model)
         assert table.measured > 0
@@ -417,19 +417,7 @@ def test_latency_predictor_scales_and_prune_clamps_a_wild_timing(tmp_path):
         true = kprune.report.summary(m)["macs"] / kprune.report.summary(model)["macs"]
         return {"ratio": answers.pop() if answers else true}
 
-    with (
-        mock.patch(
-            "kprune.export.latency.layer_latency", side_effect=_fake_layer_latency
-        ),
-        mock.patch(
-            "kprune.export.latency.model_latency",
-            side_effect=lambda m, **k: {"latency_ms_median": 10.0},
-        ),
-        mock.patch("kprune.export.latency.relative_latency", side_effect=fake_relative),
-        mock.patch(
-            "kprune.export.latency.export_for_timing", side_effect=lambda m, p, d: p
-        ),
-    ):
+    with _fake_timing(lambda m, **k: {"latency_ms_median": 10.0}, fake_relative):
         table = LatencyTable(grid=(0.5, 1.0), cache_dir=tmp_path)
         predict = table.predictor(model, latency=10.0)
         assert predict({}) == pytest.approx(10.0)  # full width: the measurement
@@ -566,18 +554,7 @@ def test_latency_reference_is_the_least_of_its_timings(tmp_path):
         rounds.append(kwargs.get("rounds"))
         return {"latency_ms_median": 10.0}
 
-    with (
-        mock.patch(
-            "kprune.export.latency.layer_latency", side_effect=_fake_layer_latency
-        ),
-        mock.patch(
-            "kprune.export.latency.model_latency", side_effect=fake_model_latency
-        ),
-        mock.patch("kprune.export.latency.relative_latency", side_effect=fake_relative),
-        mock.patch(
-            "kprune.export.latency.export_for_timing", side_effect=lambda m, p, d: p
-        ),
-    ):
+    with _fake_timing(fake_model_latency, fake_relative):
         table = LatencyTable(grid=(0.5, 1.0), cache_dir=tmp_path)
         _, plan = kprune.prune(model, latency=4.0, latency_table=table)
     assert rounds[0] == 3  # measure_model times the original in 3 rounds
