@@ -124,6 +124,42 @@ def test_hidden_state_distillation():
     distiller.fit(x, y, epochs=1, verbose=0)
 
 
+@pytest.mark.tensorflow_only(reason="tf.distribute's replica count")
+def test_every_term_is_scaled_like_keras_losses_under_tf_distribute(monkeypatch):
+    """With R replicas Keras' TensorFlow trainer sums the replicas' gradients
+    and scales each loss by 1 / R: the KL and hidden-state terms too, or they
+    train R times harder than on one device. (Two real workers:
+    `tests/test_multi_worker.py`, `-m slow`.)"""
+    import tensorflow as tf
+
+    inputs = keras.Input((6,))
+
+    def two_outputs(seed):
+        hidden = keras.layers.Dense(
+            4, kernel_initializer=keras.initializers.RandomNormal(seed=seed)
+        )(inputs)
+        return keras.Model(inputs, [keras.layers.Dense(3)(hidden), hidden])
+
+    x, y = data(n=8)
+    distiller = kprune.Distiller(
+        two_outputs(1), two_outputs(2), alpha=0.5, feature_weight=1.0
+    )
+    distiller.compile(
+        "sgd", keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    )
+
+    def loss():
+        return float(to_np(distiller.compute_loss(x, y, distiller(x))))
+
+    one = loss()
+
+    class TwoReplicas:
+        num_replicas_in_sync = 2
+
+    monkeypatch.setattr(tf.distribute, "get_strategy", TwoReplicas)
+    np.testing.assert_allclose(loss(), one / 2, rtol=1e-6)
+
+
 def test_errors():
     teacher = mlp(0)
     with pytest.raises(ValueError, match="different models"):
