@@ -145,3 +145,34 @@ def applying_learning_rate(dtype):
     if dtype not in cache:
         cache[dtype] = keras.ops.cast(scope.caller.learning_rate, dtype)
     return cache[dtype]
+
+
+def scale_loss_for_distribution(value):
+    """A per-replica loss term scaled as Keras scales its own losses.
+
+    Under a `tf.distribute` strategy with `R` replicas, Keras' TensorFlow
+    trainer sums the replicas' gradients, so every loss it computes (the
+    compiled losses, regularization and `add_loss` losses) is this
+    replica's batch mean times `1 / R`, and the logged loss is multiplied
+    back by `R`. A model that adds a loss term of its own in
+    `compute_loss` must scale it the same way, or that term trains `R`
+    times harder than on one device. `value / R` inside a replica context
+    of a strategy with `R > 1` replicas; `value` everywhere else (one
+    device, JAX, PyTorch: their losses are means over the global batch).
+    This is Keras' own rule (`keras.src.losses.loss.
+    scale_loss_for_distribution`, a Keras internal).
+
+    Args:
+        value: a scalar loss tensor (this replica's batch mean).
+
+    Returns:
+        The scaled scalar.
+
+    Example:
+
+    >>> float(scale_loss_for_distribution(keras.ops.convert_to_tensor(2.0)))
+    2.0
+    """
+    from keras.src.losses.loss import scale_loss_for_distribution as keras_scale
+
+    return keras_scale(value)

@@ -6,10 +6,13 @@ Three scripts, each run in fresh processes by `tests/test_distribution.py`
 - `jax_main()`: `KERAS_BACKEND=jax` with 4 virtual CPU devices
   (`XLA_FLAGS=--xla_force_host_platform_device_count=4`). The same
   training runs on one device and under `keras.distribution.DataParallel`
-  on the 4 devices; `ProximalStep` and `MagnitudePruning` must give the
-  same zero groups and masks. `kprune.transformers.prune` calibrates under
-  `DataParallel` and must keep the same units. A model sharded with a
-  `LayoutMap` (`ModelParallel`) is scored and slimmed.
+  on the 4 devices, for every check of `TRAINING_CHECKS` (every kprune
+  callback, the group constraints, `Distiller` and `Distillation`); each
+  must give the same zero groups, masks and logged figures
+  (`tests/distribution_asserts.py`). `kprune.transformers.prune`
+  calibrates under `DataParallel` and must keep the same units. A model
+  sharded with a `LayoutMap` (`ModelParallel`) is scored and slimmed.
+  `KPRUNE_CHECKS` (comma-separated) runs only some of these.
 - `layouts_main()`: the same 4 devices; pruning a layer sharded by a
   `LayoutMap` to a width its mesh axis does not divide raises kprune's
   error, and an even width is rebuilt sharded.
@@ -17,13 +20,15 @@ Three scripts, each run in fresh processes by `tests/test_distribution.py`
   (its `TF_CONFIG` set by `run_workers`), with
   `kprune.multi_worker.patch_keras_multi_worker()` (Keras 3.15's `fit`
   fails under this strategy without it, with or without kprune; see
-  docs/backends.md). `reference()` computes the same on one device.
+  docs/backends.md), running `"unpatched"`, the `TRAINING_CHECKS` and
+  `"transformers"`. `reference()` computes the same on one device.
 
 Each prints one line `RESULT <json>`.
 """
 
 import json
 import os
+import time
 
 import numpy as np
 
@@ -60,14 +65,53 @@ def mlp(keras, kprune, reg=None):
     return model
 
 
+def classes(y):
+    """Three class labels from the regression targets of `data()`."""
+    return np.argmax(y, axis=1).astype("int32")
+
+
+def _kernels(keras, model):
+    return {
+        layer.name: keras.ops.convert_to_numpy(layer.kernel)
+        for layer in model.layers
+        if hasattr(layer, "kernel")
+    }
+
+
+def _floats(history, keys):
+    return {key: [float(v) for v in history.history[key]] for key in keys}
+
+
+# What `train` runs: each check's name, in the order the tests list them.
+TRAINING_CHECKS = (
+    "proximal",
+    "magnitude",
+    "constraint",
+    "scheduler",
+    "art",
+    "distiller",
+)
+
+
 def train(keras, kprune, which, dataset=None):
     """One training run; returns its kernels, zero groups and masks.
 
     `which`: `"plain"` (no kprune object), `"proximal"` (`ProximalStep`),
-    `"magnitude"` (`MagnitudePruning`) or `"constraint"` (the
+    `"magnitude"` (`MagnitudePruning`), `"constraint"` (the
     `GroupSoftThreshold` constraints of `apply_group_sparsity(...,
-    method="constraint")`, with `SizeTarget`).
+    method="constraint")`, with `SizeTarget`), `"scheduler"`
+    (`RegularizationScheduler` per batch on `SparseGroupLasso`, with
+    `ProximalStep` and `SparsityLogger`), `"art"` (`AdaptiveRegularization`
+    with HyperSparse, on class labels) or `"distiller"` (`kprune.Distiller`,
+    then `kprune.losses.Distillation` on `soft_targets`).
+
+    `dataset(x, y)`: the training data (a `tf.data` pipeline for the
+    multi-worker strategy); `None`: NumPy arrays, `batch_size=STEPS_BATCH`.
     """
+    if which == "art":
+        return _train_art(keras, kprune, dataset)
+    if which == "distiller":
+        return _train_distiller(keras, kprune, dataset)
     x, y = data()
     reg, callbacks = None, []
     if which == "proximal":
@@ -81,15 +125,24 @@ def train(keras, kprune, which, dataset=None):
     if which == "constraint":
         model = kprune.sparsity.apply_group_sparsity(model, 0.2, method="constraint")
         callbacks = [kprune.callbacks.SizeTarget(params=0.6, every_n_steps=4)]
+    if which == "scheduler":
+        model = kprune.sparsity.apply_group_sparsity(model, 0.1, alpha=0.5)
+        callbacks = [
+            # Steps 0-7: 0.3, 8-15: 0.6, ...: a staircase (on JAX, one
+            # compilation per change).
+            kprune.callbacks.RegularizationScheduler(
+                lambda step: 0.3 * (1 + int(step) // 8), update_freq="batch"
+            ),
+            kprune.callbacks.ProximalStep(every_n_steps=2),
+            kprune.callbacks.SparsityLogger(),
+        ]
     model.compile(keras.optimizers.SGD(0.05), "mse")
     if dataset is None:
         kwargs = dict(x=x, y=y, batch_size=STEPS_BATCH, shuffle=False)
     else:
         kwargs = dict(x=dataset(x, y), shuffle=False)
     history = model.fit(epochs=3, verbose=0, callbacks=callbacks, **kwargs)
-    kernels = {
-        layer.name: keras.ops.convert_to_numpy(layer.kernel) for layer in model.layers
-    }
+    kernels = _kernels(keras, model)
     out = {
         "kernels": {k: v.tolist() for k, v in kernels.items()},
         "zero_groups": np.flatnonzero(np.all(kernels["a"] == 0, axis=0)).tolist(),
@@ -102,8 +155,115 @@ def train(keras, kprune, which, dataset=None):
     if which == "constraint":
         for key in ("size_ratio", "reg_strength", "size_target_reached"):
             out[key] = history.history[key]
+    if which == "scheduler":
+        keys = ("reg_strength", "prox_zero_groups", "live_units", "live_units/a")
+        keys += ("group_sparsity", "group_sparsity/a", "weight_sparsity")
+        out["logs"] = _floats(history, keys)
     if dataset is not None and which == "proximal":
         out["evaluate"] = float(model.evaluate(kwargs["x"], verbose=0))
+    return out
+
+
+def _train_art(keras, kprune, dataset):
+    """`AdaptiveRegularization` (HyperSparse): 1 ART epoch, then fine-tuning.
+
+    `eval_data` is NumPy `(x, labels)` on every engine: `evaluate` inside
+    `fit` distributes it as `fit` does its own data.
+    """
+    x, y = data()
+    labels = classes(y)
+    model = mlp(keras, kprune)
+    model.compile(
+        keras.optimizers.SGD(0.05, momentum=0.9),
+        keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
+    art = kprune.callbacks.AdaptiveRegularization(
+        0.8,
+        eval_data=(x, labels),
+        initial_strength=1e-3,
+        growth=2.0,
+        max_art_epochs=1,
+        refresh_every=3,
+        eval_batch_size=64,
+    )
+    if dataset is None:
+        kwargs = dict(x=x, y=labels, batch_size=STEPS_BATCH, shuffle=False)
+    else:
+        kwargs = dict(x=dataset(x, labels), shuffle=False)
+    history = model.fit(epochs=2, verbose=0, callbacks=[art], **kwargs)
+    kernels = _kernels(keras, model)
+    masks = kprune.pruning.get_masks(model)
+    keys = ("art_phase", "art_lambda", "art_pruned_accuracy", "art_dense_accuracy")
+    keys += ("art_best_epoch", "hs_scale", "sparsity", "accuracy", "loss")
+    return {
+        "kernels": {k: v.tolist() for k, v in kernels.items()},
+        "zero_groups": np.flatnonzero(np.all(kernels["a"] == 0, axis=0)).tolist(),
+        "loss": history.history["loss"],
+        "masks": {k: np.asarray(v).astype(int).tolist() for k, v in masks.items()},
+        "logs": _floats(history, keys),
+    }
+
+
+def _train_distiller(keras, kprune, dataset):
+    """`kprune.Distiller` (`alpha=0.5`, a feature term), then a student
+    compiled with `kprune.losses.Distillation` on `soft_targets`."""
+    x, y = data()
+    rng = np.random.default_rng(3)
+
+    def net(width, seed):
+        inputs = keras.Input((8,))
+        hidden = keras.layers.Dense(width, activation="relu", name="a")(inputs)
+        features = keras.layers.Dense(4, name="f")(hidden)
+        logits = keras.layers.Dense(3, name="b")(hidden)
+        model = keras.Model(inputs, [logits, features])
+        rng = np.random.default_rng(seed)
+        for weight in model.weights:
+            weight.assign(rng.normal(0, 0.4, tuple(weight.shape)).astype("float32"))
+        return model
+
+    teacher, student = net(16, 1), net(6, 2)
+    distiller = kprune.Distiller(
+        student, teacher, temperature=2.0, alpha=0.5, feature_weight=0.5
+    )
+    distiller.compile(keras.optimizers.SGD(0.05), "mse")
+    if dataset is None:
+        kwargs = dict(x=x, y=y, batch_size=STEPS_BATCH, shuffle=False)
+    else:
+        kwargs = dict(x=dataset(x, y), shuffle=False)
+    history = distiller.fit(epochs=2, verbose=0, **kwargs)
+    out = {
+        "kernels": {k: v.tolist() for k, v in _kernels(keras, student).items()},
+        "zero_groups": [],
+        "loss": history.history["loss"],
+    }
+    # The same student shape, trained on packed [label, teacher logits].
+    logits = keras.Model(teacher.inputs, teacher.outputs[0])
+    packed = kprune.losses.soft_targets(logits, x, classes(y), batch_size=32)
+    small = keras.Sequential(
+        [
+            keras.Input((8,)),
+            keras.layers.Dense(6, activation="relu", name="a"),
+            keras.layers.Dense(3, name="b"),
+        ]
+    )
+    for weight in small.weights:
+        weight.assign(rng.normal(0, 0.4, tuple(weight.shape)).astype("float32"))
+    small.compile(
+        keras.optimizers.SGD(0.05),
+        kprune.losses.Distillation(temperature=2.0, alpha=0.5),
+    )
+    if dataset is None:
+        kwargs = dict(x=x, y=packed, batch_size=STEPS_BATCH, shuffle=False)
+    else:
+        kwargs = dict(x=dataset(x, packed), shuffle=False)
+    loss = small.fit(epochs=1, verbose=0, **kwargs).history["loss"]
+    out["soft_targets"] = packed.tolist()
+    out["distillation"] = {
+        "kernels": {k: v.tolist() for k, v in _kernels(keras, small).items()},
+        "zero_groups": [],
+        "loss": loss,
+    }
     return out
 
 
@@ -232,7 +392,13 @@ def jax_main():
 
     devices = keras.distribution.list_devices("cpu")
     out = {"backend": keras.backend.backend(), "devices": len(devices)}
-    for which in ("proximal", "magnitude"):
+    checks = os.environ.get("KPRUNE_CHECKS")
+    checks = checks.split(",") if checks else TRAINING_CHECKS + ("transformers",)
+    out["seconds"] = {}
+    for which in TRAINING_CHECKS:
+        if which not in checks:
+            continue
+        started = time.monotonic()
         keras.distribution.set_distribution(None)
         single = train(keras, kprune, which)
         keras.distribution.set_distribution(
@@ -243,16 +409,20 @@ def jax_main():
         finally:
             keras.distribution.set_distribution(None)
         out[which] = {"single": single, "parallel": parallel}
-    single = _transformers(keras, kprune)
-    keras.distribution.set_distribution(
-        keras.distribution.DataParallel(devices=devices)
-    )
-    try:
-        parallel = _transformers(keras, kprune)
-    finally:
-        keras.distribution.set_distribution(None)
-    out["transformers"] = {"single": single, "parallel": parallel}
-    out["model_parallel"] = _model_parallel(keras, kprune, devices)
+        out["seconds"][which] = time.monotonic() - started
+    if "transformers" in checks:
+        started = time.monotonic()
+        single = _transformers(keras, kprune)
+        keras.distribution.set_distribution(
+            keras.distribution.DataParallel(devices=devices)
+        )
+        try:
+            parallel = _transformers(keras, kprune)
+        finally:
+            keras.distribution.set_distribution(None)
+        out["transformers"] = {"single": single, "parallel": parallel}
+        out["model_parallel"] = _model_parallel(keras, kprune, devices)
+        out["seconds"]["transformers"] = time.monotonic() - started
     print("RESULT " + json.dumps(out))
 
 
@@ -268,7 +438,7 @@ def tf_dataset(x, y):
 
 
 # What `worker_main` runs by default, in this order.
-WORKER_CHECKS = ("unpatched", "proximal", "magnitude", "constraint", "transformers")
+WORKER_CHECKS = ("unpatched",) + TRAINING_CHECKS + ("transformers",)
 
 
 def _error(fn):
@@ -347,7 +517,6 @@ def run_workers(script, workers=2, env=None, timeout=120):
     """
     import subprocess
     import sys
-    import time
 
     import kprune
 
@@ -414,7 +583,6 @@ def worker_main():
     KPRUNE_PATCH=0` reproduces Keras' failure without kprune).
     """
     import contextlib
-    import time
 
     started = time.monotonic()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")

@@ -1,5 +1,7 @@
 """kprune.Distiller and kprune.ops.soft_target_loss."""
 
+import textwrap
+
 import keras
 import numpy as np
 import pytest
@@ -122,6 +124,90 @@ def test_hidden_state_distillation():
     relative = np.mean(((s - t) ** 2).sum(-1) / (t**2).sum(-1))
     np.testing.assert_allclose(loss - base, relative, rtol=1e-4)
     distiller.fit(x, y, epochs=1, verbose=0)
+
+
+@pytest.mark.tensorflow_only(reason="tf.distribute's replica count")
+def test_every_term_is_scaled_like_keras_losses_under_tf_distribute(monkeypatch):
+    """With R replicas Keras' TensorFlow trainer sums the replicas' gradients
+    and scales each loss by 1 / R: the KL and hidden-state terms too, or they
+    train R times harder than on one device. (Two real workers:
+    `tests/test_multi_worker.py`, `-m slow`.)"""
+    import tensorflow as tf
+
+    inputs = keras.Input((6,))
+
+    def two_outputs(seed):
+        hidden = keras.layers.Dense(
+            4, kernel_initializer=keras.initializers.RandomNormal(seed=seed)
+        )(inputs)
+        return keras.Model(inputs, [keras.layers.Dense(3)(hidden), hidden])
+
+    x, y = data(n=8)
+    distiller = kprune.Distiller(
+        two_outputs(1), two_outputs(2), alpha=0.5, feature_weight=1.0
+    )
+    distiller.compile(
+        "sgd", keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    )
+
+    def loss():
+        return float(to_np(distiller.compute_loss(x, y, distiller(x))))
+
+    one = loss()
+
+    class TwoReplicas:
+        num_replicas_in_sync = 2
+
+    monkeypatch.setattr(tf.distribute, "get_strategy", TwoReplicas)
+    np.testing.assert_allclose(loss(), one / 2, rtol=1e-6)
+
+
+_MIRRORED_SCRIPT = kprune.testing.TWO_CPUS + textwrap.dedent(
+    """
+    import json
+    import keras, numpy as np, kprune
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(64, 6)).astype("float32")
+    y = (x[:, 0] > 0).astype("int32")
+
+    def mlp(seed):
+        model = keras.Sequential([keras.Input((6,)),
+            keras.layers.Dense(8, "relu"), keras.layers.Dense(2)])
+        weights = np.random.default_rng(seed)
+        for w in model.weights:
+            w.assign(weights.normal(0, 0.5, tuple(w.shape)).astype("float32"))
+        return model
+
+    def run(strategy):
+        with strategy.scope():
+            distiller = kprune.Distiller(mlp(1), mlp(2), temperature=2.0, alpha=0.5)
+            distiller.compile(keras.optimizers.SGD(0.1),
+                keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        history = distiller.fit(x, y, batch_size=16, epochs=2, shuffle=False,
+                                verbose=0)
+        return history.history["loss"], distiller.student.get_weights()
+
+    one = run(tf.distribute.get_strategy())
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    two = run(strategy)
+    print("RESULT " + json.dumps({
+        "replicas": strategy.num_replicas_in_sync,
+        "loss": [one[0], two[0]],
+        "max_diff": max(float(np.abs(a - b).max()) for a, b in zip(one[1], two[1])),
+    }))
+    """
+)
+
+
+@pytest.mark.slow  # a fresh TensorFlow process: about 10 CPU-seconds
+@pytest.mark.tensorflow_only(reason="tf.distribute.MirroredStrategy")
+def test_mirrored_strategy_trains_as_one_device():
+    result = kprune.testing.run_script(_MIRRORED_SCRIPT)
+    assert result["replicas"] == 2
+    one, two = result["loss"]
+    np.testing.assert_allclose(two, one, rtol=1e-5)
+    assert result["max_diff"] < 1e-5
 
 
 def test_errors():

@@ -3,10 +3,13 @@
 One fresh process (`KERAS_BACKEND=jax`,
 `XLA_FLAGS=--xla_force_host_platform_device_count=4`) runs
 `tests/distribution_checks.py:jax_main`: the same training on one device
-and under `keras.distribution.DataParallel` on 4, with `ProximalStep` and
-with `MagnitudePruning`; `kprune.transformers.prune` calibrating on one
-device and under `DataParallel`; and a model sharded with a `LayoutMap`
-(`ModelParallel`) scored and slimmed.
+and under `keras.distribution.DataParallel` on 4, for every check of
+`distribution_checks.TRAINING_CHECKS` (every kprune callback, the
+`GroupSoftThreshold` constraints, `kprune.Distiller` and
+`kprune.losses.Distillation`; the same list as
+`tests/test_multi_worker.py`); `kprune.transformers.prune` calibrating on
+one device and under `DataParallel`; and a model sharded with a
+`LayoutMap` (`ModelParallel`) scored and slimmed.
 """
 
 import importlib.util
@@ -15,7 +18,8 @@ import numpy as np
 import pytest
 
 import kprune
-from tests.distribution_checks import JAX_FOUR_DEVICES
+from tests.distribution_asserts import assert_meaningful, assert_same_training
+from tests.distribution_checks import JAX_FOUR_DEVICES, TRAINING_CHECKS
 
 # Minutes of JAX compilation in a 4-device process: `pytest -m slow`.
 pytestmark = pytest.mark.slow
@@ -39,23 +43,11 @@ def test_four_devices(result):
     assert result["devices"] == 4
 
 
-@pytest.mark.parametrize("which", ["proximal", "magnitude"])
+@pytest.mark.parametrize("which", TRAINING_CHECKS)
 def test_data_parallel_matches_one_device(result, which):
     single, parallel = result[which]["single"], result[which]["parallel"]
-    assert parallel["zero_groups"] == single["zero_groups"]
-    for name, kernel in single["kernels"].items():
-        np.testing.assert_allclose(parallel["kernels"][name], kernel, atol=1e-5)
-        # Exact zeros stay exact zeros on every device.
-        assert np.array_equal(
-            np.array(parallel["kernels"][name]) == 0, np.array(kernel) == 0
-        )
-    np.testing.assert_allclose(parallel["loss"], single["loss"], rtol=1e-5)
-    if which == "proximal":
-        assert 0 < len(single["zero_groups"]) < 16
-    else:
-        assert parallel["masks"] == single["masks"]
-        assert parallel["sparsity"] == single["sparsity"]
-        assert single["sparsity"][-1] > 0.5
+    assert_meaningful(single, which)
+    assert_same_training(parallel, single, which)
 
 
 def test_transformers_calibration_under_data_parallel(result):

@@ -3,6 +3,7 @@
 import keras
 from keras import ops
 
+from kprune._backend import scale_loss_for_distribution
 from kprune.ops.distillation import soft_target_loss
 
 
@@ -84,7 +85,9 @@ class Distiller(keras.Model):
 
     Overriding `compute_loss`, not `train_step`, keeps `fit` itself: any
     backend, `tf.data` pipelines, augmentation layers, callbacks,
-    `steps_per_execution`. The teacher is never trained and never changed:
+    `steps_per_execution`, `tf.distribute` strategies (each term is scaled
+    by `1 / replicas` as Keras scales its own losses, so several replicas
+    train as one device does). The teacher is never trained and never changed:
     only the student's weights are trainable variables of the Distiller
     (the teacher's `trainable` flag is left as it is). After `fit`, use
     `distiller.student`.
@@ -203,7 +206,13 @@ class Distiller(keras.Model):
                 f"student {tuple(logits.shape)}"
             )
         soft = soft_target_loss(teacher_logits, logits, self.temperature)
-        total = (1.0 - self.alpha) * _masked_mean(soft, sample_weight)
+        # Each of these terms is this replica's batch mean; Keras' compiled
+        # losses and regularization losses are scaled by 1 / replicas under
+        # `tf.distribute` (the gradients are summed over replicas): so are
+        # these (a no-op with one replica and on JAX and PyTorch).
+        total = (1.0 - self.alpha) * scale_loss_for_distribution(
+            _masked_mean(soft, sample_weight)
+        )
         if self.alpha > 0.0:
             if y is None or self._compile_loss is None:
                 raise ValueError(
@@ -221,8 +230,8 @@ class Distiller(keras.Model):
                     f"{len(features)} and {len(teacher_features)} extra outputs"
                 )
             for s, t in zip(features, teacher_features):
-                total = total + self.feature_weight * feature_loss(
-                    ops.stop_gradient(t), s
+                total = total + self.feature_weight * scale_loss_for_distribution(
+                    feature_loss(ops.stop_gradient(t), s)
                 )
         for loss in self.losses:
             total = total + ops.cast(self._aggregate_additional_loss(loss), "float32")
