@@ -103,6 +103,27 @@ def criteria_checks():
     }
 
 
+def prune_checks():
+    """`kprune.prune` of the CNN to half its MACs, per importance."""
+    import kprune
+
+    model, x, y = criteria_model()
+    out = {}
+    for importance in ("l2", "activation", "taylor"):
+        small, plan = kprune.prune(model, (x, y), macs=0.5, importance=importance)
+        out[importance] = {
+            "units": {k: sorted(v) for k, v in plan.units.items()},
+            "macs_ratio": plan.report["macs_ratio"],
+            "widths": [
+                int(layer.filters if hasattr(layer, "filters") else layer.units)
+                for layer in small.layers
+                if hasattr(layer, "filters") or hasattr(layer, "units")
+            ],
+            "runs": bool(np.all(np.isfinite(_numpy(small(x))))),
+        }
+    return out
+
+
 def report_checks():
     """`report.summary` of the residual model (JSON-able part)."""
     import kprune
@@ -190,6 +211,7 @@ def run(save_dir=None):
     out["slim"] = slim_checks()
     out["criteria"] = criteria_checks()
     out["report"] = report_checks()
+    out["prune"] = prune_checks()
     out["callback"] = callback_checks(save_dir)
     out["transformers"] = transformer_checks()
     out["to_tflite"] = to_tflite_check()

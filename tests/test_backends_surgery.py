@@ -74,6 +74,7 @@ def reference():
     return {
         "criteria": backend_checks.criteria_checks(),
         "report": backend_checks.report_checks(),
+        "prune": backend_checks.prune_checks(),
     }
 
 
@@ -116,6 +117,19 @@ def test_criteria_match_tensorflow(runs, reference, backend):
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_report_matches_tensorflow(runs, reference, backend):
     assert result_for(runs, backend)["report"] == reference["report"]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_prune_to_a_budget_matches_tensorflow(runs, reference, backend):
+    got = result_for(runs, backend)["prune"]
+    want = reference["prune"]
+    for importance in ("l2", "activation", "taylor"):
+        assert got[importance]["runs"], importance
+        assert got[importance]["macs_ratio"] <= 0.5, importance
+        # The same units leave: scores agree to float tolerance, and the
+        # CNN's scores have no near-ties at the cut.
+        assert got[importance]["units"] == want[importance]["units"], importance
+        assert got[importance]["widths"] == want[importance]["widths"], importance
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
