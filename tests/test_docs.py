@@ -109,9 +109,6 @@ def _check_surgery(ns):
     assert ns["small"].get_layer("conv2").filters == 20
     x = ns["x"]
     np.testing.assert_allclose(ns["model"](x), ns["small"](x), atol=1e-5)
-    # The MultiWorkerMirroredStrategy recipe, run here as its one worker.
-    assert ns["target"].reached and os.path.isfile("slim_net.keras")
-    assert ns["slim_net"].get_layer("hidden").units <= 16
     assert os.path.isfile("plan.json")
     assert ns["rnn_pruned"].get_layer("lstm").units == 6
     assert ns["rnn_slim"].get_layer("lstm").units == 7
