@@ -178,11 +178,19 @@ class _GroupThreshold(HasStrength, keras.constraints.Constraint, KerasSaveable):
         optimizer = applying_optimizer()
         kernel = ops.convert_to_tensor(w)
         t = self._step_size(optimizer, kernel.dtype)
+        units = num_units(kernel.shape, self.axis)
         bias_var = None
         if self.include_bias:
             bias_var = _partner_bias(optimizer, w, self._owner())
+        if bias_var is not None and tuple(bias_var.shape) != (units,):
+            raise ValueError(
+                f"{self._owner()} on '{w.path}' makes {units} groups (axis="
+                f"{self.axis!r}), but the bias '{bias_var.path}' has shape "
+                f"{tuple(bias_var.shape)}. A bias joins the groups only when they "
+                "are the layer's output units; pass include_bias=False for other "
+                f"groupings (e.g. axis=0). Received: axis={self.axis!r}"
+            )
         partner_vars = _partner_variables(optimizer, w, self.partners, self._owner())
-        units = num_units(kernel.shape, self.axis)
         for variable in partner_vars:
             if tuple(variable.shape) != (units,):
                 raise ValueError(
@@ -191,30 +199,16 @@ class _GroupThreshold(HasStrength, keras.constraints.Constraint, KerasSaveable):
                     f"{tuple(variable.shape)} (one entry per group needed). "
                     f"Received: partners={list(self.partners)!r}"
                 )
-        if partner_vars:
+        bias = None if bias_var is None else ops.cast(bias_var, kernel.dtype)
+        if not partner_vars:
+            kernel, bias = self.prox(kernel, bias, t)
+        else:
             values = [ops.cast(v, kernel.dtype) for v in partner_vars]
-            bias = None
-            if bias_var is not None and tuple(bias_var.shape) == (units,):
-                bias = ops.cast(bias_var, kernel.dtype)
             kernel, bias, values = self.prox(kernel, bias, t, values)
-            if bias is not None:
-                bias_var.assign(ops.cast(bias, bias_var.dtype))
             for variable, value in zip(partner_vars, values):
                 variable.assign(ops.cast(value, variable.dtype))
-            return kernel
-        if bias_var is None:
-            return self.prox(kernel, None, t)[0]
-        if tuple(bias_var.shape) != (units,):
-            raise ValueError(
-                f"{self._owner()} on '{w.path}' makes {units} groups (axis="
-                f"{self.axis!r}), but the bias '{bias_var.path}' has shape "
-                f"{tuple(bias_var.shape)}. A bias joins the groups only when they "
-                "are the layer's output units; pass include_bias=False for other "
-                f"groupings (e.g. axis=0). Received: axis={self.axis!r}"
-            )
-        bias = ops.convert_to_tensor(bias_var)
-        kernel, bias = self.prox(kernel, ops.cast(bias, kernel.dtype), t)
-        bias_var.assign(ops.cast(bias, bias_var.dtype))
+        if bias_var is not None:
+            bias_var.assign(ops.cast(bias, bias_var.dtype))
         return kernel
 
     # -- saving ----------------------------------------------------------
