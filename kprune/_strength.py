@@ -22,6 +22,28 @@ def check_axis(axis):
     return axis if isinstance(axis, int) else tuple(int(a) for a in axis)
 
 
+def check_partners(partners, argument="partners"):
+    """`partners` as a tuple of `"<layer>/<weight>"` strings, or ValueError."""
+    if partners is None:
+        return ()
+    if isinstance(partners, str) or not isinstance(partners, (list, tuple)):
+        raise ValueError(
+            f"`{argument}` must be a list of '<layer name>/<weight name>' "
+            f"strings (e.g. ['bn1/gamma', 'bn1/beta']). Received: "
+            f"{argument}={partners!r}"
+        )
+    out = []
+    for p in partners:
+        if not isinstance(p, str) or "/" not in p.strip("/"):
+            raise ValueError(
+                f"Each entry of `{argument}` must be a '<layer name>/<weight "
+                f"name>' string (e.g. 'bn1/gamma'). Received: {argument}="
+                f"{list(partners)!r}"
+            )
+        out.append(p)
+    return tuple(out)
+
+
 def check_float(value, name, positive=False, maximum=None):
     """`value` as a finite float `>= 0` (`> 0` if `positive`, `<= maximum`)."""
     try:

@@ -25,6 +25,7 @@ from kprune.regularizers.group_lasso import (
 from kprune.regularizers.targets import (
     _CONSTRAINT_ATTRS,
     _REGULARIZER_ATTRS,
+    batchnorm_partners,
     constraint_slot,
     default_slot,
     is_groupable,
@@ -140,6 +141,7 @@ def apply_group_sparsity(
     first_layer_scale=1.0,
     mode="proximal",
     method="callback",
+    batchnorm=True,
 ):
     """A copy of `model` with group sparsity on its hidden layers.
 
@@ -153,6 +155,21 @@ def apply_group_sparsity(
     with `s_l = first_layer_scale` for the layers that read the model inputs,
     `strength_per_layer[name] / strength` where given, `1` otherwise. A
     `RegularizationScheduler` changes `strength` and keeps the `s_l`.
+
+    BatchNorm joins the groups (`batchnorm=True`, default): when a layer's
+    output is read by a BatchNormalization and by nothing else (conv -> BN,
+    every modern CNN), unit `n`'s group is `[kernel slice, bias, gamma_n,
+    beta_n]` (`beta` absent with `center=False`; `P` counts them).
+    BatchNorm is scale invariant, so a shrinking kernel alone changes
+    nothing until it is zero, and then the channel outputs the constant
+    `beta - gamma * mean / sqrt(var + eps)`; with the whole group zero it
+    outputs exactly 0 and `kprune.surgery.slim` removes it. A BatchNorm
+    without `gamma` (`scale=False`) cannot be silenced by its weights (it
+    outputs `-mean / sqrt(var + eps)`) and does not join. The
+    regularizers / constraints record the BatchNorm's weights as
+    `partners=["bn/gamma", "bn/beta"]`, which `ProximalStep`, the
+    constraints, `SizeTarget` and `SparsityLogger` use (the
+    `mode="penalty"` loss term stays on the kernel).
 
     The layers whose units *are* the outputs (the last Dense/Conv on every
     path to an output, e.g. the classifier) are never regularized. The input
@@ -191,6 +208,8 @@ def apply_group_sparsity(
         mode: `"proximal"` or `"penalty"`.
         method: `"callback"` (regularizers for `ProximalStep`) or
             `"constraint"` (constraints, `mode="proximal"` only).
+        batchnorm: join the `gamma` / `beta` of a BatchNormalization that
+            alone reads a layer's output to that layer's groups.
 
     Returns:
         A new `keras.Model` (not compiled).
@@ -214,6 +233,16 @@ def apply_group_sparsity(
     >>> sparse.compile("sgd", "sparse_categorical_crossentropy")
     >>> # sparse.fit(x, y)  # the proximal step runs inside every SGD step
 
+    A convolution followed by BatchNorm: the BatchNorm joins its groups.
+
+    >>> cnn = keras.Sequential([keras.Input((8, 8, 1)),
+    ...     keras.layers.Conv2D(4, 3, use_bias=False, name="conv"),
+    ...     keras.layers.BatchNormalization(name="bn"), keras.layers.ReLU(),
+    ...     keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(2)])
+    >>> sparse = kprune.sparsity.apply_group_sparsity(cnn, 1e-3)
+    >>> sparse.get_layer("conv").kernel_regularizer.partners
+    ('bn/gamma', 'bn/beta')
+
     Reference:
         Alvarez & Salzmann, "Learning the Number of Neurons in Deep
         Networks", NeurIPS 2016 (arXiv 1611.06321).
@@ -225,6 +254,7 @@ def apply_group_sparsity(
     alpha = float(alpha)
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"`alpha` must be in [0, 1]. Received: alpha={alpha}")
+    batchnorm = bool(batchnorm)
     first_layer_scale = float(first_layer_scale)
     if not first_layer_scale >= 0.0:
         raise ValueError(
@@ -322,6 +352,7 @@ def apply_group_sparsity(
             scale = first_layer_scale
         else:
             scale = 1.0
+        partners = batchnorm_partners(layer) if batchnorm else ()
         if method == "constraint":
             attr = constraint_slot(layer)
             existing = getattr(layer, attr, None)
@@ -332,9 +363,13 @@ def apply_group_sparsity(
                     stacklevel=2,
                 )
             if alpha > 0.0:
-                obj = SparseGroupSoftThreshold(strength, alpha, scale=scale, axis=axis)
+                obj = SparseGroupSoftThreshold(
+                    strength, alpha, scale=scale, axis=axis, partners=partners
+                )
             else:
-                obj = GroupSoftThreshold(strength, scale=scale, axis=axis)
+                obj = GroupSoftThreshold(
+                    strength, scale=scale, axis=axis, partners=partners
+                )
             plan[id(layer)] = (attr, obj)
             continue
         existing = getattr(layer, reg_attr, None)
@@ -345,9 +380,13 @@ def apply_group_sparsity(
                 stacklevel=2,
             )
         if alpha > 0.0:
-            reg = SparseGroupLasso(strength, alpha, scale=scale, axis=axis, mode=mode)
+            reg = SparseGroupLasso(
+                strength, alpha, scale=scale, axis=axis, mode=mode, partners=partners
+            )
         else:
-            reg = GroupLasso(strength, scale=scale, axis=axis, mode=mode)
+            reg = GroupLasso(
+                strength, scale=scale, axis=axis, mode=mode, partners=partners
+            )
         plan[id(layer)] = (reg_attr, reg)
 
     def clone_function(layer):

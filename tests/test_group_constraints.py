@@ -166,6 +166,101 @@ class BiasGroupTest(kprune.testing.TestCase):
         model.train_on_batch(np.ones((2, 5)), np.ones((2, 3)))
 
 
+def joint_prox(values, t, lam):
+    """NumPy group soft-threshold of `[kernel[..., n], bias[n], gamma[n],
+    beta[n]]` (values: kernel, then the per-unit vectors)."""
+    kernel, vectors = values[0], values[1:]
+    columns = kernel.reshape(-1, kernel.shape[-1])
+    kernel_part, bias = scenarios.numpy_prox(
+        np.concatenate([columns] + [v[None, :] for v in vectors[:-1]]),
+        vectors[-1],
+        t,
+        lam,
+        0.0,
+    )
+    rows = columns.shape[0]
+    shrunk = list(kernel_part[rows:]) + [bias]
+    return kernel_part[:rows].reshape(kernel.shape), shrunk
+
+
+class BatchNormPartnerTest(kprune.testing.TestCase):
+    """conv -> BN: gamma and beta join the groups inside the optimizer step."""
+
+    def model(self, constraint):
+        keras.utils.set_random_seed(0)
+        inner = keras.Sequential(
+            [
+                keras.Input((6, 6, 2)),
+                keras.layers.Conv2D(
+                    4, 3, padding="same", name="conv", kernel_constraint=constraint
+                ),
+                keras.layers.BatchNormalization(name="bn"),
+            ],
+            name="block",
+        )
+        x = keras.Input((6, 6, 2))
+        h = keras.layers.ReLU()(inner(x))
+        h = keras.layers.Conv2D(3, 3, padding="same", name="after")(h)
+        h = keras.layers.GlobalAveragePooling2D()(h)
+        return keras.Model(x, keras.layers.Dense(2, name="out")(h))
+
+    def test_one_step_is_the_joint_prox_and_the_file_keeps_it(self):
+        partners = ["bn/gamma", "bn/beta"]
+        constraint = GroupSoftThreshold(0.3, step_size=0.5, partners=partners)
+        model = self.model(constraint)
+        conv = model.get_layer("block").get_layer("conv")
+        bn = model.get_layer("block").get_layer("bn")
+        rng = np.random.default_rng(0)
+        weak = np.array([1.0, 0.02, 1.0, 0.02], "float32")  # unit 3: strong BN
+        conv.kernel.assign(to_np(conv.kernel) * weak)
+        conv.bias.assign(np.array([0.3, 0.01, -0.2, 0.01], "float32"))
+        bn.gamma.assign(np.array([1.2, 0.01, 0.8, 1.0], "float32"))
+        bn.beta.assign(np.array([0.1, 0.01, -0.3, 0.5], "float32"))
+        bn.moving_mean.assign(rng.normal(size=4).astype("float32"))
+        before = [to_np(v) for v in (conv.kernel, conv.bias, bn.gamma, bn.beta)]
+        # lr = 0: the update leaves the weights, the constraint acts.
+        model.compile(keras.optimizers.SGD(0.0), "mse")
+        x = rng.normal(size=(4, 6, 6, 2)).astype("float32")
+        model.train_on_batch(x, np.zeros((4, 2), "float32"))
+        want_k, want = joint_prox(before, 0.5, 0.3)
+        np.testing.assert_allclose(to_np(conv.kernel), want_k, atol=1e-6)
+        for got, value in zip((conv.bias, bn.gamma, bn.beta), want):
+            np.testing.assert_allclose(to_np(got), value, atol=1e-6)
+        self.assertEqual(to_np(bn.gamma)[1], 0.0)
+        self.assertEqual(to_np(bn.beta)[1], 0.0)
+        self.assertNotEqual(to_np(bn.gamma)[3], 0.0)  # the BN kept unit 3
+        # (test_batchnorm_groups.py: such a channel is dead, slim is exact.)
+        # .keras round trip: the partners come back and act again.
+        path = self.tmp_path("bn.keras")
+        model.save(path)
+        loaded = keras.models.load_model(path)  # no custom_objects
+        block = loaded.get_layer("block")
+        self.assertEqual(
+            block.get_layer("conv").kernel_constraint.partners, tuple(partners)
+        )
+        conv, bn = block.get_layer("conv"), block.get_layer("bn")
+        before = [to_np(v) for v in (conv.kernel, conv.bias, bn.gamma, bn.beta)]
+        loaded.compile(keras.optimizers.SGD(0.0), "mse")
+        loaded.train_on_batch(x, np.zeros((4, 2), "float32"))
+        _, want = joint_prox(before, 0.5, 0.3)
+        np.testing.assert_allclose(to_np(bn.gamma), want[1], atol=1e-6)
+        np.testing.assert_allclose(to_np(bn.beta), want[2], atol=1e-6)
+        self.assertLess(float(to_np(bn.gamma)[0]), float(before[2][0]))  # shrunk
+
+    @pytest.mark.jax_by_hand(reason="an error message, the same on every backend")
+    def test_apply_group_sparsity_and_a_frozen_partner(self):
+        sparse = kprune.sparsity.apply_group_sparsity(
+            self.model(None), 1e-3, method="constraint"
+        )
+        constraint = sparse.get_layer("block").get_layer("conv").kernel_constraint
+        self.assertEqual(constraint.partners, ("bn/gamma", "bn/beta"))
+        sparse.get_layer("block").get_layer("bn").trainable = False
+        sparse.compile(keras.optimizers.SGD(0.1), "mse")
+        x = np.ones((2, 6, 6, 2), "float32")
+        with self.assertRaisesRegex(ValueError, "batchnorm=False"):
+            sparse.train_on_batch(x, np.ones((2, 2), "float32"))
+
+
 class ApiTest(kprune.testing.TestCase):
     def test_errors(self):
         with self.assertRaisesRegex(ValueError, "step_size"):

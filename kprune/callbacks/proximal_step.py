@@ -14,10 +14,12 @@ from kprune.ops.group_sparsity import (
 )
 from kprune.regularizers.targets import (
     GroupTarget,
+    batchnorm_partners,
     default_target,
     find_layer,
     input_axis,
     iter_layers,
+    partner_variables,
     regularized_targets,
 )
 
@@ -36,9 +38,11 @@ class _Entry:
         return self.target.regularizer.effective_strength()
 
 
-def _zero_groups(target):
-    """How many of `target`'s kernel groups are exactly zero."""
-    mask = zero_group_mask(target.kernel, axis=target.axis)
+def _zero_groups(target, partners=True):
+    """How many of `target`'s groups are exactly zero: kernel slice and
+    partners (a BatchNorm's `gamma` / `beta`); the bias is not looked at."""
+    joined = list(target.partners) if partners else None
+    mask = zero_group_mask(target.kernel, axis=target.axis, partners=joined)
     return int(ops.convert_to_numpy(ops.sum(ops.cast(mask, "int32"))))
 
 
@@ -82,6 +86,15 @@ class ProximalStep(keras.callbacks.Callback):
     Groups whose norm drops below the threshold become **exactly zero**
     (kernel slice and bias), so `kprune.surgery.slim` can remove the units.
 
+    BatchNorm: a layer whose output only a BatchNormalization reads (conv
+    -> BN) has groups `[kernel slice, bias, gamma_n, beta_n]`, so a dead
+    unit's BatchNorm outputs exactly 0 (scale invariance would otherwise
+    hide the shrinking kernel, and a zero kernel alone leaves the constant
+    `beta - gamma * mean / sqrt(var + eps)`). The partners are those the
+    regularizer records (`partners=`, set by
+    `kprune.sparsity.apply_group_sparsity`); for layers named in `layers=`
+    without one, the BatchNorm found in the graph (`include_batchnorm`).
+
     Targets: by default every layer whose kernel carries a kprune
     `GroupLasso` / `SparseGroupLasso` regularizer, with that regularizer's
     `lambda = strength * scale`, `alpha` and `axis`. Give those regularizers
@@ -104,10 +117,11 @@ class ProximalStep(keras.callbacks.Callback):
     epoch end (the paper's schedule), `lambda` acts once per epoch.
 
     Logs (added to `logs`, so progress bar / CSVLogger / TensorBoard show
-    them): `prox_zero_groups` (units whose kernel group is exactly zero,
-    over all targets) and `prox_step_size` (the last `t`). Put this callback
-    *before* `CSVLogger`, `ModelCheckpoint`, `BackupAndRestore` and
-    `SparsityLogger` in `callbacks`, so they see the weights after the step.
+    them): `prox_zero_groups` (units whose kernel group, BatchNorm partners
+    included, is exactly zero, over all targets) and `prox_step_size` (the
+    last `t`). Put this callback *before* `CSVLogger`, `ModelCheckpoint`,
+    `BackupAndRestore` and `SparsityLogger` in `callbacks`, so they see the
+    weights after the step.
     After `BackupAndRestore` it is refused when `fit` starts (a
     `ValueError`): the backup would hold the weights from before the step,
     and an interrupted run would resume to different weights. Unknown layer
@@ -167,6 +181,11 @@ class ProximalStep(keras.callbacks.Callback):
             input groups in particular no longer starve the units they
             feed. Weak groups die sooner, so a smaller `lambda` reaches
             the same sparsity. `0.1` is a good start.
+        include_batchnorm: join a BatchNorm's `gamma` / `beta` to the
+            groups of the layer it normalizes (the regularizer's
+            `partners`, or for `layers=` without a regularizer the
+            BatchNorm that alone reads the layer's output). If `False`,
+            BatchNorm weights are untouched.
 
     Example:
 
@@ -213,6 +232,7 @@ class ProximalStep(keras.callbacks.Callback):
         include_bias=True,
         input_groups=None,
         reweight=None,
+        include_batchnorm=True,
     ):
         super().__init__()
         if every_n_steps is not None:
@@ -257,6 +277,7 @@ class ProximalStep(keras.callbacks.Callback):
         self.input_groups = input_groups
         self.reweight = _check_number(reweight, "reweight", allow_zero=False)
         self.include_bias = bool(include_bias)
+        self.include_batchnorm = bool(include_batchnorm)
         # Epoch-end mode does nothing per batch: let Keras dispatch batch
         # callbacks asynchronously. Step mode must run in step with training.
         # Batch hooks only copy cached floats into `logs`.
@@ -299,7 +320,7 @@ class ProximalStep(keras.callbacks.Callback):
             return []  # input groups only
         if self.layers is None:
             for layer in iter_layers(model):
-                for target in regularized_targets(layer):
+                for target in regularized_targets(layer, model):
                     entries.append(self._entry(target))
             if not entries:
                 raise ValueError(
@@ -313,9 +334,9 @@ class ProximalStep(keras.callbacks.Callback):
         else:
             for name in self.layers:
                 layer = find_layer(model, name)
-                targets = regularized_targets(layer)
+                targets = regularized_targets(layer, model)
                 if not targets:
-                    target = default_target(layer)
+                    target = default_target(layer, model)
                     if target is None:
                         raise ValueError(
                             f"ProximalStep cannot group the weights of layer "
@@ -323,10 +344,17 @@ class ProximalStep(keras.callbacks.Callback):
                             "Dense, Conv*D, Conv*DTranspose, DepthwiseConv*D and "
                             f"SeparableConv*D. Received: layers containing {name!r}"
                         )
+                    if not target.partners and self.include_batchnorm:
+                        target.partners = partner_variables(
+                            model, layer, batchnorm_partners(layer)
+                        )
                     targets = [target]
                 for target in targets:
                     entries.append(self._entry(target))
         entries = [e for e in entries if e.target.kernel.trainable]
+        if not self.include_batchnorm:
+            for entry in entries:
+                entry.target.partners = ()
         for entry in entries:
             reg = entry.target.regularizer
             if reg is not None and reg.mode == "penalty":
@@ -397,22 +425,33 @@ class ProximalStep(keras.callbacks.Callback):
             if lam == 0.0:
                 continue
             bias = target.bias if self.include_bias else None
-            lam = self._strengths(target.kernel, bias, target.axis, lam)
-            kernel, bias_value = sparse_group_prox(
-                target.kernel, bias, t, lam, alpha=entry.alpha, axis=target.axis
+            partners = list(target.partners)
+            lam = self._strengths(target.kernel, bias, target.axis, lam, partners)
+            kernel, bias_value, values = sparse_group_prox(
+                target.kernel,
+                bias,
+                t,
+                lam,
+                alpha=entry.alpha,
+                axis=target.axis,
+                partners=partners,
             )
             target.kernel.assign(kernel)
             if bias is not None:
                 bias.assign(bias_value)
+            for variable, value in zip(partners, values):
+                variable.assign(value)
         self._last_step_size = t
         self.applications += 1
         return self._stats()
 
-    def _strengths(self, kernel, bias, axis, lam):
+    def _strengths(self, kernel, bias, axis, lam, partners=None):
         """`lambda`, or with `reweight` one `lambda_n` per group."""
         if self.reweight is None:
             return lam
-        return lam * group_reweights(kernel, self.reweight, axis=axis, bias=bias)
+        return lam * group_reweights(
+            kernel, self.reweight, axis=axis, bias=bias, partners=partners
+        )
 
     def _stats(self):
         sync_weights(self.model)
@@ -423,7 +462,7 @@ class ProximalStep(keras.callbacks.Callback):
         stats = {"prox_zero_groups": zero, "prox_step_size": step}
         if self.input_groups:
             stats["prox_zero_inputs"] = sum(
-                _zero_groups(e.target) for e in self._input_entries
+                _zero_groups(e.target, partners=False) for e in self._input_entries
             )
         return stats
 
@@ -512,6 +551,7 @@ class ProximalStep(keras.callbacks.Callback):
                 None if self.input_groups is None else dict(self.input_groups)
             ),
             "reweight": self.reweight,
+            "include_batchnorm": self.include_batchnorm,
         }
 
     @classmethod

@@ -14,6 +14,7 @@ from kprune.regularizers.targets import (
     default_slot,
     group_regularizers,
     iter_layers,
+    partner_variables,
     regularized_targets,
 )
 
@@ -69,16 +70,19 @@ def strength_objects(model):
 class _Units:
     """The output units of one kernel under a controlled strength: their
     exact-zero test, their frozen mask (a non-trainable `keras.Variable`,
-    1 = live) and their one-prox score `||theta_n|| / (scale * sqrt(P))`."""
+    1 = live) and their one-prox score `||theta_n|| / (scale * sqrt(P))`.
+    `vectors` are the per-unit variables of the groups (the bias, a
+    BatchNorm's `gamma` / `beta`): they die and come back with the unit."""
 
-    def __init__(self, layer, kernel, bias, axis, scale, min_units):
-        self.layer, self.kernel, self.bias, self.axis = layer, kernel, bias, axis
+    def __init__(self, layer, kernel, vectors, axis, scale, min_units):
+        self.layer, self.kernel, self.axis = layer, kernel, axis
+        self.vectors = list(vectors)
         self.scale = float(scale)
         shape = tuple(kernel.shape)
         axes = unit_axes(len(shape), axis)
         self.units = int(np.prod([shape[i] for i in axes]))
         self.shape = [d if i in axes else 1 for i, d in enumerate(shape)]
-        self.root = float(np.sqrt(group_size(shape, axis) + (bias is not None)))
+        self.root = float(np.sqrt(group_size(shape, axis) + len(self.vectors)))
         self.floor = max(1, int(np.ceil(min_units * self.units)))
         self.keep = keras.Variable(
             np.ones(self.units, "float32"),
@@ -87,8 +91,7 @@ class _Units:
         )
 
     def norms(self):
-        bias = self.bias
-        return ops.convert_to_numpy(group_norms(self.kernel, self.axis, bias))
+        return _norms_np(self.kernel, self.vectors, self)
 
     def live(self):
         return ops.convert_to_numpy(self.keep) > 0
@@ -100,32 +103,34 @@ class _Units:
         self.zero()
 
     def values(self):
-        """NumPy copies of the kernel and bias (None)."""
-        bias = None if self.bias is None else ops.convert_to_numpy(self.bias)
-        return ops.convert_to_numpy(self.kernel).copy(), bias
+        """NumPy copies of the kernel and of the per-unit vectors (a list)."""
+        vectors = [ops.convert_to_numpy(v).copy() for v in self.vectors]
+        return ops.convert_to_numpy(self.kernel).copy(), vectors
 
-    def revive(self, units, kernel, bias):
-        """Give `units` (bool per unit) back their weights from `kernel` / `bias`."""
-        keep = self.live() | np.asarray(units, bool)
+    def revive(self, units, kernel, vectors):
+        """Give `units` (bool per unit) back their weights from `kernel` /
+        `vectors`."""
+        units = np.asarray(units, bool)
+        keep = self.live() | units
         self.keep.assign(keep.astype("float32"))
-        mask = np.asarray(units, bool).reshape(self.shape)
         now = ops.convert_to_numpy(self.kernel)
-        self.kernel.assign(np.where(mask, kernel, now))
-        if self.bias is not None and bias is not None:
-            now = ops.convert_to_numpy(self.bias)
-            self.bias.assign(np.where(np.asarray(units, bool), bias, now))
+        self.kernel.assign(np.where(units.reshape(self.shape), kernel, now))
+        for variable, saved in zip(self.vectors, vectors or ()):
+            now = ops.convert_to_numpy(variable)
+            variable.assign(np.where(units, saved, now))
 
     def zero(self):
         if self.live().all():
             return
         mask = ops.cast(self.keep, self.kernel.dtype)
         self.kernel.assign(self.kernel * ops.reshape(mask, self.shape))
-        if self.bias is not None:
-            self.bias.assign(self.bias * ops.cast(self.keep, self.bias.dtype))
+        for variable in self.vectors:
+            variable.assign(variable * ops.cast(self.keep, variable.dtype))
 
 
-def _norms_np(kernel, bias, units):
-    return ops.convert_to_numpy(group_norms(kernel, units.axis, bias))
+def _norms_np(kernel, vectors, units):
+    vectors = list(vectors or ())
+    return ops.convert_to_numpy(group_norms(kernel, units.axis, None, partners=vectors))
 
 
 def _ranked(score, candidates, index, keep=0):
@@ -143,13 +148,18 @@ def _units_of(model, controlled, min_units):
     wanted = {id(obj) for obj in controlled}
     found = []
     for layer in iter_layers(model):
-        for target in regularized_targets(layer):
+        for target in regularized_targets(layer, model):
             reg = target.regularizer
             if id(reg) in wanted:
                 scale = getattr(reg, "scale", 1.0)
                 found.append(
                     _Units(
-                        layer, target.kernel, target.bias, target.axis, scale, min_units
+                        layer,
+                        target.kernel,
+                        target.vectors(),
+                        target.axis,
+                        scale,
+                        min_units,
                     )
                 )
         attr = constraint_slot(layer)
@@ -167,9 +177,11 @@ def _units_of(model, controlled, min_units):
             )
             if bias is not None and tuple(bias.shape) != (units,):
                 bias = None
+            vectors = [] if bias is None else [bias]
+            vectors += list(partner_variables(model, layer, constraint.partners))
             found.append(
                 _Units(
-                    layer, kernel, bias, constraint.axis, constraint.scale, min_units
+                    layer, kernel, vectors, constraint.axis, constraint.scale, min_units
                 )
             )
     return found
@@ -187,7 +199,8 @@ class SizeTarget(keras.callbacks.Callback):
     method="constraint")` shrink inside every optimizer step), every
     `every_n_steps` optimizer steps; and at every epoch end. At a check:
 
-    1. **Freeze.** Units whose group (kernel slice and bias) is exactly zero
+    1. **Freeze.** Units whose group (kernel slice, bias and the
+       BatchNorm `gamma` / `beta` joined to it) is exactly zero
        are recorded in a 0/1 mask (a non-trainable `keras.Variable` per
        layer) and set back to zero at every later check and at the end of
        `fit`: a unit that the optimizer would regrow (Adam moves a zero
@@ -479,19 +492,19 @@ class SizeTarget(keras.callbacks.Callback):
             self._prox_seen = self._prox.applications
         sync_weights(self.model)
         new = []
-        for units, (kernel, bias) in zip(self._units, self._snapshot):
+        for units, (kernel, vectors) in zip(self._units, self._snapshot):
             live = units.live()
             dead = live & (units.norms() == 0.0)
             # The floor: a layer keeps its best `min_units` (they come back
             # with their weights of the last check).
             spare = int(live.sum()) - units.floor
             if dead.sum() > max(spare, 0):
-                score = _norms_np(kernel, bias, units)
+                score = _norms_np(kernel, vectors, units)
                 candidates = np.flatnonzero(dead)
                 weakest = candidates[np.argsort(score[candidates], kind="stable")]
                 back = np.zeros(units.units, bool)
                 back[weakest[max(spare, 0) :]] = True
-                units.revive(back, kernel, bias)
+                units.revive(back, kernel, vectors)
                 dead = dead & ~back
             new.append(dead)
             if not dead.any():
@@ -534,10 +547,10 @@ class SizeTarget(keras.callbacks.Callback):
             return
         # Overshoot: bring back the strongest of the new dead units.
         order = []
-        for i, (units, dead, (kernel, bias)) in enumerate(
+        for i, (units, dead, (kernel, vectors)) in enumerate(
             zip(self._units, new, self._snapshot)
         ):
-            score = _norms_np(kernel, bias, units)
+            score = _norms_np(kernel, vectors, units)
             score = score / max(float(score.max()), 1e-12)  # 1: a layer's best
             order += _ranked(score, dead, i)
         order.sort()
@@ -548,11 +561,11 @@ class SizeTarget(keras.callbacks.Callback):
             back = [d.copy() for d in new]
             for _, i, j in order[:k]:
                 back[i][j] = False
-            for units, dead, revive, (kernel, bias) in zip(
+            for units, dead, revive, (kernel, vectors) in zip(
                 self._units, new, back, self._snapshot
             ):
                 units.freeze(dead)
-                units.revive(revive, kernel, bias)
+                units.revive(revive, kernel, vectors)
             return self._slim_ratio()
 
         lo, hi = 0, len(order)  # all dead meets the target; none dead does not
@@ -569,10 +582,10 @@ class SizeTarget(keras.callbacks.Callback):
         (each layer keeps its best `min_units`: the target may stay unmet)."""
         saved = [u.values() for u in self._units]
         order = []
-        for i, (units, (kernel, bias)) in enumerate(zip(self._units, saved)):
+        for i, (units, (kernel, vectors)) in enumerate(zip(self._units, saved)):
             if units.scale <= 0.0:
                 continue  # an unregularized layer keeps its units
-            score = _norms_np(kernel, bias, units) / (units.scale * units.root)
+            score = _norms_np(kernel, vectors, units) / (units.scale * units.root)
             # the floor: the layer's best `floor` units are never cut
             order += _ranked(score, units.live(), i, keep=units.floor)
         order.sort()
@@ -583,10 +596,10 @@ class SizeTarget(keras.callbacks.Callback):
             dead = [b.copy() for b in before]
             for _, i, j in order[:k]:
                 dead[i][j] = True
-            for units, gone, was, (kernel, bias) in zip(
+            for units, gone, was, (kernel, vectors) in zip(
                 self._units, dead, before, saved
             ):
-                units.revive(~was, kernel, bias)
+                units.revive(~was, kernel, vectors)
                 units.freeze(gone)
             return self._slim_ratio()
 

@@ -16,6 +16,10 @@ class SparsityLogger(keras.callbacks.Callback):
     A unit is *dead* when its whole incoming kernel group is zero
     (`max |W_n| <= atol`): its output is then a constant (its activated
     bias), which `kprune.surgery.slim` folds into the consumers and removes.
+    Where the layer's kprune group regularizer / constraint joins a
+    BatchNorm's `gamma` / `beta` to its groups (`partners`, as
+    `kprune.sparsity.apply_group_sparsity` sets up for conv -> BN), those
+    entries must be zero too: the groups the pruning uses.
     At the end of each epoch this callback adds to `logs`:
 
     - `live_units/<layer>`: units with a non-zero group;
@@ -76,13 +80,15 @@ class SparsityLogger(keras.callbacks.Callback):
 
     def _resolve(self):
         if self.layers is None:
-            targets = [default_target(layer) for layer in iter_layers(self.model)]
+            targets = [
+                default_target(layer, self.model) for layer in iter_layers(self.model)
+            ]
             targets = [t for t in targets if t is not None]
         else:
             targets = []
             for name in self.layers:
                 layer = find_layer(self.model, name)
-                target = default_target(layer)
+                target = default_target(layer, self.model)
                 if target is None:
                     raise ValueError(
                         f"SparsityLogger cannot group the weights of layer "
@@ -101,8 +107,11 @@ class SparsityLogger(keras.callbacks.Callback):
         live_total = units_total = zero_weights = weights_total = 0
         for target in self._targets:
             kernel = ops.convert_to_numpy(target.kernel)
+            partners = [ops.convert_to_numpy(v) for v in target.partners]
             mask = ops.convert_to_numpy(
-                zero_group_mask(kernel, axis=target.axis, atol=self.atol)
+                zero_group_mask(
+                    kernel, axis=target.axis, atol=self.atol, partners=partners
+                )
             )
             units = int(mask.size)
             live = units - int(np.sum(mask))

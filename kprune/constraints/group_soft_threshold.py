@@ -24,6 +24,17 @@ How the constraint gets what a constraint is not given:
   variables), applies the proximal operator to the joined groups, assigns
   the new bias and returns the new kernel. Kernel column and bias entry
   become zero together, exactly `sparse_group_prox(kernel, bias, ...)`.
+- **BatchNorm partners.** `partners=["bn1/gamma", "bn1/beta"]` (what
+  `kprune.sparsity.apply_group_sparsity` records for a layer whose output
+  only a BatchNormalization reads) names more per-unit variables by their
+  path relative to the kernel's layer's parent: `<parent>/bn1/gamma` next
+  to `<parent>/conv1/kernel`. The constraint finds them among the
+  optimizer's variables too, joins them to the groups and assigns them:
+  a dead unit's BatchNorm then outputs exactly 0 whatever its moving
+  statistics. Names, not objects, so the config round-trips through
+  `.keras` and the lookup runs inside the traced step (a Python-level
+  search at trace time; the variables are then read and written in the
+  graph like the bias).
 - **The strength `lambda`.** A non-trainable `keras.Variable`
   (`constraint.strength`, times a fixed per-layer `scale`), the interface
   `kprune.callbacks.RegularizationScheduler` drives (as for the
@@ -39,8 +50,21 @@ from keras import ops
 from keras.src.saving.keras_saveable import KerasSaveable
 
 from kprune._backend import applying_learning_rate, applying_optimizer
-from kprune._strength import HasStrength, check_axis, check_float
+from kprune._strength import HasStrength, check_axis, check_float, check_partners
 from kprune.ops.group_sparsity import num_units, sparse_group_prox
+
+
+def _trained(optimizer, wanted, path, owner, fix):
+    """The optimizer's trainable variable at path `wanted`, or `None`."""
+    variables = getattr(optimizer, "_trainable_variables", None) or []
+    found = [v for v in variables if getattr(v, "path", None) == wanted]
+    if len(found) > 1:
+        raise ValueError(
+            f"{owner}: the optimizer trains {len(found)} variables named "
+            f"'{wanted}', so the group of '{path}' is ambiguous. Give the layers "
+            f"distinct names, or {fix}. Received: kernel path {path!r}"
+        )
+    return found[0] if found else None
 
 
 def _partner_bias(optimizer, kernel, owner):
@@ -50,23 +74,38 @@ def _partner_bias(optimizer, kernel, owner):
         return None
     prefix = path.rpartition("/")[0]
     wanted = f"{prefix}/bias" if prefix else "bias"
-    variables = getattr(optimizer, "_trainable_variables", None) or []
-    found = [v for v in variables if getattr(v, "path", None) == wanted]
-    if len(found) > 1:
-        raise ValueError(
-            f"{owner}: the optimizer trains {len(found)} variables named "
-            f"'{wanted}', so the bias of '{path}' is ambiguous. Give the layers "
-            "distinct names, or pass include_bias=False. "
-            f"Received: kernel path {path!r}"
-        )
-    return found[0] if found else None
+    return _trained(optimizer, wanted, path, owner, "pass include_bias=False")
+
+
+def _partner_variables(optimizer, kernel, partners, owner):
+    """The variables `partners` name, relative to the parent of `kernel`'s
+    layer (`<parent>/bn1/gamma` for `<parent>/conv1/kernel`)."""
+    path = getattr(kernel, "path", None)
+    if optimizer is None or not path or not partners:
+        return []
+    parent = path.rpartition("/")[0].rpartition("/")[0]
+    found = []
+    for partner in partners:
+        wanted = f"{parent}/{partner}" if parent else partner
+        variable = _trained(optimizer, wanted, path, owner, "pass partners=()")
+        if variable is None:
+            raise ValueError(
+                f"{owner} on '{path}' joins '{wanted}' to its groups, but the "
+                "optimizer does not train a variable of that path (a frozen or "
+                "renamed BatchNormalization?). Unfreeze it, or rebuild the "
+                "constraints with kprune.sparsity.apply_group_sparsity(..., "
+                f"batchnorm=False). Received: partners={list(partners)!r}"
+            )
+        found.append(variable)
+    return found
 
 
 class _GroupThreshold(HasStrength, keras.constraints.Constraint, KerasSaveable):
     """State, checks and saving shared by the group-threshold constraints."""
 
-    def __init__(self, strength, alpha, scale, axis, step_size, include_bias):
+    def __init__(self, strength, alpha, scale, axis, step_size, include_bias, partners):
         strength = check_float(strength, "strength")
+        self.partners = check_partners(partners)
         self.alpha = check_float(alpha, "alpha", maximum=1.0)
         self.scale = check_float(scale, "scale")
         self.axis = check_axis(axis)
@@ -78,8 +117,8 @@ class _GroupThreshold(HasStrength, keras.constraints.Constraint, KerasSaveable):
 
     # -- the proximal step ---------------------------------------------------
 
-    def prox(self, kernel, bias=None, step_size=None):
-        """The proximal operator of `t * r` on `[kernel group, bias]`.
+    def prox(self, kernel, bias=None, step_size=None, partners=None):
+        """The proximal operator of `t * r` on `[kernel group, bias, partners]`.
 
         `r` is this constraint's penalty with `lambda = strength * scale`;
         see `kprune.ops.sparse_group_prox`.
@@ -88,9 +127,12 @@ class _GroupThreshold(HasStrength, keras.constraints.Constraint, KerasSaveable):
             kernel: the kernel tensor.
             bias: optional bias, one entry per group, joined to the groups.
             step_size: `t`; defaults to this constraint's `step_size`.
+            partners: optional list of more per-unit vectors joined to the
+                groups (e.g. the values of a BatchNorm's `gamma`, `beta`).
 
         Returns:
-            `(kernel, bias)` after the step (`bias` is `None` if it was).
+            `(kernel, bias)` after the step (`bias` is `None` if it was);
+            with `partners`, `(kernel, bias, partners)`.
         """
         kernel = ops.convert_to_tensor(kernel)
         t = self.step_size if step_size is None else step_size
@@ -102,7 +144,9 @@ class _GroupThreshold(HasStrength, keras.constraints.Constraint, KerasSaveable):
         lam = ops.cast(self._strength, kernel.dtype)
         if self.scale != 1.0:
             lam = lam * self.scale
-        return sparse_group_prox(kernel, bias, t, lam, alpha=self.alpha, axis=self.axis)
+        return sparse_group_prox(
+            kernel, bias, t, lam, alpha=self.alpha, axis=self.axis, partners=partners
+        )
 
     def _owner(self):
         return type(self).__name__
@@ -134,13 +178,11 @@ class _GroupThreshold(HasStrength, keras.constraints.Constraint, KerasSaveable):
         optimizer = applying_optimizer()
         kernel = ops.convert_to_tensor(w)
         t = self._step_size(optimizer, kernel.dtype)
+        units = num_units(kernel.shape, self.axis)
         bias_var = None
         if self.include_bias:
             bias_var = _partner_bias(optimizer, w, self._owner())
-        if bias_var is None:
-            return self.prox(kernel, None, t)[0]
-        units = num_units(kernel.shape, self.axis)
-        if tuple(bias_var.shape) != (units,):
+        if bias_var is not None and tuple(bias_var.shape) != (units,):
             raise ValueError(
                 f"{self._owner()} on '{w.path}' makes {units} groups (axis="
                 f"{self.axis!r}), but the bias '{bias_var.path}' has shape "
@@ -148,9 +190,25 @@ class _GroupThreshold(HasStrength, keras.constraints.Constraint, KerasSaveable):
                 "are the layer's output units; pass include_bias=False for other "
                 f"groupings (e.g. axis=0). Received: axis={self.axis!r}"
             )
-        bias = ops.convert_to_tensor(bias_var)
-        kernel, bias = self.prox(kernel, ops.cast(bias, kernel.dtype), t)
-        bias_var.assign(ops.cast(bias, bias_var.dtype))
+        partner_vars = _partner_variables(optimizer, w, self.partners, self._owner())
+        for variable in partner_vars:
+            if tuple(variable.shape) != (units,):
+                raise ValueError(
+                    f"{self._owner()} on '{w.path}' makes {units} groups, but "
+                    f"its partner '{variable.path}' has shape "
+                    f"{tuple(variable.shape)} (one entry per group needed). "
+                    f"Received: partners={list(self.partners)!r}"
+                )
+        bias = None if bias_var is None else ops.cast(bias_var, kernel.dtype)
+        if not partner_vars:
+            kernel, bias = self.prox(kernel, bias, t)
+        else:
+            values = [ops.cast(v, kernel.dtype) for v in partner_vars]
+            kernel, bias, values = self.prox(kernel, bias, t, values)
+            for variable, value in zip(partner_vars, values):
+                variable.assign(ops.cast(value, variable.dtype))
+        if bias_var is not None:
+            bias_var.assign(ops.cast(bias, bias_var.dtype))
         return kernel
 
     # -- saving ----------------------------------------------------------
@@ -173,7 +231,7 @@ class _GroupThreshold(HasStrength, keras.constraints.Constraint, KerasSaveable):
         return (_rebuild, (type(self), self.get_config()))
 
     def get_config(self):
-        return {
+        config = {
             "strength": self.strength_value(),
             "alpha": self.alpha,
             "scale": self.scale,
@@ -181,6 +239,9 @@ class _GroupThreshold(HasStrength, keras.constraints.Constraint, KerasSaveable):
             "step_size": self.step_size,
             "include_bias": self.include_bias,
         }
+        if self.partners:  # only then: configs without partners stay as they were
+            config["partners"] = list(self.partners)
+        return config
 
     def __repr__(self):
         config = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
@@ -243,6 +304,9 @@ class SparseGroupSoftThreshold(_GroupThreshold):
             `Conv*DTranspose`, `(-2, -1)` for `DepthwiseConv*D`.
         step_size: fixed `t > 0`; `None` reads the optimizer's learning rate.
         include_bias: join the layer's bias to the groups.
+        partners: `"<layer name>/<weight name>"` strings of per-unit weights
+            that join the groups (a BatchNorm's `["bn1/gamma", "bn1/beta"]`),
+            found by path next to the kernel's layer.
 
     Example:
 
@@ -268,8 +332,11 @@ class SparseGroupSoftThreshold(_GroupThreshold):
         axis=-1,
         step_size=None,
         include_bias=True,
+        partners=(),
     ):
-        super().__init__(strength, alpha, scale, axis, step_size, include_bias)
+        super().__init__(
+            strength, alpha, scale, axis, step_size, include_bias, partners
+        )
 
 
 @keras.saving.register_keras_serializable(package="kprune")
@@ -285,7 +352,9 @@ class GroupSoftThreshold(_GroupThreshold):
     `lambda = strength * scale`.
 
     A group whose norm is at most `t * lambda * sqrt(P)` becomes exactly
-    zero, kernel slice and bias together. The sparse group Lasso with
+    zero, kernel slice and bias together, and with `partners` the unit's
+    BatchNorm `gamma` and `beta` (so its normalized channel outputs
+    exactly 0 and `kprune.surgery.slim` removes it). The sparse group Lasso with
     `alpha = 0`: see `SparseGroupSoftThreshold` for the step size (the
     optimizer's learning rate, read in the compiled step, or `step_size`),
     the bias and the strength variable.
@@ -300,6 +369,9 @@ class GroupSoftThreshold(_GroupThreshold):
             `Conv*DTranspose`, `(-2, -1)` for `DepthwiseConv*D`.
         step_size: fixed `t > 0`; `None` reads the optimizer's learning rate.
         include_bias: join the layer's bias to the groups.
+        partners: `"<layer name>/<weight name>"` strings of per-unit weights
+            that join the groups (a BatchNorm's `["bn1/gamma", "bn1/beta"]`;
+            `apply_group_sparsity` records them).
 
     Example:
 
@@ -323,9 +395,15 @@ class GroupSoftThreshold(_GroupThreshold):
     """
 
     def __init__(
-        self, strength=1e-3, scale=1.0, axis=-1, step_size=None, include_bias=True
+        self,
+        strength=1e-3,
+        scale=1.0,
+        axis=-1,
+        step_size=None,
+        include_bias=True,
+        partners=(),
     ):
-        super().__init__(strength, 0.0, scale, axis, step_size, include_bias)
+        super().__init__(strength, 0.0, scale, axis, step_size, include_bias, partners)
 
     def get_config(self):
         config = super().get_config()

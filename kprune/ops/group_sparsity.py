@@ -18,6 +18,13 @@ the group of a unit is the slice over all the other axes:
 Units of a multi-axis `axis` are numbered in C order, which is the order of
 the layer's output channels and bias entries (for depthwise kernels, output
 channel `c * mult + m`).
+
+A unit's group may also hold *per-unit vectors*, one entry per unit in the
+same order: the layer's `bias`, and `partners` such as the `gamma` and
+`beta` of a BatchNormalization that normalizes the layer's output (a
+zero kernel slice alone does not silence a normalized channel: BatchNorm
+outputs `beta - gamma * mean / sqrt(var + eps)` for it; with `gamma` and
+`beta` zero too it outputs exactly 0).
 """
 
 import math
@@ -119,43 +126,65 @@ def _safe_sqrt(s):
     return ops.where(positive, ops.sqrt(ops.where(positive, s, 1.0)), 0.0)
 
 
-def _group_sq_norms(kernel, bias, axis):
+def _group_sq_norms(kernel, vectors, axis):
     """Squared group norms, keepdims over the non-unit axes."""
     reduce = _reduce_axes(len(kernel.shape), axis)
     sq = ops.square(kernel)
     if reduce:
         sq = ops.sum(sq, axis=reduce, keepdims=True)
-    if bias is not None:
-        sq = sq + ops.reshape(ops.square(bias), _bias_shape(kernel.shape, axis))
+    for vector in vectors:
+        sq = sq + ops.reshape(ops.square(vector), _bias_shape(kernel.shape, axis))
     return sq
 
 
-def _check_bias(kernel, bias, axis):
+def _check_bias(kernel, bias, axis, name="bias"):
     if bias is None:
         return None
     bias = ops.convert_to_tensor(bias, dtype=kernel.dtype)
     n = num_units(kernel.shape, axis)
     if len(bias.shape) != 1 or int(bias.shape[0]) != n:
         raise ValueError(
-            f"`bias` must have one entry per output unit ({n} for a kernel of "
+            f"`{name}` must have one entry per output unit ({n} for a kernel of "
             f"shape {tuple(kernel.shape)} and axis={axis!r}). "
-            f"Received: bias.shape={tuple(bias.shape)}"
+            f"Received: {name}.shape={tuple(bias.shape)}"
         )
     return bias
 
 
-def group_norms(kernel, axis=-1, bias=None):
+def _check_partners(kernel, partners, axis):
+    """`partners` as a list of checked per-unit vectors (`[]` for `None`)."""
+    if partners is None:
+        return []
+    if not isinstance(partners, (list, tuple)):
+        raise ValueError(
+            "`partners` must be None or a list of per-unit vectors (e.g. a "
+            f"BatchNorm's [gamma, beta]). Received: partners={partners!r}"
+        )
+    return [
+        _check_bias(kernel, p, axis, name=f"partners[{i}]")
+        for i, p in enumerate(partners)
+    ]
+
+
+def _joined(bias, partners):
+    """The per-unit vectors of a group: the bias (if any), then the partners."""
+    return ([] if bias is None else [bias]) + list(partners)
+
+
+def group_norms(kernel, axis=-1, bias=None, partners=None):
     """L2 norm of each output unit's group.
 
     `norms[n] = ||theta_n||_2 = sqrt(sum_{i in group n} theta_i^2)`, the sum
     running over every axis but `axis` (plus the unit's bias entry when
-    `bias` is given). Differentiable everywhere, with gradient 0 at a zero
-    group.
+    `bias` is given, and its entry of each `partners` vector). Differentiable
+    everywhere, with gradient 0 at a zero group.
 
     Args:
         kernel: the kernel tensor.
         axis: axis (or axes) indexing output units; see the module table.
         bias: optional bias, one entry per unit, joined to its unit's group.
+        partners: optional list of more per-unit vectors joined to the
+            groups (e.g. a BatchNorm's `gamma` and `beta`).
 
     Returns:
         A 1-D tensor of length `num_units(kernel.shape, axis)`, in output
@@ -169,8 +198,10 @@ def group_norms(kernel, axis=-1, bias=None):
     [5.0, 0.0]
     """
     kernel = ops.convert_to_tensor(kernel)
-    bias = _check_bias(kernel, bias, axis)
-    return ops.reshape(_safe_sqrt(_group_sq_norms(kernel, bias, axis)), (-1,))
+    vectors = _joined(
+        _check_bias(kernel, bias, axis), _check_partners(kernel, partners, axis)
+    )
+    return ops.reshape(_safe_sqrt(_group_sq_norms(kernel, vectors, axis)), (-1,))
 
 
 def soft_threshold(x, t):
@@ -222,8 +253,11 @@ def _unit_layout(shape, axis):
     return reduce, True, _bias_shape(shape, axis)
 
 
-def _group_shrink(kernel, bias, tau, axis):
+def _group_shrink(kernel, vectors, tau, axis):
     """Group shrink `theta_n <- theta_n * max(1 - tau_n / ||theta_n||_2, 0)`.
+
+    `vectors` is a list of per-unit vectors joined to the groups (the bias,
+    BatchNorm partners); returns `(kernel, vectors)` shrunk.
 
     `tau` is a scalar or a tensor of `_unit_layout`'s `unit_shape`. Written
     with few ops (no `where`, no reshape for trailing units): the factor is
@@ -234,19 +268,17 @@ def _group_shrink(kernel, bias, tau, axis):
     sq = ops.square(kernel)
     if reduce:
         sq = ops.sum(sq, axis=reduce, keepdims=keepdims)
-    if bias is not None:
-        bias_sq = ops.square(bias)
-        if unit_shape != tuple(bias.shape):
-            bias_sq = ops.reshape(bias_sq, unit_shape)
-        sq = sq + bias_sq
+    for vector in vectors:
+        vector_sq = ops.square(vector)
+        if unit_shape != tuple(vector.shape):
+            vector_sq = ops.reshape(vector_sq, unit_shape)
+        sq = sq + vector_sq
     tiny = _TINY.get(keras.backend.standardize_dtype(kernel.dtype), _TINY["float32"])
     factor = ops.maximum(1.0 - tau / ops.sqrt(ops.maximum(sq, tiny)), 0.0)
     kernel = kernel * factor
-    if bias is not None:
-        if tuple(factor.shape) != tuple(bias.shape):
-            factor = ops.reshape(factor, (-1,))
-        bias = bias * factor
-    return kernel, bias
+    if vectors and tuple(factor.shape) != tuple(vectors[0].shape):
+        factor = ops.reshape(factor, (-1,))
+    return kernel, [vector * factor for vector in vectors]
 
 
 def group_soft_threshold(x, t, axis=-1, bias=None):
@@ -274,30 +306,33 @@ def group_soft_threshold(x, t, axis=-1, bias=None):
     """
     x = ops.convert_to_tensor(x)
     bias = _check_bias(x, bias, axis)
-    x, bias = _group_shrink(x, bias, ops.cast(t, x.dtype), axis)
-    return x if bias is None else (x, bias)
+    x, vectors = _group_shrink(x, _joined(bias, []), ops.cast(t, x.dtype), axis)
+    return x if bias is None else (x, vectors[0])
 
 
-def sparse_group_prox(kernel, bias, t, lam, alpha=0.0, axis=-1, group_size=None):
-    """The sparse group Lasso proximal operator on `[kernel group, bias]`.
+def sparse_group_prox(
+    kernel, bias, t, lam, alpha=0.0, axis=-1, group_size=None, partners=None
+):
+    """The sparse group Lasso proximal operator on `[kernel group, bias, partners]`.
 
     The proximal operator of `t * r` with (Alvarez & Salzmann, eq. 3)
 
     `r(theta) = lam * [(1 - alpha) * sqrt(P) * sum_n ||theta_n||_2
     + alpha * ||theta||_1]`,
 
-    where `theta_n` is unit `n`'s kernel group joined with its bias entry and
-    `P` the number of parameters in one group. It is computed exactly in two
-    steps:
+    where `theta_n` is unit `n`'s kernel group joined with its bias entry
+    (and its entry of each `partners` vector, e.g. the `gamma` and `beta` of
+    the BatchNormalization that normalizes the unit) and `P` the number of
+    parameters in one group. It is computed exactly in two steps:
 
     1. element-wise soft-threshold by `t * alpha * lam`:
        `u = sign(theta) * max(|theta| - t * alpha * lam, 0)`;
     2. group shrink by `tau = t * (1 - alpha) * lam * sqrt(P)`:
        `theta_n <- u_n * max(1 - tau / ||u_n||_2, 0)`.
 
-    Groups whose norm falls to `<= tau` become exactly zero, bias included.
-    For `alpha = 0` this is group soft-thresholding; for `alpha = 1` plain
-    soft-thresholding.
+    Groups whose norm falls to `<= tau` become exactly zero, bias and
+    partners included. For `alpha = 0` this is group soft-thresholding; for
+    `alpha = 1` plain soft-thresholding.
 
     Args:
         kernel: the kernel tensor.
@@ -308,11 +343,16 @@ def sparse_group_prox(kernel, bias, t, lam, alpha=0.0, axis=-1, group_size=None)
             group Lasso such as `group_reweights` gives.
         alpha: L1 share in `[0, 1]`; `0` is the group Lasso.
         axis: axis (or axes) indexing output units.
-        group_size: `P`; defaults to the group's kernel entries plus one when
-            `bias` is given.
+        group_size: `P`; defaults to the group's kernel entries plus one for
+            the bias (when given) and one per partner.
+        partners: optional list of more per-unit vectors (1-D, one entry
+            per unit) joined to the groups, e.g. `[gamma, beta]` of a
+            BatchNormalization reading the layer's output: when a group
+            dies they are zero too and the normalized channel outputs 0.
 
     Returns:
-        `(kernel, bias)` after the step (`bias` is `None` if it was).
+        `(kernel, bias)` after the step (`bias` is `None` if it was); with
+        `partners`, `(kernel, bias, partners)` (a list, in the given order).
 
     Example:
 
@@ -323,6 +363,13 @@ def sparse_group_prox(kernel, bias, t, lam, alpha=0.0, axis=-1, group_size=None)
     [[2.48, 0.0], [3.307, 0.0]]
     >>> ops.convert_to_numpy(b).tolist()
     [0.0, 0.0]
+    >>> # A BatchNorm's gamma and beta join the groups (P = 2 + 2 here):
+    >>> w, _, (gamma, beta) = sparse_group_prox([[3.0, 0.3], [4.0, 0.4]], None,
+    ...     t=0.5, lam=1.0, partners=[[1.0, 0.2], [0.0, 0.1]])
+    >>> ops.convert_to_numpy(gamma).astype("float64").round(3).tolist()
+    [0.804, 0.0]
+    >>> ops.convert_to_numpy(beta).tolist()
+    [0.0, 0.0]
 
     Reference:
         Alvarez & Salzmann, "Learning the Number of Neurons in Deep
@@ -330,11 +377,12 @@ def sparse_group_prox(kernel, bias, t, lam, alpha=0.0, axis=-1, group_size=None)
     """
     kernel = ops.convert_to_tensor(kernel)
     bias = _check_bias(kernel, bias, axis)
+    vectors = _joined(bias, _check_partners(kernel, partners, axis))
     alpha = float(alpha)
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"`alpha` must be in [0, 1]. Received: alpha={alpha}")
     if group_size is None:
-        group_size = _default_group_size(kernel.shape, axis, bias is not None)
+        group_size = _default_group_size(kernel.shape, axis, len(vectors))
     # `t * lam` once; the constants are folded in Python (this runs inside
     # every compiled train step when a constraint applies it).
     step = ops.cast(t, kernel.dtype) * ops.convert_to_tensor(lam, dtype=kernel.dtype)
@@ -357,19 +405,22 @@ def sparse_group_prox(kernel, bias, t, lam, alpha=0.0, axis=-1, group_size=None)
         )
     if alpha > 0.0:
         kernel = soft_threshold(kernel, _scaled(step, alpha))
-        if bias is not None:
-            bias = soft_threshold(bias, _scaled(step_bias, alpha))
+        vectors = [soft_threshold(v, _scaled(step_bias, alpha)) for v in vectors]
     if alpha < 1.0:
         tau = _scaled(step, (1.0 - alpha) * math.sqrt(group_size))
-        kernel, bias = _group_shrink(kernel, bias, tau, axis)
-    return kernel, bias
+        kernel, vectors = _group_shrink(kernel, vectors, tau, axis)
+    if bias is not None:
+        bias, vectors = vectors[0], vectors[1:]
+    if partners is None:
+        return kernel, bias
+    return kernel, bias, vectors
 
 
 def _scaled(x, c):
     return x if c == 1.0 else x * c
 
 
-def group_reweights(kernel, delta, axis=-1, bias=None):
+def group_reweights(kernel, delta, axis=-1, bias=None, partners=None):
     """Per-unit weights of the reweighted group Lasso (log penalty).
 
     `w_n = m / (||theta_n||_2 + delta * m)`, where `m` is the mean norm of
@@ -396,6 +447,7 @@ def group_reweights(kernel, delta, axis=-1, bias=None):
             plain group Lasso (`w_n -> 1 / delta` for every group).
         axis: axis (or axes) indexing output units.
         bias: optional bias, one entry per unit, joined to its unit's group.
+        partners: optional list of more per-unit vectors joined to the groups.
 
     Returns:
         A 1-D tensor of length `num_units(kernel.shape, axis)`.
@@ -416,7 +468,7 @@ def group_reweights(kernel, delta, axis=-1, bias=None):
     delta = float(delta)
     if not delta > 0.0:
         raise ValueError(f"`delta` must be > 0. Received: delta={delta}")
-    norms = group_norms(kernel, axis=axis, bias=bias)
+    norms = group_norms(kernel, axis=axis, bias=bias, partners=partners)
     norms = ops.stop_gradient(norms)
     live = ops.cast(norms > 0, norms.dtype)
     count = ops.sum(live)
@@ -424,12 +476,13 @@ def group_reweights(kernel, delta, axis=-1, bias=None):
     return mean / (norms + delta * mean)
 
 
-def _default_group_size(shape, axis, has_bias):
-    return group_size(shape, axis) + (1 if has_bias else 0)
+def _default_group_size(shape, axis, vectors):
+    """Kernel entries of one group plus one per joined vector (an int count)."""
+    return group_size(shape, axis) + int(vectors)
 
 
 def sparse_group_lasso_penalty(
-    kernel, strength=1.0, alpha=0.5, axis=-1, bias=None, group_size=None
+    kernel, strength=1.0, alpha=0.5, axis=-1, bias=None, group_size=None, partners=None
 ):
     """The sparse group Lasso penalty of one layer.
 
@@ -444,6 +497,7 @@ def sparse_group_lasso_penalty(
         axis: axis (or axes) indexing output units.
         bias: optional bias joined to the groups.
         group_size: `P`; defaults as in `sparse_group_prox`.
+        partners: optional list of more per-unit vectors joined to the groups.
 
     Returns:
         A scalar tensor.
@@ -457,23 +511,27 @@ def sparse_group_lasso_penalty(
         Alvarez & Salzmann, NeurIPS 2016 (arXiv 1611.06321), eq. 3.
     """
     kernel = ops.convert_to_tensor(kernel)
-    bias = _check_bias(kernel, bias, axis)
+    vectors = _joined(
+        _check_bias(kernel, bias, axis), _check_partners(kernel, partners, axis)
+    )
     if group_size is None:
-        group_size = _default_group_size(kernel.shape, axis, bias is not None)
+        group_size = _default_group_size(kernel.shape, axis, len(vectors))
     strength = ops.cast(strength, kernel.dtype)
     value = ops.zeros((), dtype=kernel.dtype)
     if alpha < 1.0:
-        norms = _safe_sqrt(_group_sq_norms(kernel, bias, axis))
+        norms = _safe_sqrt(_group_sq_norms(kernel, vectors, axis))
         value = value + (1.0 - alpha) * math.sqrt(group_size) * ops.sum(norms)
     if alpha > 0.0:
         l1 = ops.sum(ops.abs(kernel))
-        if bias is not None:
-            l1 = l1 + ops.sum(ops.abs(bias))
+        for vector in vectors:
+            l1 = l1 + ops.sum(ops.abs(vector))
         value = value + alpha * l1
     return strength * value
 
 
-def group_lasso_penalty(kernel, strength=1.0, axis=-1, bias=None, group_size=None):
+def group_lasso_penalty(
+    kernel, strength=1.0, axis=-1, bias=None, group_size=None, partners=None
+):
     """The group Lasso penalty of one layer.
 
     `r = strength * sqrt(P) * sum_n ||theta_n||_2` (the sparse group Lasso
@@ -484,7 +542,9 @@ def group_lasso_penalty(kernel, strength=1.0, axis=-1, bias=None, group_size=Non
         strength: `lambda`.
         axis: axis (or axes) indexing output units.
         bias: optional bias joined to the groups.
-        group_size: `P`; defaults to the group's kernel entries (+1 with bias).
+        group_size: `P`; defaults to the group's kernel entries (+1 with bias,
+            +1 per partner).
+        partners: optional list of more per-unit vectors joined to the groups.
 
     Returns:
         A scalar tensor.
@@ -498,11 +558,17 @@ def group_lasso_penalty(kernel, strength=1.0, axis=-1, bias=None, group_size=Non
         Alvarez & Salzmann, NeurIPS 2016 (arXiv 1611.06321), eq. 2.
     """
     return sparse_group_lasso_penalty(
-        kernel, strength, alpha=0.0, axis=axis, bias=bias, group_size=group_size
+        kernel,
+        strength,
+        alpha=0.0,
+        axis=axis,
+        bias=bias,
+        group_size=group_size,
+        partners=partners,
     )
 
 
-def zero_group_mask(kernel, axis=-1, bias=None, atol=0.0):
+def zero_group_mask(kernel, axis=-1, bias=None, atol=0.0, partners=None):
     """Which units have an all-zero group (`max |theta_n| <= atol`).
 
     Args:
@@ -510,6 +576,8 @@ def zero_group_mask(kernel, axis=-1, bias=None, atol=0.0):
         axis: axis (or axes) indexing output units.
         bias: optional bias; when given, the bias entry must be zero too.
         atol: absolute tolerance; `0.0` means exact zeros.
+        partners: optional list of more per-unit vectors (e.g. a BatchNorm's
+            `gamma` and `beta`) whose entries must be zero too.
 
     Returns:
         A 1-D boolean tensor, one entry per unit in output channel order.
@@ -520,13 +588,15 @@ def zero_group_mask(kernel, axis=-1, bias=None, atol=0.0):
     [True, False]
     """
     kernel = ops.convert_to_tensor(kernel)
-    bias = _check_bias(kernel, bias, axis)
+    vectors = _joined(
+        _check_bias(kernel, bias, axis), _check_partners(kernel, partners, axis)
+    )
     reduce = _reduce_axes(len(kernel.shape), axis)
     big = ops.abs(kernel)
     if reduce:
         big = ops.max(big, axis=reduce, keepdims=True)
-    if bias is not None:
+    for vector in vectors:
         big = ops.maximum(
-            big, ops.reshape(ops.abs(bias), _bias_shape(kernel.shape, axis))
+            big, ops.reshape(ops.abs(vector), _bias_shape(kernel.shape, axis))
         )
     return ops.reshape(big <= atol, (-1,))

@@ -3,7 +3,7 @@
 import keras
 from keras import ops
 
-from kprune._strength import HasStrength, check_axis, check_float
+from kprune._strength import HasStrength, check_axis, check_float, check_partners
 from kprune.ops.group_sparsity import sparse_group_lasso_penalty
 
 _MODES = ("penalty", "proximal")
@@ -12,7 +12,8 @@ _MODES = ("penalty", "proximal")
 class _GroupRegularizer(HasStrength, keras.regularizers.Regularizer):
     """Shared state and checks of `GroupLasso` and `SparseGroupLasso`."""
 
-    def __init__(self, strength, alpha, scale, axis, mode):
+    def __init__(self, strength, alpha, scale, axis, mode, partners):
+        self.partners = check_partners(partners)
         strength = check_float(strength, "strength")
         alpha = check_float(alpha, "alpha", maximum=1.0)
         scale = check_float(scale, "scale")
@@ -33,13 +34,16 @@ class _GroupRegularizer(HasStrength, keras.regularizers.Regularizer):
         return sparse_group_lasso_penalty(x, lam, alpha=self.alpha, axis=self.axis)
 
     def get_config(self):
-        return {
+        config = {
             "strength": self.strength_value(),
             "alpha": self.alpha,
             "scale": self.scale,
             "axis": self.axis if isinstance(self.axis, int) else list(self.axis),
             "mode": self.mode,
         }
+        if self.partners:  # only then: configs without partners stay as they were
+            config["partners"] = list(self.partners)
+        return config
 
     def __repr__(self):
         config = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
@@ -68,7 +72,12 @@ class SparseGroupLasso(_GroupRegularizer):
       callback.
 
     A Keras regularizer only sees the kernel. `ProximalStep` groups each
-    unit's kernel slice *with its bias entry*, as in the paper.
+    unit's kernel slice *with its bias entry*, as in the paper, and with its
+    entry of each `partners` weight: `["bn1/gamma", "bn1/beta"]` names the
+    `gamma` and `beta` of the BatchNormalization `bn1` that normalizes this
+    layer's output (`kprune.sparsity.apply_group_sparsity` records them),
+    so that a dead unit's normalized channel outputs exactly 0. The penalty
+    of `mode="penalty"` is on the kernel only.
 
     `strength` lives in a non-trainable `keras.Variable`
     (`regularizer.strength`), so `kprune.callbacks.RegularizationScheduler`
@@ -86,6 +95,9 @@ class SparseGroupLasso(_GroupRegularizer):
             `Conv*DTranspose`, `(-2, -1)` for `DepthwiseConv*D`.
         mode: `"penalty"` (subgradient in the loss) or `"proximal"`
             (handled by `ProximalStep`).
+        partners: `"<layer name>/<weight name>"` strings of per-unit weights
+            that join the groups in the proximal step (a BatchNorm's
+            `gamma` and `beta`).
 
     Example:
 
@@ -102,8 +114,16 @@ class SparseGroupLasso(_GroupRegularizer):
         sparse-group lasso", 2013.
     """
 
-    def __init__(self, strength=1e-3, alpha=0.5, scale=1.0, axis=-1, mode="penalty"):
-        super().__init__(strength, alpha, scale, axis, mode)
+    def __init__(
+        self,
+        strength=1e-3,
+        alpha=0.5,
+        scale=1.0,
+        axis=-1,
+        mode="penalty",
+        partners=(),
+    ):
+        super().__init__(strength, alpha, scale, axis, mode, partners)
 
 
 @keras.saving.register_keras_serializable(package="kprune")
@@ -118,8 +138,9 @@ class GroupLasso(_GroupRegularizer):
     the Keras way: weights shrink but rarely reach exactly zero);
     `mode="proximal"` adds nothing to the loss and lets
     `kprune.callbacks.ProximalStep` apply the exact proximal operator on
-    `[kernel group, bias]` (the paper's method: exact zeros). See
-    `SparseGroupLasso` for the strength variable and `scale`.
+    `[kernel group, bias]` (the paper's method: exact zeros), with the
+    `partners` (a BatchNorm's `gamma` / `beta`) joined. See
+    `SparseGroupLasso` for the strength variable, `scale` and `partners`.
 
     Args:
         strength: `lambda >= 0`.
@@ -128,6 +149,8 @@ class GroupLasso(_GroupRegularizer):
             Conv and SeparableConv pointwise kernels, `-2` for
             `Conv*DTranspose`, `(-2, -1)` for `DepthwiseConv*D`.
         mode: `"penalty"` or `"proximal"`.
+        partners: `"<layer name>/<weight name>"` strings of per-unit weights
+            joined to the groups by the proximal step.
 
     Example:
 
@@ -145,8 +168,8 @@ class GroupLasso(_GroupRegularizer):
         selection and estimation in regression with grouped variables", 2006.
     """
 
-    def __init__(self, strength=1e-3, scale=1.0, axis=-1, mode="penalty"):
-        super().__init__(strength, 0.0, scale, axis, mode)
+    def __init__(self, strength=1e-3, scale=1.0, axis=-1, mode="penalty", partners=()):
+        super().__init__(strength, 0.0, scale, axis, mode, partners)
 
     def get_config(self):
         config = super().get_config()

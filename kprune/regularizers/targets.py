@@ -1,5 +1,16 @@
 """Which kernel of which layer carries the groups (one group per output unit).
 
+A group may also hold *partners*: per-unit vectors of another layer that
+must die with the unit, namely the `gamma` and `beta` of a
+BatchNormalization that alone reads the layer's output
+(`batchnorm_partners`). BatchNorm is scale invariant, so a shrinking kernel
+changes nothing until it is zero, and then the channel outputs the constant
+`beta - gamma * mean / sqrt(var + eps)`; with `gamma = beta = 0` it
+outputs exactly 0 and `kprune.surgery.slim` removes it. A regularizer or
+constraint records its partners as `"<BatchNorm layer name>/<weight>"`
+(e.g. `"bn1/gamma"`): callbacks find them by layer name in the model, a
+constraint by variable path next to its kernel's layer.
+
 Shared by `kprune.callbacks.ProximalStep`, `SparsityLogger`,
 `RegularizationScheduler` and `kprune.sparsity.apply_group_sparsity`.
 """
@@ -105,6 +116,8 @@ class GroupTarget:
         axis: kernel axes indexing output units.
         with_bias: whether the layer's bias joins the groups.
         regularizer: the kprune group regularizer on that kernel, or `None`.
+        partners: more per-unit variables joined to the groups (a
+            BatchNorm's `gamma` / `beta`), a tuple.
     """
 
     layer: object
@@ -112,6 +125,7 @@ class GroupTarget:
     axis: object
     with_bias: bool
     regularizer: object = None
+    partners: tuple = ()
 
     @property
     def name(self):
@@ -128,6 +142,134 @@ class GroupTarget:
     @property
     def units(self):
         return num_units(self.kernel.shape, self.axis)
+
+    def vectors(self, include_bias=True):
+        """The per-unit variables of the groups: the bias (if joined and
+        `include_bias`), then the partners."""
+        bias = self.bias if include_bias else None
+        return ([] if bias is None else [bias]) + list(self.partners)
+
+
+def _channel_axis(layer, rank):
+    if getattr(layer, "data_format", "channels_last") == "channels_first":
+        return 1
+    return rank - 1
+
+
+def batchnorm_partner(layer):
+    """The BatchNormalization that alone reads `layer`'s output, or `None`.
+
+    Found in the Keras graph: `layer` is called once, its output has exactly
+    one consumer, a trainable `BatchNormalization` (called once) normalizing
+    the channel axis, with a `gamma` (`scale=True`). Without `gamma` a zero
+    group leaves the channel at `-moving_mean / sqrt(moving_var + eps)`
+    (plus `beta`): no weight of the BatchNorm can silence it, so it is not
+    a partner.
+
+    Args:
+        layer: a Keras layer of a built Functional / Sequential model.
+
+    Returns:
+        The BatchNormalization layer, or `None`.
+    """
+    inbound = getattr(layer, "_inbound_nodes", [])
+    outbound = getattr(layer, "_outbound_nodes", [])
+    if len(inbound) != 1 or len(outbound) != 1:
+        return None
+    node = outbound[0]
+    bn = node.operation
+    if not isinstance(bn, keras.layers.BatchNormalization):
+        return None
+    if len(bn._inbound_nodes) != 1 or not bn.trainable:
+        return None
+    if not bn.scale:
+        return None
+    produced = inbound[0].output_tensors
+    read = node.input_tensors
+    if len(produced) != 1 or len(read) != 1 or read[0] is not produced[0]:
+        return None
+    rank = len(produced[0].shape)
+    axes = bn.axis if isinstance(bn.axis, (list, tuple)) else [bn.axis]
+    if [int(a) % rank for a in axes] != [_channel_axis(layer, rank)]:
+        return None
+    return bn
+
+
+def batchnorm_partners(layer):
+    """The partners of `layer`'s output units: its BatchNorm's `gamma`, `beta`.
+
+    Args:
+        layer: a Keras layer of a built Functional / Sequential model.
+
+    Returns:
+        A tuple of `"<BatchNorm layer name>/<weight>"` strings: `gamma`,
+        then `beta` unless `center=False`; empty without such a BatchNorm
+        (see `batchnorm_partner`).
+
+    Example:
+
+    >>> import keras
+    >>> model = keras.Sequential([keras.Input((8, 8, 3)),
+    ...     keras.layers.Conv2D(4, 3, name="conv"),
+    ...     keras.layers.BatchNormalization(name="bn")])
+    >>> batchnorm_partners(model.get_layer("conv"))
+    ('bn/gamma', 'bn/beta')
+    """
+    bn = batchnorm_partner(layer)
+    if bn is None:
+        return ()
+    names = [name for name, on in (("gamma", bn.scale), ("beta", bn.center)) if on]
+    return tuple(f"{bn.name}/{name}" for name in names)
+
+
+def holder_partners(layer):
+    """The partners recorded by the kprune group regularizer / constraint on
+    `layer`'s output-unit kernel (`()` if none)."""
+    slot = default_slot(layer)
+    if slot is None:
+        return ()
+    for attr in (slot[1], slot[1].replace("_regularizer", "_constraint")):
+        partners = getattr(getattr(layer, attr, None), "partners", None)
+        if partners:
+            return tuple(partners)
+    return ()
+
+
+def partner_variables(model, layer, partners):
+    """The variables named by `partners` in `model`, checked per unit.
+
+    Args:
+        model: the model holding `layer`.
+        layer: the layer whose output units the partners join.
+        partners: `"<layer name>/<weight>"` strings.
+
+    Returns:
+        A tuple of `keras.Variable`s, one entry per output unit each.
+    """
+    found = []
+    if not partners:
+        return ()
+    slot = default_slot(layer)
+    units = num_units(getattr(layer, slot[0]).shape, slot[2])
+    for partner in partners:
+        name, _, attr = partner.rpartition("/")
+        owner = find_layer(model, name, argument="partners")
+        variable = getattr(owner, attr, None)
+        if not isinstance(variable, keras.Variable):
+            raise ValueError(
+                f"Layer '{layer.name}': its group partner '{partner}' is not a "
+                f"weight of layer '{name}' ({type(owner).__name__}). "
+                f"Received: partners containing {partner!r}"
+            )
+        if tuple(variable.shape) != (units,):
+            raise ValueError(
+                f"Layer '{layer.name}' has {units} output units, but its group "
+                f"partner '{partner}' has shape {tuple(variable.shape)} (one "
+                "entry per unit needed). Received: partners containing "
+                f"{partner!r}"
+            )
+        found.append(variable)
+    return tuple(found)
 
 
 def iter_layers(model):
@@ -162,10 +304,11 @@ def _bias_fits(layer, kernel_attr, axis):
     return bias is not None and _is_output_axis(layer, kernel_attr, axis)
 
 
-def regularized_targets(layer):
+def regularized_targets(layer, model=None):
     """`GroupTarget`s for every kernel of `layer` carrying a kprune group regularizer.
 
-    The bias joins the groups when they are the layer's output units. Other
+    The bias joins the groups when they are the layer's output units, and
+    so do the regularizer's `partners` (found in `model`, when given). Other
     groupings (e.g. `axis=0` on a Dense kernel: one group per *input*
     feature) are kernel-only.
 
@@ -190,15 +333,21 @@ def regularized_targets(layer):
                 f"{type(layer).__name__}. Received: axis={reg.axis!r}"
             )
         with_bias = _bias_fits(layer, kernel_attr, reg.axis)
-        targets.append(GroupTarget(layer, kernel_attr, reg.axis, with_bias, reg))
+        partners = ()
+        if model is not None and output_axis:
+            partners = partner_variables(model, layer, getattr(reg, "partners", ()))
+        targets.append(
+            GroupTarget(layer, kernel_attr, reg.axis, with_bias, reg, partners)
+        )
     return targets
 
 
-def default_target(layer):
+def default_target(layer, model=None):
     """The `GroupTarget` of `layer`'s output units, or `None` if unsupported.
 
     Its `regularizer` is the kprune group regularizer grouping those output
-    units, if there is one.
+    units, if there is one; its `partners` those recorded by the layer's
+    kprune group regularizer or constraint (found in `model`, when given).
     """
     slot = default_slot(layer)
     if slot is None:
@@ -210,8 +359,11 @@ def default_target(layer):
         is_group_regularizer(reg) and _is_output_axis(layer, kernel_attr, reg.axis)
     ):
         reg = None
+    partners = ()
+    if model is not None:
+        partners = partner_variables(model, layer, holder_partners(layer))
     return GroupTarget(
-        layer, kernel_attr, axis, _bias_fits(layer, kernel_attr, axis), reg
+        layer, kernel_attr, axis, _bias_fits(layer, kernel_attr, axis), reg, partners
     )
 
 
