@@ -78,9 +78,7 @@ def gradient_means(model, x, y, loss=None, batch_size=128, training=False):
       With BatchNormalization on batch statistics instead, the loss does not
       change when a filter feeding it is scaled, so `sum_i w_i dL/dw_i = 0`
       over every such filter and first-order (Taylor) scores of those
-      filters lose the information they carry (Molchanov et al. 2019
-      score the model in the mode it runs in; Torch-Pruning's examples
-      call `model.eval()` first).
+      filters lose part of the information they carry.
     - `True`: as Keras' `fit` computes gradients (BatchNormalization on
       batch statistics, dropout active); the moving statistics the pass
       updates are restored afterwards.

@@ -400,7 +400,11 @@ def _search(model, planner, metric, goal, base, current, measure, max_iterations
     for _ in range(max(1, int(max_iterations))):
         positions = planner.search(metric, internal)
         units = planner.view.removed_units(planner.removed_ids(positions))
-        pruned = remove_units(model, units) if units else model
+        pruned = (
+            remove_units(model, units, analysis=planner.view.analysis)
+            if units
+            else model
+        )
         report = model_summary(pruned) if units else current
         entry = {"internal": internal, "rank_exponent": planner.exponent}
         if metric == "latency":
