@@ -34,9 +34,7 @@ def test_gradient_of_a_linear_model_by_hand():
     error = x @ kernel + bias - t
     # mean squared error over 8 samples x 2 outputs; two batches of 4
     grads = gradient_means(model, x, t, loss="mse", batch_size=4)[id(model.layers[0])]
-    want = sum(
-        2.0 / (4 * 2) * x[lo : lo + 4].T @ error[lo : lo + 4] for lo in (0, 4)
-    )
+    want = sum(2.0 / (4 * 2) * x[lo : lo + 4].T @ error[lo : lo + 4] for lo in (0, 4))
     np.testing.assert_allclose(grads["kernel"], want / 2, rtol=1e-4, atol=1e-6)
 
 
@@ -52,6 +50,7 @@ def test_inference_mode_keeps_the_scale_information_of_bn_inputs():
     layer = id(model.get_layer("fc1"))
     train = gradient_means(model, x, y, batch_size=64, training=True)[layer]
     infer = gradient_means(model, x, y, batch_size=64)[layer]
+
     # With batch statistics the loss is invariant to each unit's scale (up
     # to BatchNorm's epsilon): sum_i w_i dL/dw_i = 0 per unit. With the
     # moving ones it is not.
