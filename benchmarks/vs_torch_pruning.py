@@ -315,7 +315,7 @@ def timing(result, kind, data, data_path, folder, args, name):
                     }
                 )
                 print(json.dumps(rows["runs"][-1]), flush=True)
-    rows["load_after"] = os.getloadavg()
+    rows["load_after"] = result["machine"]["load_after"] = os.getloadavg()
     tp.close()
     write_results(name, result, render(result))
 
