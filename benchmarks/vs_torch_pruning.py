@@ -146,6 +146,15 @@ def main(argv=None):
     )
     parser.add_argument("--tag", default="", help="suffix of the result files")
     parser.add_argument("--render", action="store_true")
+    parser.add_argument(
+        "--timing-only",
+        type=int,
+        default=0,
+        metavar="R",
+        help="only time the two pruning calls, R rounds per (importance, "
+        "budget), alternating kprune / TP (no fine-tuning); rows go to the "
+        "JSON's `timing` entry",
+    )
     args = parser.parse_args(argv)
     name = f"vs_torch_pruning{args.tag}"
     path = os.path.join(REPO, "benchmarks", "results", name + ".json")
@@ -175,6 +184,10 @@ def main(argv=None):
     folder = tempfile.mkdtemp(prefix="kprune_vs_tp_")
     data_path = os.path.join(folder, "mnist_split.npz")
     np.savez(data_path, x=x, y=y, xv=xv, yv=yv, xt=xt, yt=yt)
+    if args.timing_only:
+        for kind in args.models:
+            timing(result, kind, data, data_path, folder, args, name)
+        return result
     for kind in args.models:
         entry = result["models"].setdefault(kind, {})
         entry["recipe"] = recipe(args, len(x))
@@ -256,6 +269,107 @@ def main(argv=None):
                     write_results(name, result, render(result))
             tp.close()
     return result
+
+
+def timing(result, kind, data, data_path, folder, args, name):
+    """Pruning-call times only: `args.timing_only` rounds per (importance,
+    budget), kprune then TP in each round, on the first seed's dense model."""
+    x, xt = data[0], data[4]
+    seed = args.seeds[0]
+    dense, _ = dense_model(kind, data, args, seed)
+    weights = os.path.join(folder, f"{kind}_{seed}.npz")
+    save_weights(dense, weights, xt[:256])
+    tp = TorchPruning(args.torch_python)
+    tp(
+        "load",
+        kind=kind,
+        weights=weights,
+        data=data_path,
+        calibration=args.calibration,
+        threads=args.threads or os.cpu_count(),
+        seed=seed,
+    )
+    cal = (x[: args.calibration], data[1][: args.calibration])
+    for importance in args.importances:  # warm-up (not timed)
+        kprune.prune(dense, cal, macs=0.5, importance=importance)
+        tp("prune", importance=importance, budget=2, steps=args.tp_steps)
+    rows = result.setdefault("timing", {}).setdefault(kind, {})
+    rows.update(command=result["command"], load_before=os.getloadavg(), runs=[])
+    for importance in args.importances:
+        for budget in args.budgets:
+            for _ in range(args.timing_only):
+                start = time.perf_counter()
+                kprune.prune(dense, cal, macs=1.0 / budget, importance=importance)
+                ours = time.perf_counter() - start
+                theirs = tp(
+                    "prune", importance=importance, budget=budget, steps=args.tp_steps
+                )
+                rows["runs"].append(
+                    {
+                        "importance": importance,
+                        "budget": budget,
+                        "kprune_seconds": ours,
+                        "tp_seconds": theirs["prune_seconds"],
+                        "tp_step_seconds": theirs["step_seconds"],
+                        "load_average_1min": os.getloadavg()[0],
+                    }
+                )
+                print(json.dumps(rows["runs"][-1]), flush=True)
+    rows["load_after"] = result["machine"]["load_after"] = os.getloadavg()
+    tp.close()
+    write_results(name, result, render(result))
+
+
+def _timing_lines(result):
+    lines = []
+    for kind, entry in result.get("timing", {}).items():
+        load = [round(v, 1) for v in entry.get("load_before", ())]
+        lines += [
+            "",
+            f"## Pruning time only: {kind}",
+            "",
+            f"`{entry['command']}`: each (importance, budget) {{n}} rounds of "
+            "`kprune.prune` then TP's bisection, one after the other, on the "
+            f"same dense model, no fine-tuning; load average {load} before. "
+            "Median seconds and the median of the per-round ratios.",
+            "",
+        ]
+        rows = []
+        keys = dict.fromkeys((r["importance"], r["budget"]) for r in entry["runs"])
+        for importance, budget in keys:
+            hits = [
+                r
+                for r in entry["runs"]
+                if (r["importance"], r["budget"]) == (importance, budget)
+            ]
+            ours = [r["kprune_seconds"] for r in hits]
+            theirs = [r["tp_seconds"] for r in hits]
+            ratio = [a / b for a, b in zip(ours, theirs)]
+            rows.append(
+                [
+                    importance,
+                    f"{budget}x",
+                    len(hits),
+                    f"{np.median(ours):.2f}",
+                    f"{np.median(theirs):.2f}",
+                    f"{np.median(ratio):.2f}",
+                    f"{min(ratio):.2f}-{max(ratio):.2f}",
+                ]
+            )
+        lines[-2] = lines[-2].replace("{n}", str(len(hits)))
+        lines += md_table(
+            [
+                "importance",
+                "budget",
+                "n",
+                "kprune s",
+                "TP prune-to-budget s",
+                "ratio (median)",
+                "ratio range",
+            ],
+            rows,
+        )
+    return lines
 
 
 def _budget_rows(entry, importances):
@@ -374,6 +488,7 @@ def render(result):
                 f"kprune / TP {min(ratios):.2f}-{max(ratios):.2f} "
                 f"(mean {_mean(ratios):.2f})."
             )
+    lines += _timing_lines(result)
     lines += ["", "## Targets", ""] + verdicts
     if result.get("notes"):  # written by hand, kept in the JSON
         lines += ["", result["notes"].strip()]

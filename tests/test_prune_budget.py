@@ -563,3 +563,19 @@ def test_latency_reference_is_the_least_of_its_timings(tmp_path):
     ratio = plan.report["macs_ratio"]  # the fake latency is proportional
     assert plan.report["latency_after_ms"] == pytest.approx(8.0 * ratio)
     assert abs(plan.report["latency_after_ms"] - 4.0) <= 0.4
+
+
+def test_remove_units_reuses_a_given_analysis():
+    from kprune.surgery.analysis import ChannelAnalysis
+    from kprune.surgery.rebuild import remove_units
+
+    model, other = _lenet(), _lenet(1)
+    analysis = ChannelAnalysis(model)
+    plan = {"conv1": [0, 3], "fc1": [1, 2, 5]}
+    fresh = remove_units(model, plan)
+    for _ in range(2):  # the analysis is only read: reusable
+        again = remove_units(model, plan, analysis=analysis)
+        for a, b in zip(fresh.get_weights(), again.get_weights()):
+            np.testing.assert_array_equal(a, b)
+    with pytest.raises(ValueError, match="ChannelAnalysis of `model`"):
+        remove_units(other, plan, analysis=analysis)

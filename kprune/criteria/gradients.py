@@ -49,13 +49,45 @@ def _default_loss(model, y):
     return keras.losses.MeanSquaredError()
 
 
-def gradient_means(model, x, y, loss=None, batch_size=128):
+class _Forward(keras.Model):
+    """Calls a model in a fixed mode (`training=`), whatever `fit` asks.
+
+    Shares the model's layers and variables (no copy): `gradient_means`
+    restores every non-trainable variable afterwards, so moving statistics
+    updated in training mode do not stay.
+    """
+
+    def __init__(self, inner, training):
+        super().__init__(name="kprune_forward")
+        self.inner = inner
+        self.mode = bool(training)
+
+    def call(self, inputs):
+        return self.inner(inputs, training=self.mode)
+
+
+def gradient_means(model, x, y, loss=None, batch_size=128, training=False):
     """Mean over batches of the gradient of the loss w.r.t. every weight.
 
-    `g = (1 / B) sum_b dL_b / dw`, computed on a copy of the model (the
-    model itself is neither compiled nor changed) as Keras' `fit` computes
-    gradients: layers in training mode (dropout active, BatchNorm on batch
-    statistics).
+    `g = (1 / B) sum_b dL_b / dw` over the `B` batches of `(x, y)`. The
+    model is called with `training=training`:
+
+    - `False` (default): inference mode, the function the model computes
+      when deployed (BatchNormalization on its moving statistics, dropout
+      off): the gradient of the loss of the model that is being pruned.
+      With BatchNormalization on batch statistics instead, the loss does not
+      change when a filter feeding it is scaled, so `sum_i w_i dL/dw_i = 0`
+      over every such filter and first-order (Taylor) scores of those
+      filters lose part of the information they carry.
+    - `True`: as Keras' `fit` computes gradients (BatchNormalization on
+      batch statistics, dropout active); the moving statistics the pass
+      updates are restored afterwards.
+
+    The model is not copied, compiled or changed: a thin wrapper that
+    shares its layers runs one eager `fit` epoch with an optimizer that
+    sums the gradients instead of stepping (each backend's own gradient
+    machinery, no graph tracing), and every non-trainable variable is
+    restored afterwards.
 
     Args:
         model: a `keras.Model`.
@@ -66,6 +98,7 @@ def gradient_means(model, x, y, loss=None, batch_size=128):
             one-hot targets, mean squared error otherwise; logits unless the
             last layer is a softmax).
         batch_size: samples per batch.
+        training: the mode the model is called in (see above).
 
     Returns:
         A dict `id(layer) -> {weight name: NumPy gradient}` over the model's
@@ -77,28 +110,40 @@ def gradient_means(model, x, y, loss=None, batch_size=128):
     >>> grads = gradient_means(model, np.ones((4, 3)), np.zeros(4, "int32"))
     >>> grads[id(model.layers[0])]["kernel"].shape
     (3, 2)
-    """
-    from kprune.surgery.compiling import clone_model
 
+    Reference:
+        P. Molchanov et al., "Importance Estimation for Neural Network
+        Pruning", CVPR 2019.
+    """
+    if training not in (True, False):
+        raise ValueError(
+            "`training` is the mode the model is called in for its gradients: "
+            "False (inference: moving BatchNorm statistics, no dropout) or "
+            f"True (as in fit). Received: training={training!r}"
+        )
     loss = loss if loss is not None else _default_loss(model, y)
-    copy = clone_model(model, compile=False)
-    copy.set_weights(model.get_weights())
-    optimizer = _GradientSum()
-    copy.compile(optimizer=optimizer, loss=loss)
     x_in = _as_list(x)
     x_in = x_in[0] if len(x_in) == 1 else x_in
     steps = int(np.ceil(len(np.asarray(_as_list(x)[0])) / batch_size))
-    copy.fit(x_in, y, batch_size=batch_size, epochs=1, shuffle=False, verbose=0)
+    frozen = [(v, keras.ops.convert_to_numpy(v)) for v in model.non_trainable_variables]
+    wrapper = _Forward(model, training)
+    optimizer = _GradientSum()
+    wrapper.compile(optimizer=optimizer, loss=loss, run_eagerly=True)
+    try:
+        wrapper.fit(x_in, y, batch_size=batch_size, epochs=1, shuffle=False, verbose=0)
+    finally:
+        for variable, value in frozen:
+            variable.assign(value)
     by_variable = {
         id(v): keras.ops.convert_to_numpy(s) / max(steps, 1)
         for v, s in zip(optimizer._trainable_variables, optimizer.sums)
     }
     originals = {}
-    _pair_layers(model, copy, originals)
+    _pair_layers(model, model, originals)
     out = {}
-    for layer, twin in originals.values():
+    for layer, _ in originals.values():
         grads = {}
-        for weight in twin.trainable_weights:
+        for weight in layer.trainable_weights:
             if id(weight) in by_variable:
                 grads[weight.name] = by_variable[id(weight)]
         if grads:

@@ -271,6 +271,7 @@ def group_importance(
     loss=None,
     batch_size=128,
     seed=None,
+    training=False,
 ):
     """One importance score per removable coupled group (higher = keep).
 
@@ -298,6 +299,10 @@ def group_importance(
             sparse categorical cross-entropy).
         batch_size: samples per pass.
         seed: seed for `random`.
+        training: the mode the model is called in for `taylor`'s gradients
+            (`kprune.criteria.gradient_means`): False (default: inference,
+            BatchNormalization on its moving statistics, as the pruned model
+            runs) or True (batch statistics and dropout, as in `fit`).
 
     Returns:
         A float64 array aligned with `groups.ids`.
@@ -351,7 +356,9 @@ def group_importance(
         elif name == "taylor":
             from kprune.criteria.gradients import gradient_means
 
-            gradients = gradient_means(model, x, y, loss=loss, batch_size=batch_size)
+            gradients = gradient_means(
+                model, x, y, loss=loss, batch_size=batch_size, training=training
+            )
             totals, touched = _weight_locals(view, "taylor", gradients)
         elif name == "fpgm":
             totals, touched = _fpgm_locals(view)

@@ -98,6 +98,7 @@ def prune(
     verbose=0,
     calibration=None,
     activation_cost=16.0,
+    training=False,
 ):
     """Structured pruning to a MACs, parameter or latency budget.
 
@@ -187,6 +188,11 @@ def prune(
             LiteRT XNNPACK float32 on an x86 CPU: one element of an
             unfused op cost as much time as about 15 MACs). 0: rank by
             importance alone.
+        training: the mode the model is called in for `taylor`'s gradients:
+            False (default: inference mode, BatchNormalization on its moving
+            statistics and no dropout, the model being pruned) or True
+            (batch statistics and dropout, as in `fit`). See
+            `kprune.criteria.gradient_means`.
 
     Returns:
         `(pruned_model, plan)`: a new `keras.Model` and the
@@ -302,6 +308,7 @@ def prune(
             loss=loss,
             batch_size=batch_size,
             seed=seed,
+            training=training,
         )
         planner = BudgetPlanner(
             current,
@@ -393,7 +400,11 @@ def _search(model, planner, metric, goal, base, current, measure, max_iterations
     for _ in range(max(1, int(max_iterations))):
         positions = planner.search(metric, internal)
         units = planner.view.removed_units(planner.removed_ids(positions))
-        pruned = remove_units(model, units) if units else model
+        pruned = (
+            remove_units(model, units, analysis=planner.view.analysis)
+            if units
+            else model
+        )
         report = model_summary(pruned) if units else current
         entry = {"internal": internal, "rank_exponent": planner.exponent}
         if metric == "latency":

@@ -76,12 +76,19 @@ def _calls(parent, layer):
     return [(*shapes, layer_macs(layer, *shapes))]
 
 
-def _count(weights):
+def _count(weights, memo=None):
+    """`(size, nonzero)` summed over `weights`; `memo` (id -> counts) makes
+    each variable be read once per summary, however many totals it is in."""
     total = nonzero = 0
     for w in weights:
-        value = np.asarray(keras.ops.convert_to_numpy(w))
-        total += value.size
-        nonzero += int(np.count_nonzero(value))
+        counts = None if memo is None else memo.get(id(w))
+        if counts is None:
+            value = np.asarray(keras.ops.convert_to_numpy(w))
+            counts = (value.size, int(np.count_nonzero(value)))
+            if memo is not None:
+                memo[id(w)] = counts
+        total += counts[0]
+        nonzero += counts[1]
     return total, nonzero
 
 
@@ -112,13 +119,13 @@ def _leaves(model, prefix="", multiplier=1):
             yield path, layer, calls, multiplier
 
 
-def _rows(model, shape_model):
+def _rows(model, shape_model, memo=None):
     """One row per leaf layer; shapes (MACs) from `shape_model`."""
     weights_of = {path: layer for path, layer, _, _ in _leaves(model)}
     rows, unknown = [], []
     for path, layer, calls, multiplier in _leaves(shape_model):
         owner = weights_of.get(path, layer)
-        params, nonzero = _count(_unique(owner.weights))
+        params, nonzero = _count(_unique(owner.weights), memo)
         macs = 0
         output_shape = calls[0][1] if calls else None
         if not calls and layer_macs(layer, None, None) != 0:
@@ -182,7 +189,7 @@ def _input_shapes(model, input_shape, unknown_size):
     return filled
 
 
-def _graph_rows(model, input_shapes):
+def _graph_rows(model, input_shapes, memo=None):
     """One row per leaf layer, MACs from the traced graph (inside layers)."""
     graph, counts = call_macs(model, input_shapes)
     leaves = list(_leaves(model))
@@ -213,7 +220,7 @@ def _graph_rows(model, input_shapes):
             unknown.append(f"{path} ({reason})")
     rows = []
     for path, layer, _, _ in leaves:
-        params, nonzero = _count(_unique(layer.weights))
+        params, nonzero = _count(_unique(layer.weights), memo)
         output_shape = shapes.get(path)
         rows.append(
             {
@@ -352,21 +359,22 @@ def summary(model, input_shape=None, unknown_size=UNKNOWN_SIZE):
             f"Received: model={model.name}"
         )
     weights = _unique(model.weights)
-    params, nonzero = _count(weights)
-    trainable, _ = _count(_unique(model.trainable_weights))
+    memo = {}  # each variable is read once
+    params, nonzero = _count(weights, memo)
+    trainable, _ = _count(_unique(model.trainable_weights), memo)
     kernels = [w for w in weights if len(w.shape) >= 2]
-    kernel_params, kernel_nonzero = _count(kernels)
+    kernel_params, kernel_nonzero = _count(kernels, memo)
     rows, unknown, shapes, inside = [], [], None, {}
     if _is_graph_model(model):
         shapes = _input_shapes(model, input_shape, unknown_size)
         try:
-            rows, unknown, inside = _graph_rows(model, shapes)
+            rows, unknown, inside = _graph_rows(model, shapes, memo)
         except SurgeryError:
             # A graph kprune cannot trace: counted layer by layer instead.
             shape_model = model
             if input_shape is not None:
                 shape_model = _with_input_shape(model, input_shape)
-            rows, unknown = _rows(model, shape_model)
+            rows, unknown = _rows(model, shape_model, memo)
     else:
         # A subclassed model or a single layer: weights only, no graph.
         unknown.append(model.name)

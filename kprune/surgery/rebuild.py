@@ -59,7 +59,7 @@ def _plan(analysis, units, allow_empty):
     return build_plan(analysis, groups, allow_empty=allow_empty)
 
 
-def remove_units(model, plan, allow_empty=False):
+def remove_units(model, plan, allow_empty=False, analysis=None):
     """A new model without the given units (coupled channels go with them).
 
     Output units/filters of Dense, Conv*, SeparableConv*, Embedding layers are
@@ -76,6 +76,9 @@ def remove_units(model, plan, allow_empty=False):
         plan: dict layer path -> unit indices (`"outer/inner"` for layers of
             nested models), or a `PruningPlan`.
         allow_empty: allow a plan that removes every unit of a layer.
+        analysis: a `kprune.surgery.ChannelAnalysis` of `model` made before
+            (read, not changed), to save tracing the model again; None: one
+            is made.
 
     Returns:
         A new `keras.Model` of the same kind, compiled like `model` (with a
@@ -91,7 +94,14 @@ def remove_units(model, plan, allow_empty=False):
     >>> small.get_layer("fc1").units
     12
     """
-    analysis = ChannelAnalysis(model)
+    if analysis is None:
+        analysis = ChannelAnalysis(model)
+    elif analysis.graph.model is not model:
+        raise ValueError(
+            "`analysis` must be the ChannelAnalysis of `model`. Received: an "
+            f"analysis of model '{analysis.graph.model.name}' for model "
+            f"'{model.name}'"
+        )
     return _rebuild(analysis, _plan(analysis, plan, allow_empty))
 
 

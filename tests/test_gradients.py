@@ -1,0 +1,91 @@
+"""Tests for kprune.criteria.gradient_means (Taylor importance's gradients)."""
+
+import keras
+import numpy as np
+import pytest
+
+import kprune
+from kprune.criteria import gradient_means, group_importance
+
+L = keras.layers
+
+
+def _bn_net(seed=0):
+    keras.utils.set_random_seed(seed)
+    inp = keras.Input((6,))
+    h = L.Dense(8, name="fc1")(inp)
+    h = L.BatchNormalization(name="bn")(h)
+    h = L.ReLU()(h)
+    return keras.Model(inp, L.Dense(3, name="out")(h))
+
+
+def _data(n=64, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.normal(size=(n, 6)).astype("float32"), rng.integers(0, 3, n)
+
+
+def test_gradient_of_a_linear_model_by_hand():
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((3,)), L.Dense(2, name="d")])
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(8, 3)).astype("float32")
+    t = rng.normal(size=(8, 2)).astype("float32")
+    kernel, bias = model.layers[0].get_weights()
+    error = x @ kernel + bias - t
+    # mean squared error over 8 samples x 2 outputs; two batches of 4
+    grads = gradient_means(model, x, t, loss="mse", batch_size=4)[id(model.layers[0])]
+    want = sum(2.0 / (4 * 2) * x[lo : lo + 4].T @ error[lo : lo + 4] for lo in (0, 4))
+    np.testing.assert_allclose(grads["kernel"], want / 2, rtol=1e-4, atol=1e-6)
+
+
+def test_inference_mode_keeps_the_scale_information_of_bn_inputs():
+    model = _bn_net()
+    x, y = _data()
+    # moving statistics far from the batch's: inference differs from fit
+    model.get_layer("bn").set_weights(
+        [np.ones(8), np.zeros(8), np.full(8, 0.3), np.full(8, 2.0)]
+    )
+    before = [w.copy() for w in model.get_weights()]
+    kernel = model.get_layer("fc1").get_weights()[0]
+    layer = id(model.get_layer("fc1"))
+    train = gradient_means(model, x, y, batch_size=64, training=True)[layer]
+    infer = gradient_means(model, x, y, batch_size=64)[layer]
+
+    # With batch statistics the loss is invariant to each unit's scale (up
+    # to BatchNorm's epsilon): sum_i w_i dL/dw_i = 0 per unit. With the
+    # moving ones it is not.
+    def scale_share(grad):
+        products = kernel * grad
+        return np.abs(products.sum(axis=0)) / np.abs(products).sum(axis=0)
+
+    assert scale_share(train["kernel"]).max() < 0.05
+    assert scale_share(infer["kernel"]).max() > 0.5
+    # neither mode changes the model (moving statistics restored)
+    for a, b in zip(before, model.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    # the choice reaches group_importance and kprune.prune
+    s_train = group_importance(model, "taylor", (x, y), training=True)
+    s_infer = group_importance(model, "taylor", (x, y))
+    assert not np.allclose(s_train, s_infer)
+    small, plan = kprune.prune(model, (x, y), params=0.7, importance="taylor")
+    assert plan.report["params_ratio"] <= 0.7
+
+
+def test_inference_mode_is_deterministic_with_dropout():
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential(
+        [keras.Input((6,)), L.Dense(8, name="a"), L.Dropout(0.5), L.Dense(3)]
+    )
+    x, y = _data(32)
+    first = gradient_means(model, x, y)[id(model.layers[0])]["kernel"]
+    again = gradient_means(model, x, y)[id(model.layers[0])]["kernel"]
+    np.testing.assert_array_equal(first, again)
+    noisy = gradient_means(model, x, y, training=True)[id(model.layers[0])]
+    assert not np.allclose(noisy["kernel"], first)
+
+
+def test_training_must_be_a_bool():
+    model = _bn_net()
+    x, y = _data(8)
+    with pytest.raises(ValueError, match="`training`.*Received: training='yes'"):
+        gradient_means(model, x, y, training="yes")
