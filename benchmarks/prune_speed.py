@@ -298,6 +298,8 @@ def cost(args):
             {"date": earlier["machine"].get("date"), **r}
             for r in earlier.get("earlier", []) + earlier["runs"]
         ]
+    if earlier and earlier.get("notes"):  # hand notes stay until edited
+        out["notes"] = earlier["notes"]
     for spec in args.cost_importances:
         importance, _, cap = spec.partition(":")
         cap = int(cap) if cap else None
@@ -385,6 +387,8 @@ def cost(args):
                 for r in out["earlier"]
             ],
         )
+    if out.get("notes"):
+        lines += ["", out["notes"].strip()]
     write_results("prune_cost", out, "\n".join(lines) + "\n")
 
 

@@ -6,7 +6,8 @@
                 [--json REPORT.json] [--force]
     kprune prune IN.keras OUT.keras (--macs 0.5 | --params 0.5) [--data X.npz]
                  [--importance l2] [--round-to 8] [--scope global|layer]
-                 [--steps N] [--ignore LAYER] [--plan PLAN.json] [--force]
+                 [--deploy float32|int8] [--steps N] [--ignore LAYER]
+                 [--plan PLAN.json] [--force]
     kprune export IN.keras OUT.tflite [--quantize dynamic|float16|int8]
                   [--sparse] [--select-tf-ops] [--no-verify] [--tolerance T]
                   [--sample-inputs X.npy|X.npz] [--measure] [--force]
@@ -411,6 +412,14 @@ def _add_prune(commands):
         "--round-to", type=int, default=None, help="keep widths at multiples of N"
     )
     pruner.add_argument("--scope", choices=["global", "layer"], default="global")
+    pruner.add_argument(
+        "--deploy",
+        choices=["float32", "int8"],
+        default="float32",
+        help="the number format the exported file runs in: weighs the "
+        "runtime's cost of moving activations in the ranking "
+        "(kprune.prune(activation_cost=...))",
+    )
     pruner.add_argument("--steps", type=int, default=1, help="pruning rounds")
     pruner.add_argument(
         "--ignore", action="append", metavar="LAYER", help="keep this layer's units"
@@ -462,6 +471,7 @@ def _run_prune(args):
         importance=args.importance,
         round_to=args.round_to,
         scope=args.scope,
+        activation_cost=args.deploy,
         steps=args.steps,
         ignore=args.ignore or (),
     )

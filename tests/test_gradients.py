@@ -89,3 +89,32 @@ def test_training_must_be_a_bool():
     x, y = _data(8)
     with pytest.raises(ValueError, match="`training`.*Received: training='yes'"):
         gradient_means(model, x, y, training="yes")
+
+
+def _two_heads(seed=0):
+    keras.utils.set_random_seed(seed)
+    inp = keras.Input((6,))
+    h = L.Dense(8, activation="relu", name="trunk")(inp)
+    return keras.Model(inp, [L.Dense(3, name="a")(h), L.Dense(2, name="b")(h)])
+
+
+def test_losses_per_output_of_a_two_headed_model():
+    model = _two_heads()
+    x, _ = _data(16)
+    rng = np.random.default_rng(2)
+    ya = rng.normal(size=(16, 3)).astype("float32")
+    yb = rng.normal(size=(16, 2)).astype("float32")
+    head_a = keras.Model(model.inputs, model.outputs[0])
+    alone = gradient_means(head_a, x, ya, loss="mse", batch_size=8)
+    only_a = gradient_means(model, x, [ya, yb], loss={"a": "mse"}, batch_size=8)
+    both = gradient_means(model, x, [ya, yb], loss=["mse", "mse"], batch_size=8)
+    trunk, a, b = (id(model.get_layer(n)) for n in ("trunk", "a", "b"))
+    # an output without a loss adds nothing; the trunk sums both heads' terms
+    np.testing.assert_allclose(only_a[a]["kernel"], alone[a]["kernel"], rtol=1e-5)
+    np.testing.assert_allclose(
+        only_a[trunk]["kernel"], alone[trunk]["kernel"], rtol=1e-5
+    )
+    assert not np.any(only_a.get(b, {"kernel": np.zeros(1)})["kernel"])
+    assert np.any(both[b]["kernel"])
+    assert not np.allclose(both[trunk]["kernel"], alone[trunk]["kernel"])
+    np.testing.assert_allclose(both[a]["kernel"], alone[a]["kernel"], rtol=1e-5)

@@ -289,6 +289,9 @@ def test_cli_prune(tmp_path, capsys):
     assert main(["prune", path, out, "--macs", "3", "--force"]) == 1
     assert "fraction" in capsys.readouterr().err
     assert os.path.isfile(out)  # a failed run leaves the old output in place
+    args = ["prune", path, out, "--macs", "0.5", "--force", "--deploy", "int8"]
+    assert main(args) == 0
+    assert main(args[:-1] + ["fp8"]) == 2  # argparse: not a choice
 
 
 def test_car_and_callable_importances(data):
@@ -537,6 +540,13 @@ def test_activation_cost_tilts_the_ranking_only_where_time_is_not_macs():
         assert b.report["rank_exponent"] == 0 and a.units == b.units
     with pytest.raises(ValueError, match="activation_cost"):
         kprune.prune(model, macs=0.5, activation_cost=-1)
+    # The deployed format's value by name: int8 weighs activations more.
+    _, named = kprune.prune(model, macs=0.25, activation_cost="int8")
+    _, number = kprune.prune(model, macs=0.25, activation_cost=64)
+    assert named.units == number.units
+    assert named.report["rank_exponent"] != p1.report["rank_exponent"]
+    with pytest.raises(ValueError, match=r"one of \['float32', 'int8'\]"):
+        kprune.prune(model, macs=0.5, activation_cost="fp8")
 
 
 def test_latency_reference_is_the_least_of_its_timings(tmp_path):

@@ -3,32 +3,8 @@
 import keras
 import numpy as np
 
+from kprune.criteria._autodiff import first_array, structured_loss, summed_gradients
 from kprune.criteria.ablation import _as_list
-
-
-class _GradientSum(keras.optimizers.Optimizer):
-    """An optimizer that adds each gradient to a slot instead of stepping.
-
-    Running `fit` with it computes the sum of the per-batch gradients of
-    the loss with each backend's own machinery (TensorFlow, JAX, PyTorch),
-    and leaves the weights unchanged.
-    """
-
-    def __init__(self):
-        super().__init__(learning_rate=0.0, name="kprune_gradient_sum")
-        self.sums = []
-
-    def build(self, variables):
-        if self.built:
-            return
-        super().build(variables)
-        self.sums = [
-            self.add_variable_from_reference(v, name="gradient_sum") for v in variables
-        ]
-
-    def update_step(self, gradient, variable, learning_rate):
-        index = self._get_variable_index(variable)
-        self.assign_add(self.sums[index], gradient)
 
 
 def _default_loss(model, y):
@@ -49,23 +25,6 @@ def _default_loss(model, y):
     return keras.losses.MeanSquaredError()
 
 
-class _Forward(keras.Model):
-    """Calls a model in a fixed mode (`training=`), whatever `fit` asks.
-
-    Shares the model's layers and variables (no copy): `gradient_means`
-    restores every non-trainable variable afterwards, so moving statistics
-    updated in training mode do not stay.
-    """
-
-    def __init__(self, inner, training):
-        super().__init__(name="kprune_forward")
-        self.inner = inner
-        self.mode = bool(training)
-
-    def call(self, inputs):
-        return self.inner(inputs, training=self.mode)
-
-
 def gradient_means(model, x, y, loss=None, batch_size=128, training=False):
     """Mean over batches of the gradient of the loss w.r.t. every weight.
 
@@ -83,11 +42,12 @@ def gradient_means(model, x, y, loss=None, batch_size=128, training=False):
       batch statistics, dropout active); the moving statistics the pass
       updates are restored afterwards.
 
-    The model is not copied, compiled or changed: a thin wrapper that
-    shares its layers runs one eager `fit` epoch with an optimizer that
-    sums the gradients instead of stepping (each backend's own gradient
-    machinery, no graph tracing), and every non-trainable variable is
-    restored afterwards.
+    `L_b` is the task's loss: the model's own regularization losses
+    (`model.losses`) are not added. The model is not copied, compiled or
+    changed: each backend's own autodiff runs on it (TensorFlow: a
+    `tf.function` around a `GradientTape`; JAX: `jax.jit(jax.grad(...))` of
+    `stateless_call`; PyTorch: `torch.autograd.grad`), and every
+    non-trainable variable is restored afterwards.
 
     Args:
         model: a `keras.Model`.
@@ -122,21 +82,23 @@ def gradient_means(model, x, y, loss=None, batch_size=128, training=False):
             f"True (as in fit). Received: training={training!r}"
         )
     loss = loss if loss is not None else _default_loss(model, y)
-    x_in = _as_list(x)
-    x_in = x_in[0] if len(x_in) == 1 else x_in
-    steps = int(np.ceil(len(np.asarray(_as_list(x)[0])) / batch_size))
+    if isinstance(x, dict):
+        x_in = x
+    else:
+        x_in = _as_list(x)
+        x_in = x_in[0] if len(x_in) == 1 else x_in
     frozen = [(v, keras.ops.convert_to_numpy(v)) for v in model.non_trainable_variables]
-    wrapper = _Forward(model, training)
-    optimizer = _GradientSum()
-    wrapper.compile(optimizer=optimizer, loss=loss, run_eagerly=True)
     try:
-        wrapper.fit(x_in, y, batch_size=batch_size, epochs=1, shuffle=False, verbose=0)
+        sums = summed_gradients(
+            model, x_in, y, structured_loss(loss, model), batch_size, training
+        )
     finally:
         for variable, value in frozen:
             variable.assign(value)
+    steps = int(np.ceil(len(np.asarray(first_array(x_in))) / batch_size))
     by_variable = {
-        id(v): keras.ops.convert_to_numpy(s) / max(steps, 1)
-        for v, s in zip(optimizer._trainable_variables, optimizer.sums)
+        id(v): total / max(steps, 1)
+        for v, total in zip(model.trainable_variables, sums)
     }
     originals = {}
     _pair_layers(model, model, originals)

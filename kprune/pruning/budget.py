@@ -15,6 +15,12 @@ from kprune.surgery.rebuild import remove_units
 _SCOPES = ("global", "layer")
 # A latency candidate is accepted within this fraction of the target.
 LATENCY_TOLERANCE = 0.05
+# `activation_cost` by the deployed number format (LiteRT XNNPACK, x86 CPU):
+# float32 fitted on EfficientNetB0's blocks; int8 from side-by-side runs of
+# 16 / 64 / 256 on MobileNetV2 and EfficientNetB0 (benchmarks/results/
+# prune_speed_int8.md): int8 convolutions run 2x faster than float32 ones,
+# the ops that only move activations gain less.
+ACTIVATION_COSTS = {"float32": 16.0, "int8": 64.0}
 
 
 def _check_fraction(value, name):
@@ -187,7 +193,10 @@ def prune(
             the ranking's time estimate (see above; 16 was measured for
             LiteRT XNNPACK float32 on an x86 CPU: one element of an
             unfused op cost as much time as about 15 MACs). 0: rank by
-            importance alone.
+            importance alone. A name in `ACTIVATION_COSTS` takes the value
+            for that deployed format: `"float32"` (16) or `"int8"` (64,
+            for full-integer files: their convolutions are about twice as
+            fast, the activation ops gain less).
         training: the mode the model is called in for `taylor`'s gradients:
             False (default: inference mode, BatchNormalization on its moving
             statistics and no dropout, the model being pruned) or True
@@ -236,6 +245,14 @@ def prune(
     metric, target = targets[0]
     if scope not in _SCOPES:
         raise ValueError(f"`scope` must be one of {_SCOPES}. Received: scope={scope!r}")
+    if isinstance(activation_cost, str):
+        if activation_cost not in ACTIVATION_COSTS:
+            raise ValueError(
+                "`activation_cost` is a number >= 0 or the deployed format, "
+                f"one of {sorted(ACTIVATION_COSTS)}. "
+                f"Received: activation_cost={activation_cost!r}"
+            )
+        activation_cost = ACTIVATION_COSTS[activation_cost]
     try:
         activation_cost = float(activation_cost or 0.0)
     except (TypeError, ValueError):

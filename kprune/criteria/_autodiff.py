@@ -1,0 +1,173 @@
+"""Gradients of a loss, summed over batches, with each backend's own autodiff.
+
+`summed_gradients` is the engine of `kprune.criteria.gradient_means`. Each
+backend computes the gradients the way its own users would:
+
+- TensorFlow: a `tf.function` (traced once per call, per batch shape)
+  around a `GradientTape`;
+- JAX: `jax.jit(jax.grad(...))` of the model's `stateless_call`;
+- PyTorch: `torch.autograd.grad` on the eager model.
+
+Keras' `fit` could do the same on every backend, but on TensorFlow it ran
+three times slower here (ResNet50, 64 images: 30 s with a compiled train
+step, 41 s eagerly, 13 s with this module, on 2 cores), and nothing of what
+`fit` adds (an optimizer step, metrics, callbacks) is needed. The framework
+is imported only when it is the backend in use: kprune never imports
+TensorFlow on JAX or PyTorch.
+"""
+
+import keras
+import numpy as np
+
+
+def batches(x, y, batch_size):
+    """`(x_b, y_b)` slices of `batch_size` samples (x, y: arrays, or lists or
+    dicts of them)."""
+    x = keras.tree.map_structure(np.asarray, x)
+    y = keras.tree.map_structure(np.asarray, y)
+    count = len(first_array(x))
+    for start in range(0, count, batch_size):
+        part = slice(start, start + batch_size)
+        yield _slice(x, part), _slice(y, part)
+
+
+def _slice(data, part):
+    return keras.tree.map_structure(lambda array: array[part], data)
+
+
+def first_array(x):
+    if isinstance(x, dict):
+        return next(iter(x.values()))
+    if isinstance(x, (list, tuple)):
+        return x[0]
+    return x
+
+
+def structured_loss(loss, model):
+    """`fn(y_true, y_pred) -> scalar` for `loss` and `model`'s outputs.
+
+    `loss` is a Keras loss (instance, name or function), or a list / dict
+    of them (one per output, as `model.compile` takes). With several
+    outputs and one loss, the loss is applied to each output and the terms
+    added (as `compile` does). Predictions are cast to float32 first.
+    """
+    names = list(getattr(model, "output_names", None) or [])
+
+    def one(spec):
+        return keras.losses.get(spec) if isinstance(spec, str) else spec
+
+    if isinstance(loss, dict):
+        losses = {name: one(spec) for name, spec in loss.items()}
+    elif isinstance(loss, (list, tuple)):
+        losses = [one(spec) for spec in loss]
+    else:
+        losses = one(loss)
+
+    def pick(specs, name, position):
+        if isinstance(specs, dict):
+            return specs.get(name)  # an output without a loss: no term
+        if isinstance(specs, list):
+            return specs[position]
+        return specs
+
+    def value(y_true, y_pred):
+        if isinstance(y_pred, dict):
+            keyed = list(y_pred.items())
+        elif isinstance(y_pred, (list, tuple)):
+            keyed = [
+                (names[i] if i < len(names) else i, p) for i, p in enumerate(y_pred)
+            ]
+        else:  # one output
+            keyed, y_true = [(names[0] if names else 0, y_pred)], [y_true]
+        total = 0.0
+        for position, (name, prediction) in enumerate(keyed):
+            fn = pick(losses, name, position)
+            if fn is None:
+                continue
+            target = y_true[name] if isinstance(y_true, dict) else y_true[position]
+            # a loss function (not a Loss) returns one value per sample
+            term = fn(target, keras.ops.cast(prediction, "float32"))
+            total = total + keras.ops.mean(term)
+        return total
+
+    return value
+
+
+def summed_gradients(model, x, y, loss_fn, batch_size, training):
+    """`sum_b dL_b / dw` over the batches of `(x, y)`, for every trainable
+    variable of `model` (NumPy arrays in `model.trainable_variables` order).
+
+    `L_b = loss_fn(y_b, model(x_b, training=training))`. The model's own
+    regularization losses are not added: the gradient is the task's. A
+    variable the loss does not reach gets zeros. Non-trainable variables
+    (BatchNormalization's moving statistics, when `training=True`) may be
+    updated: the caller restores them.
+    """
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        step = _tensorflow_step(model, loss_fn, training)
+    elif backend == "jax":
+        step = _jax_step(model, loss_fn, training)
+    elif backend == "torch":
+        step = _torch_step(model, loss_fn, training)
+    else:
+        raise ValueError(
+            "Gradients (importance='taylor') need a backend that "
+            "differentiates: TensorFlow, JAX or PyTorch. "
+            f"Received: keras.backend.backend()={backend!r}"
+        )
+    variables = model.trainable_variables
+    sums = [np.zeros(v.shape, dtype="float64") for v in variables]
+    for xb, yb in batches(x, y, batch_size):
+        for index, gradient in enumerate(step(xb, yb)):
+            if gradient is not None:
+                sums[index] += keras.ops.convert_to_numpy(gradient)
+    return [total.astype("float32") for total in sums]
+
+
+def _tensorflow_step(model, loss_fn, training):
+    import tensorflow as tf  # the backend in use
+
+    variables = model.trainable_variables
+
+    def step(xb, yb):
+        with tf.GradientTape() as tape:
+            value = loss_fn(yb, model(xb, training=training))
+        return tape.gradient(value, variables)
+
+    return tf.function(step, reduce_retracing=True, autograph=False)
+
+
+def _jax_step(model, loss_fn, training):
+    import jax  # the backend in use
+
+    trainable = [v.value for v in model.trainable_variables]
+    non_trainable = [v.value for v in model.non_trainable_variables]
+
+    def value(weights, fixed, xb, yb):
+        outputs, _ = model.stateless_call(weights, fixed, xb, training=training)
+        return loss_fn(yb, outputs)
+
+    gradient = jax.jit(jax.grad(value))
+
+    def step(xb, yb):
+        return gradient(trainable, non_trainable, xb, yb)
+
+    return step
+
+
+def _torch_step(model, loss_fn, training):
+    import torch  # the backend in use
+
+    variables = model.trainable_variables
+
+    def step(xb, yb):
+        xb = keras.tree.map_structure(keras.ops.convert_to_tensor, xb)
+        yb = keras.tree.map_structure(keras.ops.convert_to_tensor, yb)
+        with torch.enable_grad():
+            value = loss_fn(yb, model(xb, training=training))
+            return torch.autograd.grad(
+                value, [v.value for v in variables], allow_unused=True
+            )
+
+    return step
