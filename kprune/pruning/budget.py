@@ -18,8 +18,8 @@ LATENCY_TOLERANCE = 0.05
 # `activation_cost` by the deployed number format (LiteRT XNNPACK, x86 CPU):
 # float32 fitted on EfficientNetB0's blocks; int8 from side-by-side runs of
 # 16 / 64 / 256 on MobileNetV2 and EfficientNetB0 (benchmarks/results/
-# prune_speed_int8.md): int8 convolutions run 2x faster than float32 ones,
-# the ops that only move activations gain less.
+# prune_speed_activation_cost.md, prune_speed.md): int8 convolutions run 2x
+# faster than float32 ones, the ops that only move activations gain less.
 ACTIVATION_COSTS = {"float32": 16.0, "int8": 64.0}
 
 
