@@ -118,3 +118,53 @@ def test_losses_per_output_of_a_two_headed_model():
     assert np.any(both[b]["kernel"])
     assert not np.allclose(both[trunk]["kernel"], alone[trunk]["kernel"])
     np.testing.assert_allclose(both[a]["kernel"], alone[a]["kernel"], rtol=1e-5)
+
+
+def test_dict_inputs_and_a_short_last_batch():
+    keras.utils.set_random_seed(0)
+    a, b = keras.Input((4,), name="a"), keras.Input((3,), name="b")
+    h = L.Concatenate()([L.Dense(5, name="da")(a), L.Dense(5, name="db")(b)])
+    model = keras.Model({"a": a, "b": b}, L.Dense(2, name="out")(h))
+    rng = np.random.default_rng(0)
+    xa, xb = rng.normal(size=(12, 4)), rng.normal(size=(12, 3))
+    y = rng.normal(size=(12, 2)).astype("float32")
+    by_name = gradient_means(model, {"a": xa, "b": xb}, y, loss="mse", batch_size=5)
+    layer = id(model.get_layer("db"))
+    assert np.any(by_name[layer]["kernel"])
+    # three batches (5, 5, 2): the mean of the three batch gradients
+    want = np.zeros((3, 5))
+    for lo in (0, 5, 10):
+        part = slice(lo, lo + 5)
+        one = gradient_means(
+            model, {"a": xa[part], "b": xb[part]}, y[part], loss="mse", batch_size=5
+        )
+        want += one[layer]["kernel"] / 3
+    np.testing.assert_allclose(by_name[layer]["kernel"], want, rtol=1e-5, atol=1e-7)
+
+
+class _NumpyInside(keras.layers.Layer):
+    """Scales by a factor computed with NumPy from the input: no graph."""
+
+    def call(self, x):
+        factor = float(np.mean(keras.ops.convert_to_numpy(x) != 0.0)) + 1.0
+        return x * factor
+
+    def compute_output_shape(self, shape):
+        return shape
+
+
+@pytest.mark.tensorflow_only(reason="tf.function tracing fallback")
+def test_a_layer_that_cannot_be_traced_gets_eager_gradients():
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((4,))
+    model = keras.Model(inp, L.Dense(2, name="d")(_NumpyInside()(inp)))
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(6, 4)).astype("float32")
+    y = rng.normal(size=(6, 2)).astype("float32")
+    grads = gradient_means(model, x, y, loss="mse", batch_size=6)
+    kernel, bias = model.get_layer("d").get_weights()
+    error = (2.0 * x) @ kernel + bias - y  # every input nonzero: factor 2
+    want = 2.0 / (6 * 2) * (2.0 * x).T @ error
+    np.testing.assert_allclose(
+        grads[id(model.get_layer("d"))]["kernel"], want, rtol=1e-4
+    )

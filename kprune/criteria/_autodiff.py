@@ -135,7 +135,20 @@ def _tensorflow_step(model, loss_fn, training):
             value = loss_fn(yb, model(xb, training=training))
         return tape.gradient(value, variables)
 
-    return tf.function(step, reduce_retracing=True, autograph=False)
+    compiled = tf.function(step, reduce_retracing=True, autograph=False)
+    state = {"eager": False}
+
+    def run(xb, yb):
+        # A layer that cannot be traced into a graph (Python-side state,
+        # NumPy inside `call`) still gets its gradients, eagerly.
+        if not state["eager"]:
+            try:
+                return compiled(xb, yb)
+            except Exception:
+                state["eager"] = True
+        return step(xb, yb)
+
+    return run
 
 
 def _jax_step(model, loss_fn, training):
