@@ -36,6 +36,7 @@ def _slice(data, part):
 
 
 def first_array(x):
+    """The first array of inputs `x` (an array, or a list or dict of them)."""
     if isinstance(x, dict):
         return next(iter(x.values()))
     if isinstance(x, (list, tuple)):
@@ -77,8 +78,11 @@ def structured_loss(loss, model):
             keyed = [
                 (names[i] if i < len(names) else i, p) for i, p in enumerate(y_pred)
             ]
-        else:  # one output
-            keyed, y_true = [(names[0] if names else 0, y_pred)], [y_true]
+        else:  # one output (targets may still come keyed by its name)
+            name = names[0] if names else 0
+            if isinstance(y_true, dict) and name in y_true:
+                y_true = y_true[name]
+            keyed, y_true = [(name, y_pred)], [y_true]
         total = 0.0
         for position, (name, prediction) in enumerate(keyed):
             fn = pick(losses, name, position)
