@@ -60,6 +60,8 @@ def assert_same_training(got, want, which):
             assert got["logs"][key] == values, key
         else:
             np.testing.assert_allclose(got["logs"][key], values, rtol=1e-5, err_msg=key)
+    if "penalties" in want:
+        np.testing.assert_allclose(got["penalties"], want["penalties"], rtol=1e-5)
     if which == "distiller":
         np.testing.assert_allclose(got["soft_targets"], want["soft_targets"], atol=1e-5)
         _same_kernels(got["distillation"], want["distillation"])
@@ -77,6 +79,15 @@ def assert_meaningful(run, which):
         assert run["size_target_reached"][-1] == 1
         assert run["size_ratio"][-1] <= 0.6
         assert run["reg_strength"][0] > 0.2  # it grew before landing
+    elif which == "sparse_constraint":
+        kernel = np.array(run["kernels"]["a"])
+        # whole groups and single weights inside live groups are exact zeros
+        assert 0 < len(run["zero_groups"]) < 16
+        live = np.delete(kernel, run["zero_groups"], axis=1)
+        assert np.any(live == 0)
+    elif which == "penalty":
+        assert min(run["penalties"]) > 0
+        assert len(run["loss"]) == 6  # both models' epochs
     elif which == "scheduler":
         logs = run["logs"]
         np.testing.assert_allclose(logs["reg_strength"], [0.3, 0.6, 0.9])

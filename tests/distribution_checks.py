@@ -87,19 +87,25 @@ TRAINING_CHECKS = (
     "proximal",
     "magnitude",
     "constraint",
+    "sparse_constraint",
+    "penalty",
     "scheduler",
     "art",
     "distiller",
 )
 
 
-def train(keras, kprune, which, dataset=None):
+def train(keras, kprune, which, dataset=None, **penalty):
     """One training run; returns its kernels, zero groups and masks.
 
     `which`: `"plain"` (no kprune object), `"proximal"` (`ProximalStep`),
     `"magnitude"` (`MagnitudePruning`), `"constraint"` (the
     `GroupSoftThreshold` constraints of `apply_group_sparsity(...,
-    method="constraint")`, with `SizeTarget`), `"scheduler"`
+    method="constraint")`, with `SizeTarget`), `"sparse_constraint"`
+    (`SparseGroupSoftThreshold`: `alpha=0.5`), `"penalty"` (`GroupLasso`
+    in penalty mode on layer `a`, and a second model with
+    `MagnitudePenalty`: terms of the loss, which Keras scales per replica),
+    `"scheduler"`
     (`RegularizationScheduler` per batch on `SparseGroupLasso`, with
     `ProximalStep` and `SparsityLogger`), `"art"` (`AdaptiveRegularization`
     with HyperSparse, on class labels) or `"distiller"` (`kprune.Distiller`,
@@ -110,10 +116,23 @@ def train(keras, kprune, which, dataset=None):
     """
     if which == "art":
         return _train_art(keras, kprune, dataset)
+    if which == "penalty":
+        out = train(keras, kprune, "plain", dataset, GroupLasso=0.05)
+        other = train(keras, kprune, "plain", dataset, MagnitudePenalty=3e-3)
+        out["kernels"].update({"l1/" + k: v for k, v in other["kernels"].items()})
+        out["penalties"] = [out.pop("penalty"), other.pop("penalty")]
+        out["loss"] += other["loss"]
+        return out
     if which == "distiller":
         return _train_distiller(keras, kprune, dataset)
     x, y = data()
     reg, callbacks = None, []
+    if penalty:  # `which="plain"` with one regularizer on layer `a`
+        ((name, strength),) = penalty.items()
+        if name == "GroupLasso":
+            reg = kprune.regularizers.GroupLasso(strength)
+        else:
+            reg = kprune.regularizers.MagnitudePenalty(p=1, strength=strength)
     if which == "proximal":
         reg = kprune.regularizers.GroupLasso(0.5, mode="proximal")
         callbacks = [kprune.callbacks.ProximalStep(every_n_steps=2)]
@@ -125,6 +144,10 @@ def train(keras, kprune, which, dataset=None):
     if which == "constraint":
         model = kprune.sparsity.apply_group_sparsity(model, 0.2, method="constraint")
         callbacks = [kprune.callbacks.SizeTarget(params=0.6, every_n_steps=4)]
+    if which == "sparse_constraint":
+        model = kprune.sparsity.apply_group_sparsity(
+            model, 0.3, alpha=0.5, method="constraint"
+        )
     if which == "scheduler":
         model = kprune.sparsity.apply_group_sparsity(model, 0.1, alpha=0.5)
         callbacks = [
@@ -155,6 +178,8 @@ def train(keras, kprune, which, dataset=None):
     if which == "constraint":
         for key in ("size_ratio", "reg_strength", "size_target_reached"):
             out[key] = history.history[key]
+    if penalty:
+        out["penalty"] = float(keras.ops.convert_to_numpy(sum(model.losses)))
     if which == "scheduler":
         keys = ("reg_strength", "prox_zero_groups", "live_units", "live_units/a")
         keys += ("group_sparsity", "group_sparsity/a", "weight_sparsity")
