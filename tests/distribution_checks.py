@@ -95,7 +95,7 @@ TRAINING_CHECKS = (
 )
 
 
-def train(keras, kprune, which, dataset=None, **penalty):
+def train(keras, kprune, which, dataset=None, penalty=None):
     """One training run; returns its kernels, zero groups and masks.
 
     `which`: `"plain"` (no kprune object), `"proximal"` (`ProximalStep`),
@@ -113,12 +113,14 @@ def train(keras, kprune, which, dataset=None, **penalty):
 
     `dataset(x, y)`: the training data (a `tf.data` pipeline for the
     multi-worker strategy); `None`: NumPy arrays, `batch_size=STEPS_BATCH`.
+    `penalty`: `(name, strength)` of a regularizer on layer `a` (with
+    `which="plain"`; `"penalty"` runs both).
     """
     if which == "art":
         return _train_art(keras, kprune, dataset)
     if which == "penalty":
-        out = train(keras, kprune, "plain", dataset, GroupLasso=0.05)
-        other = train(keras, kprune, "plain", dataset, MagnitudePenalty=3e-3)
+        out = train(keras, kprune, "plain", dataset, ("GroupLasso", 0.05))
+        other = train(keras, kprune, "plain", dataset, ("MagnitudePenalty", 3e-3))
         out["kernels"].update({"l1/" + k: v for k, v in other["kernels"].items()})
         out["penalties"] = [out.pop("penalty"), other.pop("penalty")]
         out["loss"] += other["loss"]
@@ -128,7 +130,7 @@ def train(keras, kprune, which, dataset=None, **penalty):
     x, y = data()
     reg, callbacks = None, []
     if penalty:  # `which="plain"` with one regularizer on layer `a`
-        ((name, strength),) = penalty.items()
+        name, strength = penalty
         if name == "GroupLasso":
             reg = kprune.regularizers.GroupLasso(strength)
         else:
