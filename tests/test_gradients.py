@@ -168,3 +168,34 @@ def test_a_layer_that_cannot_be_traced_gets_eager_gradients():
     np.testing.assert_allclose(
         grads[id(model.get_layer("d"))]["kernel"], want, rtol=1e-4
     )
+
+
+def test_the_compiled_step_is_reused_and_reads_the_current_weights():
+    import gc
+    import weakref
+
+    from kprune.criteria import _autodiff
+
+    model = _bn_net()
+    x, y = _data()
+    layer = model.get_layer("fc1")
+    gradient_means(model, x, y)
+    step = next(iter(_autodiff._STEPS[model].values()))
+    # a fresh loss object of the same config is the same loss: one step
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    gradient_means(model, x, y, loss=loss)
+    assert list(_autodiff._STEPS[model].values()) == [step]
+    # new weights: the cached step differentiates them, not the old ones
+    layer.set_weights([w * 3.0 for w in layer.get_weights()])
+    got = gradient_means(model, x, y)[id(layer)]["kernel"]
+    twin = _bn_net()
+    twin.set_weights(model.get_weights())
+    want = gradient_means(twin, x, y)[id(twin.get_layer("fc1"))]["kernel"]
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)
+    # another loss is another step; the cache does not keep the model alive
+    gradient_means(model, x, y, loss=keras.losses.SparseCategoricalCrossentropy())
+    assert len(_autodiff._STEPS[model]) == 2
+    ref = weakref.ref(model)
+    del model, layer, step
+    gc.collect()
+    assert ref() is None

@@ -4,6 +4,7 @@ import warnings
 
 import keras
 import numpy as np
+import pytest
 
 import kprune
 import kprune.sparsity
@@ -118,3 +119,18 @@ class CompileLikeTest(TestCase):
         inputs = keras.Input((4,))
         model = keras.Model(inputs, keras.layers.Dense(2)(inputs))
         self.assertFalse(kprune.surgery.slim(model).compiled)
+
+
+def test_a_rebuilt_model_builds_its_fresh_optimizer_when_it_trains():
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential(
+        [keras.Input((4,)), keras.layers.Dense(6, name="h"), keras.layers.Dense(2)]
+    )
+    model.compile(keras.optimizers.Adam(1e-3), "mse", metrics=["mae"])
+    x = np.ones((8, 4), "float32")
+    model.fit(x, np.zeros((8, 2)), epochs=1, verbose=0)
+    small = kprune.surgery.remove_units(model, {"h": [0, 1]})
+    assert small.compiled and small.optimizer is not model.optimizer
+    assert small.optimizer.get_config()["learning_rate"] == pytest.approx(1e-3)
+    history = small.fit(x, np.zeros((8, 2)), epochs=1, verbose=0)
+    assert "mae" in history.history and small.optimizer.built

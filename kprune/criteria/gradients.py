@@ -3,7 +3,7 @@
 import keras
 import numpy as np
 
-from kprune.criteria._autodiff import first_array, structured_loss, summed_gradients
+from kprune.criteria._autodiff import first_array, summed_gradients
 from kprune.criteria.ablation import _as_list
 
 
@@ -89,9 +89,7 @@ def gradient_means(model, x, y, loss=None, batch_size=128, training=False):
         x_in = x_in[0] if len(x_in) == 1 else x_in
     frozen = [(v, keras.ops.convert_to_numpy(v)) for v in model.non_trainable_variables]
     try:
-        sums = summed_gradients(
-            model, x_in, y, structured_loss(loss, model), batch_size, training
-        )
+        sums = summed_gradients(model, x_in, y, loss, batch_size, training)
     finally:
         for variable, value in frozen:
             variable.assign(value)

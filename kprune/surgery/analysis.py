@@ -23,6 +23,7 @@ from scipy.sparse import csgraph
 
 from kprune.surgery.graph import Graph
 from kprune.surgery.handlers import LayerHandler, get_handler
+from kprune.surgery.handlers.base import cached_configs
 from kprune.surgery.tracing.heads import find_heads
 
 _SPATIAL_STANDIN = 8  # size used for unknown spatial dimensions
@@ -49,6 +50,7 @@ class ChannelAnalysis:
             (see `kprune.surgery.tracing.heads`).
     """
 
+    @cached_configs()
     def __init__(self, model, keep_whole=()):
         self.graph = Graph(model, expand=True, keep_whole=keep_whole)
         self.graph.set_channel_axes(_channel_axes(self.graph))

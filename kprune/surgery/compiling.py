@@ -54,6 +54,23 @@ def _fresh(obj):
     return obj.__class__.from_config(obj.get_config())
 
 
+def _compile_from_config(new_model, config):
+    """`new_model.compile_from_config(config)` without building the optimizer.
+
+    Keras' `compile_from_config` creates the optimizer's slot variables at
+    once (a loaded model restores them next); a rebuilt model starts with a
+    fresh optimizer, whose variables `fit` creates on its first step. On a
+    small ResNet that saved a fifth of a pruning call.
+    """
+    if type(new_model).compile_from_config is not keras.Model.compile_from_config:
+        new_model.compile_from_config(config)  # the model's own override
+        return
+    if type(new_model).compile is not keras.Model.compile:
+        new_model.compile_from_config(config)  # Keras warns and skips
+        return
+    new_model.compile(**keras.saving.deserialize_keras_object(config))
+
+
 def compile_like(new_model, model):
     """Compile `new_model` the way `model` is compiled, if it is.
 
@@ -73,7 +90,7 @@ def compile_like(new_model, model):
     if not getattr(model, "compiled", False):
         return False
     try:
-        new_model.compile_from_config(model.get_compile_config())
+        _compile_from_config(new_model, model.get_compile_config())
         return True
     except Exception as error:  # a custom loss / metric Keras cannot rebuild
         first = error

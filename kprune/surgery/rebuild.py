@@ -17,7 +17,7 @@ from kprune.surgery.dead import dead_plan
 from kprune.surgery.errors import SurgeryError
 from kprune.surgery.graph import CompositeCall
 from kprune.surgery.handlers import LayerChange, get_handler
-from kprune.surgery.handlers.base import SublayerChanges
+from kprune.surgery.handlers.base import SublayerChanges, cached_configs
 from kprune.surgery.heads_check import check_heads_removed
 from kprune.surgery.inputs import drop_input_features
 from kprune.surgery.layouts import check_layouts
@@ -177,6 +177,7 @@ def _rebuild_dead(model):
             ]
 
 
+@cached_configs()
 def _rebuild(analysis, plan):
     graph = analysis.graph
     groups = removed_groups(analysis, plan.units) if plan.units else set()

@@ -26,11 +26,34 @@ kprune.surgery.register_handler(MyScale, MyScaleHandler())
 ```
 """
 
+import contextlib
+import contextvars
+
 import keras
 import numpy as np
 
 _REGISTRY = {}
 _NAMED = {}
+_CONFIGS = contextvars.ContextVar("kprune_layer_configs", default=None)
+
+
+@contextlib.contextmanager
+def cached_configs():
+    """Within the block, `config_value` reads each layer's config once.
+
+    An analysis or a rebuild asks a layer for a handful of config entries,
+    each through `get_config()` (the serialization of every argument); a
+    layer does not change while kprune reads it, so one copy serves them
+    all. Nested blocks share the outer cache.
+    """
+    if _CONFIGS.get() is not None:
+        yield
+        return
+    token = _CONFIGS.set({})
+    try:
+        yield
+    finally:
+        _CONFIGS.reset(token)
 
 
 def config_value(layer, key, default=None):
@@ -39,10 +62,20 @@ def config_value(layer, key, default=None):
     Some layers' `get_config` raises (a KerasHub layer built with arguments
     Keras cannot serialize); their attributes usually hold the same values.
     """
-    try:
-        return layer.get_config().get(key, default)
-    except Exception:  # noqa: BLE001 - the layer's own get_config bug
+    cache = _CONFIGS.get()
+    entry = None if cache is None else cache.get(id(layer))
+    if entry is None:
+        try:
+            config = layer.get_config()
+        except Exception:  # noqa: BLE001 - the layer's own get_config bug
+            config = None
+        entry = (layer, config)  # the layer keeps its id unique meanwhile
+        if cache is not None:
+            cache[id(layer)] = entry
+    config = entry[1]
+    if config is None:
         return getattr(layer, key, default)
+    return config.get(key, default)
 
 
 def _qualified(cls):
