@@ -7,11 +7,13 @@ from keras import ops
 
 from kprune._backend import sync_weights
 from kprune.callbacks._order import require_before_backup
+from kprune.ops.coupled_group_sparsity import coupled_group_prox
 from kprune.ops.group_sparsity import (
     group_reweights,
     sparse_group_prox,
     zero_group_mask,
 )
+from kprune.regularizers.coupling import coupled_units
 from kprune.regularizers.targets import (
     GroupTarget,
     batchnorm_partners,
@@ -94,6 +96,20 @@ class ProximalStep(keras.callbacks.Callback):
     regularizer records (`partners=`, set by
     `kprune.sparsity.apply_group_sparsity`); for layers named in `layers=`
     without one, the BatchNorm found in the graph (`include_batchnorm`).
+
+    Coupled units (`coupled=True`, default): where one channel is made by
+    several targets (the convs whose outputs a residual `Add` joins; a
+    depthwise conv and the conv before it), their units form **one group**
+    across those layers, `theta_c = [every member's kernel slice, bias,
+    partners]`, shrunk by the norm of the whole
+    (`kprune.ops.coupled_group_prox`, strength the parameter-weighted mean
+    of the members'): the channel dies in every layer at once, so `slim`
+    removes it. A channel that cannot leave the model (also made by a layer
+    without group sparsity, or pinned, e.g. a model output) is not shrunk,
+    with a warning naming the layers. Per-layer groups (`coupled=False`)
+    zero one branch's units while the other branch still makes the channel:
+    nothing is removed and accuracy is lost. The graph is read with
+    `kprune.surgery`; a model it cannot read keeps per-layer groups.
 
     Targets: by default every layer whose kernel carries a kprune
     `GroupLasso` / `SparseGroupLasso` regularizer, with that regularizer's
@@ -186,6 +202,8 @@ class ProximalStep(keras.callbacks.Callback):
             `partners`, or for `layers=` without a regularizer the
             BatchNorm that alone reads the layer's output). If `False`,
             BatchNorm weights are untouched.
+        coupled: group units that leave the model together across layers
+            (see above). `reweight` weights stay per layer.
 
     Example:
 
@@ -233,6 +251,7 @@ class ProximalStep(keras.callbacks.Callback):
         input_groups=None,
         reweight=None,
         include_batchnorm=True,
+        coupled=True,
     ):
         super().__init__()
         if every_n_steps is not None:
@@ -278,12 +297,15 @@ class ProximalStep(keras.callbacks.Callback):
         self.reweight = _check_number(reweight, "reweight", allow_zero=False)
         self.include_bias = bool(include_bias)
         self.include_batchnorm = bool(include_batchnorm)
+        self.coupled = bool(coupled)
         # Epoch-end mode does nothing per batch: let Keras dispatch batch
         # callbacks asynchronously. Step mode must run in step with training.
         # Batch hooks only copy cached floats into `logs`.
         self.async_safe = True
         self._entries = None
         self._input_entries = None
+        self._coupling = None
+        self._bundle = ()
         self._last_iteration = None
         self._last_step_size = None
         self._epoch_base = 0
@@ -407,6 +429,7 @@ class ProximalStep(keras.callbacks.Callback):
         if self._entries is None:
             self._entries = self._resolve()
             self._input_entries = self._resolve_inputs()
+            self._couple()
         # JAX, mid-epoch: bring the in-flight weights (and the optimizer's
         # `iterations`, which a learning-rate schedule reads) back into the
         # variables; the next train step then reads what is assigned here.
@@ -419,10 +442,11 @@ class ProximalStep(keras.callbacks.Callback):
             lam = self._strengths(target.kernel, None, target.axis, lam)
             kernel, _ = sparse_group_prox(target.kernel, None, t, lam, axis=target.axis)
             target.kernel.assign(kernel)
-        for entry in self._entries:
+        bundle = set(self._bundle)
+        for index, entry in enumerate(self._entries):
             target = entry.target
             lam = entry.strength()
-            if lam == 0.0:
+            if lam == 0.0 or index in bundle:
                 continue
             bias = target.bias if self.include_bias else None
             partners = list(target.partners)
@@ -441,9 +465,66 @@ class ProximalStep(keras.callbacks.Callback):
                 bias.assign(bias_value)
             for variable, value in zip(partners, values):
                 variable.assign(value)
+        self._coupled_step(t)
         self._last_step_size = t
         self.applications += 1
         return self._stats()
+
+    def _couple(self):
+        """Find the targets whose units are coupled across layers."""
+        self._coupling, self._bundle = None, ()
+        if not self.coupled or not self._entries:
+            return
+        coupling = coupled_units(self.model, [e.target for e in self._entries])
+        if coupling is None:
+            return
+        self._coupling = coupling
+        self._bundle = tuple(i for i in range(len(self._entries)) if coupling.shared(i))
+        for i in self._bundle:
+            held = int(coupling.held[coupling.components[i]].sum())
+            if not held:
+                continue
+            name = self._entries[i].target.name
+            others = coupling.held_by.get(i)
+            why = (
+                f"also made by layer(s) {others}, which carry no group "
+                "sparsity: give them group sparsity too"
+                if others
+                else "pinned (a model input or output, or a layer kprune "
+                "cannot rebuild)"
+            )
+            warnings.warn(
+                f"ProximalStep does not shrink {held} unit(s) of layer "
+                f"'{name}': `slim` could not remove them, their channels are "
+                f"{why}. Pass coupled=False to shrink every layer on its own.",
+                stacklevel=2,
+            )
+
+    def _coupled_step(self, t):
+        """The proximal step of the coupled targets, all at once."""
+        if not self._bundle:
+            return
+        entries = [self._entries[i] for i in self._bundle]
+        strengths = [entry.strength() for entry in entries]
+        if not any(strengths):
+            return
+        members, alphas = [], []
+        for entry, lam in zip(entries, strengths):
+            target = entry.target
+            bias = target.bias if self.include_bias else None
+            partners = list(target.partners)
+            lam = self._strengths(target.kernel, bias, target.axis, lam, partners)
+            vectors = ([] if bias is None else [bias]) + partners
+            members.append((target.kernel, vectors, target.axis, lam))
+            alphas.append(entry.alpha)
+        components = [self._coupling.components[i] for i in self._bundle]
+        results = coupled_group_prox(
+            members, components, t, alpha=alphas, held=self._coupling.held
+        )
+        for (kernel, vectors, _, _), (new_kernel, new_vectors) in zip(members, results):
+            kernel.assign(new_kernel)
+            for variable, value in zip(vectors, new_vectors):
+                variable.assign(value)
 
     def _strengths(self, kernel, bias, axis, lam, partners=None):
         """`lambda`, or with `reweight` one `lambda_n` per group."""
@@ -484,6 +565,7 @@ class ProximalStep(keras.callbacks.Callback):
     def on_train_begin(self, logs=None):
         self._entries = self._resolve()
         self._input_entries = self._resolve_inputs()
+        self._couple()
         self._last_step_size = None
         self._last_iteration = None
         self._pending = {}
@@ -552,6 +634,7 @@ class ProximalStep(keras.callbacks.Callback):
             ),
             "reweight": self.reweight,
             "include_batchnorm": self.include_batchnorm,
+            "coupled": self.coupled,
         }
 
     @classmethod

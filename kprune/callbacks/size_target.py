@@ -7,8 +7,10 @@ from keras import ops
 
 from kprune._backend import bakes_variables, retrace, sync_weights
 from kprune.callbacks._order import sibling_callbacks
+from kprune.callbacks._unit_groups import UnitGroups
 from kprune.constraints.group_soft_threshold import is_group_constraint
 from kprune.ops.group_sparsity import group_norms, group_size, unit_axes
+from kprune.regularizers.coupling import coupled_units
 from kprune.regularizers.targets import (
     constraint_slot,
     default_slot,
@@ -133,16 +135,6 @@ def _norms_np(kernel, vectors, units):
     return ops.convert_to_numpy(group_norms(kernel, units.axis, None, partners=vectors))
 
 
-def _ranked(score, candidates, index, keep=0):
-    """`(score, index, unit)` of the candidate units, but the best `keep`."""
-    units = np.flatnonzero(candidates)
-    if keep > 0:
-        units = units[np.argsort(score[units], kind="stable")][
-            : max(len(units) - keep, 0)
-        ]
-    return [(float(score[j]), index, int(j)) for j in units]
-
-
 def _units_of(model, controlled, min_units):
     """A `_Units` per kernel whose group regularizer / constraint is controlled."""
     wanted = {id(obj) for obj in controlled}
@@ -240,6 +232,16 @@ class SizeTarget(keras.callbacks.Callback):
     above it, every unit above the floor is cut and `reached` stays False.
     Fitting in several `fit` calls, pass `finish=False` to all but the last.
 
+    Coupled units (`coupled=True`, default): a unit whose channel other
+    layers make too (the convs a residual `Add` joins, a depthwise conv and
+    the conv before it) is dead only when its whole group is zero in every
+    one of them, and a group that cannot leave the model (also made by a
+    layer without group sparsity, or pinned) never is: only units `slim`
+    removes count, are frozen, given back or cut, and always together
+    (`kprune.regularizers.coupling.coupled_units`). `ProximalStep` shrinks
+    such groups as one; the constraints shrink each layer on its own, so
+    with them a coupled channel dies only when every layer's slice does.
+
     Controlled objects: every regularizer / constraint of the model whose
     `strength` is a `keras.Variable` (kprune's `GroupLasso`,
     `SparseGroupLasso`, `GroupSoftThreshold`, `SparseGroupSoftThreshold`),
@@ -274,6 +276,8 @@ class SizeTarget(keras.callbacks.Callback):
             every regularizer / constraint of the model that has one).
         input_shape: passed to `kprune.report.summary` (models built on
             unknown dimensions).
+        coupled: decide per group of coupled units (see above), not per
+            unit.
 
     Example:
 
@@ -317,6 +321,7 @@ class SizeTarget(keras.callbacks.Callback):
         rewind=False,
         objects=None,
         input_shape=None,
+        coupled=True,
     ):
         super().__init__()
         given = [(k, v) for k, v in (("macs", macs), ("params", params)) if v]
@@ -366,6 +371,8 @@ class SizeTarget(keras.callbacks.Callback):
         self.rewind = bool(rewind)
         self.objects = objects
         self.input_shape = input_shape
+        self.coupled = bool(coupled)
+        self._groups = None
         # State that changes during training, as Keras variables.
         self._reached = keras.Variable(0, dtype="int32", trainable=False)
         self._held = keras.Variable(0.0, dtype="float32", trainable=False)
@@ -448,6 +455,8 @@ class SizeTarget(keras.callbacks.Callback):
         if self._units and [u.kernel for u in self._units] == [u.kernel for u in units]:
             units = self._units  # a second `fit`: keep the frozen masks
         self._units = units
+        coupling = coupled_units(self.model, units) if self.coupled else None
+        self._groups = UnitGroups([u.units for u in units], coupling)
         if self._base is None:
             self._base = self._size(self.model)
         self._snapshot = [u.values() for u in units]
@@ -491,22 +500,41 @@ class SizeTarget(keras.callbacks.Callback):
         if self._prox is not None:
             self._prox_seen = self._prox.applications
         sync_weights(self.model)
-        new = []
-        for units, (kernel, vectors) in zip(self._units, self._snapshot):
-            live = units.live()
-            dead = live & (units.norms() == 0.0)
-            # The floor: a layer keeps its best `min_units` (they come back
-            # with their weights of the last check).
-            spare = int(live.sum()) - units.floor
-            if dead.sum() > max(spare, 0):
-                score = _norms_np(kernel, vectors, units)
-                candidates = np.flatnonzero(dead)
-                weakest = candidates[np.argsort(score[candidates], kind="stable")]
-                back = np.zeros(units.units, bool)
-                back[weakest[max(spare, 0) :]] = True
-                units.revive(back, kernel, vectors)
-                dead = dead & ~back
-            new.append(dead)
+        groups = self._groups
+        zero = [u.live() & (u.norms() == 0.0) for u in self._units]
+        # A unit is dead when its whole group is zero (coupled units: in
+        # every layer), and its group can leave the model.
+        new = groups.complete(zero)
+        scores = {}
+
+        def score(i):
+            if i not in scores:
+                kernel, vectors = self._snapshot[i]
+                scores[i] = _norms_np(kernel, vectors, self._units[i])
+            return scores[i]
+
+        # The floor: a layer keeps its best `min_units` (they come back, with
+        # every unit of their groups, with their weights of the last check).
+        back = [np.zeros(u.units, bool) for u in self._units]
+        changed = True
+        while changed:
+            changed = False
+            for i, units in enumerate(self._units):
+                spare = max(int(units.live().sum()) - units.floor, 0)
+                if new[i].sum() <= spare:
+                    continue
+                candidates = np.flatnonzero(new[i])
+                weakest = candidates[np.argsort(score(i)[candidates], kind="stable")]
+                keep = np.zeros(units.units, bool)
+                keep[weakest[spare:]] = True
+                for k, extra in enumerate(groups.spread(i, keep)):
+                    back[k] |= extra & new[k]
+                    new[k] &= ~extra
+                changed = True
+        for units, revive, (kernel, vectors) in zip(self._units, back, self._snapshot):
+            if revive.any():
+                units.revive(revive, kernel, vectors)
+        for units, dead in zip(self._units, new):
             if not dead.any():
                 units.zero()
         died = any(d.any() for d in new)
@@ -537,35 +565,31 @@ class SizeTarget(keras.callbacks.Callback):
 
     def _land(self, new):
         """Freeze the units that died since the last check; where that
-        overshoots the target, only the weakest of them (by their score at
-        the last check) and give the others back their weights from then."""
+        overshoots the target, only the weakest of their groups (by their
+        score at the last check) and give the others back their weights
+        from then."""
         for units, dead in zip(self._units, new):
             if dead.any():
                 units.freeze(dead)
         self.ratio = self._slim_ratio()
         if self.ratio >= self.target or self._snapshot is None:
             return
-        # Overshoot: bring back the strongest of the new dead units.
-        order = []
-        for i, (units, dead, (kernel, vectors)) in enumerate(
-            zip(self._units, new, self._snapshot)
-        ):
+        # Overshoot: bring back the strongest of the new dead groups.
+        scores = []
+        for units, (kernel, vectors) in zip(self._units, self._snapshot):
             score = _norms_np(kernel, vectors, units)
-            score = score / max(float(score.max()), 1e-12)  # 1: a layer's best
-            order += _ranked(score, dead, i)
-        order.sort()
+            scores.append(score / max(float(score.max()), 1e-12))  # 1: the best
+        order = self._groups.ranked(new, scores)
 
         def give_back(k):
-            """The `k` weakest new dead units stay dead, the others live again
-            with their weights of the last check."""
-            back = [d.copy() for d in new]
-            for _, i, j in order[:k]:
-                back[i][j] = False
+            """The `k` weakest new dead groups stay dead, the others live
+            again with their weights of the last check."""
+            revived = self._groups.members(order[k:])
             for units, dead, revive, (kernel, vectors) in zip(
-                self._units, new, back, self._snapshot
+                self._units, new, revived, self._snapshot
             ):
                 units.freeze(dead)
-                units.revive(revive, kernel, vectors)
+                units.revive(revive & dead, kernel, vectors)
             return self._slim_ratio()
 
         lo, hi = 0, len(order)  # all dead meets the target; none dead does not
@@ -578,29 +602,37 @@ class SizeTarget(keras.callbacks.Callback):
         self.ratio = give_back(hi)
 
     def _finish(self):
-        """Zero the weakest live units until the slimmed model meets the target
-        (each layer keeps its best `min_units`: the target may stay unmet)."""
+        """Zero the weakest live groups until the slimmed model meets the
+        target (each layer keeps its best `min_units`: the target may stay
+        unmet)."""
         saved = [u.values() for u in self._units]
-        order = []
-        for i, (units, (kernel, vectors)) in enumerate(zip(self._units, saved)):
-            if units.scale <= 0.0:
-                continue  # an unregularized layer keeps its units
+        masks, scores, protected = [], [], []
+        for units, (kernel, vectors) in zip(self._units, saved):
+            live = units.live()
+            if units.scale <= 0.0:  # an unregularized layer keeps its units
+                masks.append(np.zeros(units.units, bool))
+                scores.append(np.zeros(units.units))
+                protected.append(np.ones(units.units, bool))
+                continue
             score = _norms_np(kernel, vectors, units) / (units.scale * units.root)
-            # the floor: the layer's best `floor` units are never cut
-            order += _ranked(score, units.live(), i, keep=units.floor)
-        order.sort()
+            best = np.flatnonzero(live)
+            best = best[np.argsort(-score[best], kind="stable")][: units.floor]
+            floor = np.zeros(units.units, bool)
+            floor[best] = True  # the layer's best `floor` units are never cut
+            masks.append(live)
+            scores.append(score)
+            protected.append(floor)
+        order = self._groups.ranked(masks, scores, exclude=protected)
         before = [~u.live() for u in self._units]
 
         def cut(k):
-            """The `k` weakest zeroed, the others as they were."""
-            dead = [b.copy() for b in before]
-            for _, i, j in order[:k]:
-                dead[i][j] = True
-            for units, gone, was, (kernel, vectors) in zip(
-                self._units, dead, before, saved
+            """The `k` weakest groups zeroed, the others as they were."""
+            chosen = self._groups.members(order[:k])
+            for units, was, extra, (kernel, vectors) in zip(
+                self._units, before, chosen, saved
             ):
                 units.revive(~was, kernel, vectors)
-                units.freeze(gone)
+                units.freeze(was | extra)
             return self._slim_ratio()
 
         lo, hi = 0, len(order)
@@ -612,7 +644,9 @@ class SizeTarget(keras.callbacks.Callback):
                 else:
                     lo = mid
         self.ratio = cut(hi)
-        self.finished_units = int(hi)
+        self.finished_units = int(
+            sum(m.sum() for m in self._groups.members(order[:hi]))
+        )
         self._reached.assign(int(self.ratio <= self.target))
 
     # -- serialization ---------------------------------------------------
@@ -629,6 +663,7 @@ class SizeTarget(keras.callbacks.Callback):
             "min_units": self.min_units,
             "rewind": self.rewind,
             "input_shape": self.input_shape,
+            "coupled": self.coupled,
         }
 
     @classmethod

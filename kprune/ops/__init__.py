@@ -3,7 +3,9 @@
 Group sparsity (Alvarez & Salzmann, NeurIPS 2016): group norms, element-wise
 and group soft-thresholding, the sparse group Lasso proximal operator (one
 strength, or one per group), its reweighting (the log penalty) and
-penalties. A group is one output unit's incoming weights (and its bias).
+penalties. A group is one output unit's incoming weights (and its bias);
+`coupled_group_prox` takes groups that span several kernels (a residual
+channel made by every conv an `Add` joins).
 
 HyperSparse (Glandorf et al., ICCV-W 2023): the threshold quantile, the
 scale `s`, the factor `c`, per-kernel terms, the paper's penalty and its
@@ -22,6 +24,7 @@ moments and the closed-form affine fit of seed 004's block replacement).
 """
 
 from kprune.ops.calibration import block_influence_terms, head_norms, token_mean
+from kprune.ops.coupled_group_sparsity import coupled_group_prox
 from kprune.ops.distillation import distillation_loss, soft_target_loss
 from kprune.ops.group_sparsity import (
     group_lasso_penalty,
@@ -48,6 +51,7 @@ from kprune.ops.hypersparse import (
 
 __all__ = [
     "block_influence_terms",
+    "coupled_group_prox",
     "distillation_loss",
     "group_lasso_penalty",
     "group_norms",
