@@ -18,6 +18,7 @@ TensorFlow on JAX or PyTorch.
 """
 
 import json
+import warnings
 import weakref
 
 import keras
@@ -205,8 +206,14 @@ def _tensorflow_step(ref, loss_fn, training):
         if not state["eager"]:
             try:
                 return compiled(xb, yb)
-            except Exception:
+            except Exception as error:  # a real error is raised again below
                 state["eager"] = True
+                warnings.warn(
+                    f"kprune computes gradients eagerly (slower): model "
+                    f"'{ref().name}' could not be traced into a tf.function "
+                    f"({type(error).__name__}: {str(error)[:200]}).",
+                    stacklevel=4,
+                )
         return step(xb, yb)
 
     return run

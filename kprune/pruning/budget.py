@@ -5,6 +5,7 @@ import warnings
 
 import numpy as np
 
+from kprune.criteria._autodiff import first_array
 from kprune.criteria.budget import BudgetPlanner
 from kprune.criteria.group_importance import group_importance, split_data
 from kprune.report.summary import summary as model_summary
@@ -67,11 +68,7 @@ def _subset(data, calibration):
 
 def _count(x):
     """Number of samples in inputs `x` (an array, a list or a dict of them)."""
-    if isinstance(x, dict):
-        x = next(iter(x.values()))
-    elif isinstance(x, (list, tuple)):
-        x = x[0]
-    return len(np.asarray(x))
+    return len(np.asarray(first_array(x)))
 
 
 def _compose(kept, units, plan_units):
