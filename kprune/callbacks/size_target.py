@@ -503,8 +503,17 @@ class SizeTarget(keras.callbacks.Callback):
         groups = self._groups
         zero = [u.live() & (u.norms() == 0.0) for u in self._units]
         # A unit is dead when its whole group is zero (coupled units: in
-        # every layer), and its group can leave the model.
+        # every layer), and its group can leave the model. A unit zero in
+        # one layer only (a per-layer constraint zeroed one branch of a
+        # residual channel) cannot leave the model alone: it gets its
+        # weights of the last check back, so that the slimmed size measured
+        # below is the size the frozen units give.
         new = groups.complete(zero)
+        for units, z, dead, (kernel, vectors) in zip(
+            self._units, zero, new, self._snapshot
+        ):
+            if (z & ~dead).any():
+                units.revive(z & ~dead, kernel, vectors)
         scores = {}
 
         def score(i):
