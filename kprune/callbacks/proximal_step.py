@@ -480,23 +480,27 @@ class ProximalStep(keras.callbacks.Callback):
             return
         self._coupling = coupling
         self._bundle = tuple(i for i in range(len(self._entries)) if coupling.shared(i))
+        notes = []
         for i in self._bundle:
             held = int(coupling.held[coupling.components[i]].sum())
             if not held:
                 continue
-            name = self._entries[i].target.name
             others = coupling.held_by.get(i)
             why = (
-                f"also made by layer(s) {others}, which carry no group "
-                "sparsity: give them group sparsity too"
+                f"also made by {others}, which carry no group sparsity"
                 if others
-                else "pinned (a model input or output, or a layer kprune "
-                "cannot rebuild)"
+                else "pinned: a model input or output, or read by a layer "
+                "kprune cannot rebuild"
             )
+            notes.append(f"{held} of '{self._entries[i].target.name}' ({why})")
+        if notes:
+            shown = "; ".join(notes[:10])
+            more = f"; and {len(notes) - 10} more layers" if len(notes) > 10 else ""
             warnings.warn(
-                f"ProximalStep does not shrink {held} unit(s) of layer "
-                f"'{name}': `slim` could not remove them, their channels are "
-                f"{why}. Pass coupled=False to shrink every layer on its own.",
+                "ProximalStep does not shrink units whose channels `slim` "
+                f"could not remove: {shown}{more}. Give the layers named "
+                "group sparsity too, or pass coupled=False to shrink every "
+                "layer on its own.",
                 stacklevel=2,
             )
 

@@ -40,6 +40,7 @@ class Coupling:
     components: list
     held: np.ndarray
     held_by: dict
+    _sizes: object = dataclasses.field(default=None, init=False, repr=False)
 
     def shared(self, index):
         """Whether target `index` has a unit in a group of several units or
@@ -47,8 +48,11 @@ class Coupling:
         comp = self.components[index]
         if not comp.size:
             return False
-        sizes = np.bincount(np.concatenate(self.components), minlength=len(self.held))
-        return bool((sizes[comp] > 1).any() or self.held[comp].any())
+        if self._sizes is None:
+            self._sizes = np.bincount(
+                np.concatenate(self.components), minlength=len(self.held)
+            )
+        return bool((self._sizes[comp] > 1).any() or self.held[comp].any())
 
     @property
     def coupled(self):
