@@ -216,7 +216,13 @@ def prune_run(dense, data, importance, budget, args, seed, finetune=True):
 def gs_name(method, rewind):
     name = "group_sparsity_target"
     tags = [
-        t for t, on in (("callback", method == "callback"), ("rewind", rewind)) if on
+        t
+        for t, on in (
+            ("callback", method.startswith("callback")),
+            ("per-layer groups", method == "callback-per-layer"),
+            ("rewind", rewind),
+        )
+        if on
     ]
     return f"{name} ({', '.join(tags)})" if tags else name
 
@@ -229,16 +235,20 @@ def group_sparsity_run(dense, data, budget, args, seed, method="constraint"):
     x, y, xv, yv, xt, yt = data
     keras.utils.set_random_seed(seed)
     sparse = kprune.sparsity.apply_group_sparsity(
-        dense, strength=args.gs_strength, method=method
+        dense,
+        strength=args.gs_strength,
+        method="callback" if method.startswith("callback") else method,
     )
     compile_(sparse, args.finetune_lr or args.lr)
     target = kprune.callbacks.SizeTarget(
         macs=1.0 / budget, growth=args.gs_growth, rewind=args.gs_rewind
     )
     callbacks = [target]
-    if method == "callback":
-        callbacks = [kprune.callbacks.ProximalStep(every_n_steps=args.gs_prox_every)]
-        callbacks.append(target)
+    if method.startswith("callback"):
+        step = kprune.callbacks.ProximalStep(
+            every_n_steps=args.gs_prox_every, coupled=method == "callback"
+        )
+        callbacks = [step, target]
     start = time.perf_counter()
     epochs = args.finetune_epochs
     for epoch in range(epochs):  # one `fit` per epoch: finish after the last
@@ -470,7 +480,8 @@ def main(argv=None):
         "--gs-methods",
         nargs="+",
         default=["constraint", "callback"],
-        help="apply_group_sparsity methods for the target-mode rows",
+        help="apply_group_sparsity methods for the target-mode rows; "
+        "`callback-per-layer`: `callback` with ProximalStep(coupled=False)",
     )
     parser.add_argument("--gs-prox-every", type=int, default=5)
     parser.add_argument(

@@ -57,6 +57,7 @@ from prune_budget import (
 )
 
 import kprune
+from kprune.criteria import _autodiff as kprune_autodiff
 
 IMPORTANCES = ("l2", "taylor")
 
@@ -154,6 +155,13 @@ def main(argv=None):
         help="only time the two pruning calls, R rounds per (importance, "
         "budget), alternating kprune / TP (no fine-tuning); rows go to the "
         "JSON's `timing` entry",
+    )
+    parser.add_argument(
+        "--cold",
+        action="store_true",
+        help="with --timing-only: clear kprune's compiled gradient steps "
+        "before each call (every call pays the trace, as a first call on a "
+        "model does); rows go to the `<model>, cold` timing entry",
     )
     args = parser.parse_args(argv)
     name = f"vs_torch_pruning{args.tag}"
@@ -293,11 +301,14 @@ def timing(result, kind, data, data_path, folder, args, name):
     for importance in args.importances:  # warm-up (not timed)
         kprune.prune(dense, cal, macs=0.5, importance=importance)
         tp("prune", importance=importance, budget=2, steps=args.tp_steps)
-    rows = result.setdefault("timing", {}).setdefault(kind, {})
+    label = f"{kind}, cold" if args.cold else kind
+    rows = result.setdefault("timing", {}).setdefault(label, {})
     rows.update(command=result["command"], load_before=os.getloadavg(), runs=[])
     for importance in args.importances:
         for budget in args.budgets:
             for _ in range(args.timing_only):
+                if args.cold:  # as a first call on this model: trace again
+                    kprune_autodiff._STEPS.clear()
                 start = time.perf_counter()
                 kprune.prune(dense, cal, macs=1.0 / budget, importance=importance)
                 ours = time.perf_counter() - start

@@ -171,7 +171,7 @@ def _sparse_residual(strength):
 def test_proximal_step_kills_a_residual_channel_in_every_layer_at_once():
     x, y = _data()
     model = _sparse_residual(1.0)
-    step = kprune.callbacks.ProximalStep()
+    step = kprune.callbacks.ProximalStep(coupled=True)
     model.fit(x, y, epochs=6, batch_size=16, verbose=0, callbacks=[step])
     stem, b = _zero_units(model.get_layer("stem")), _zero_units(model.get_layer("b"))
     assert stem and stem == b  # the same channels, in both producers
@@ -187,7 +187,7 @@ def test_per_layer_groups_zero_units_that_slim_cannot_remove():
     # zeroes units of `b` whose channels `stem` still makes.
     x, y = _data()
     model = _sparse_residual(1.0)
-    step = kprune.callbacks.ProximalStep(coupled=False)
+    step = kprune.callbacks.ProximalStep()  # per-layer groups (the default)
     model.fit(x, y, epochs=6, batch_size=16, verbose=0, callbacks=[step])
     stem, b = _zero_units(model.get_layer("stem")), _zero_units(model.get_layer("b"))
     assert b - stem  # zero in one producer, live in the other: kept by slim
@@ -199,19 +199,20 @@ def test_held_units_are_not_shrunk_and_the_warning_names_the_layer():
     x, y = _data()
     model = _residual()
     model.compile(keras.optimizers.SGD(0.05), "sparse_categorical_crossentropy")
-    step = kprune.callbacks.ProximalStep(layers=["a", "b"], strength=10.0)
+    step = kprune.callbacks.ProximalStep(layers=["a", "b"], strength=10.0, coupled=True)
     with pytest.warns(UserWarning, match="of 'b' .*'stem'"):
         model.fit(x, y, epochs=1, batch_size=64, verbose=0, callbacks=[step])
     assert not _zero_units(model.get_layer("b"))  # held: not shrunk
     assert len(_zero_units(model.get_layer("a"))) == 8  # free: all dead
 
 
-def test_size_target_counts_and_freezes_whole_groups():
+@pytest.mark.parametrize("coupled", [False, True])
+def test_size_target_counts_and_freezes_whole_groups(coupled):
     x, y = _data(256)
     model = _sparse_residual(1e-3)
     base = kprune.report.summary(model)["macs"]
     callbacks = [
-        kprune.callbacks.ProximalStep(every_n_steps=2),
+        kprune.callbacks.ProximalStep(every_n_steps=2, coupled=coupled),
         kprune.callbacks.SizeTarget(macs=0.5, growth=2.0, min_units=0.1),
     ]
     with warnings.catch_warnings(record=True) as caught:
@@ -226,8 +227,8 @@ def test_size_target_counts_and_freezes_whole_groups():
 
 
 def test_the_options_round_trip():
-    step = kprune.callbacks.ProximalStep(coupled=False)
-    assert kprune.callbacks.ProximalStep.from_config(step.get_config()).coupled is False
+    step = kprune.callbacks.ProximalStep(coupled=True)
+    assert kprune.callbacks.ProximalStep.from_config(step.get_config()).coupled is True
     target = kprune.callbacks.SizeTarget(macs=0.5, coupled=False)
     assert kprune.callbacks.SizeTarget.from_config(target.get_config()).coupled is False
 

@@ -238,9 +238,12 @@ class SizeTarget(keras.callbacks.Callback):
     one of them, and a group that cannot leave the model (also made by a
     layer without group sparsity, or pinned) never is: only units `slim`
     removes count, are frozen, given back or cut, and always together
-    (`kprune.regularizers.coupling.coupled_units`). `ProximalStep` shrinks
-    such groups as one; the constraints shrink each layer on its own, so
-    with them a coupled channel dies only when every layer's slice does.
+    (`kprune.regularizers.coupling.coupled_units`). A unit zero in one of
+    those layers only gets its weights of the last check back: it cannot
+    leave the model alone. With per-layer groups (the constraints,
+    `ProximalStep()`) a residual channel thus leaves only when every
+    layer's slice dies at once; `ProximalStep(coupled=True)` shrinks it as
+    one group.
 
     Controlled objects: every regularizer / constraint of the model whose
     `strength` is a `keras.Variable` (kprune's `GroupLasso`,
