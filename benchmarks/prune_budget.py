@@ -219,7 +219,7 @@ def gs_name(method, rewind):
         t
         for t, on in (
             ("callback", method.startswith("callback")),
-            ("per-layer groups", method == "callback-per-layer"),
+            ("coupled groups", method == "callback-coupled"),
             ("rewind", rewind),
         )
         if on
@@ -246,7 +246,7 @@ def group_sparsity_run(dense, data, budget, args, seed, method="constraint"):
     callbacks = [target]
     if method.startswith("callback"):
         step = kprune.callbacks.ProximalStep(
-            every_n_steps=args.gs_prox_every, coupled=method == "callback"
+            every_n_steps=args.gs_prox_every, coupled=method == "callback-coupled"
         )
         callbacks = [step, target]
     start = time.perf_counter()
@@ -481,7 +481,7 @@ def main(argv=None):
         nargs="+",
         default=["constraint", "callback"],
         help="apply_group_sparsity methods for the target-mode rows; "
-        "`callback-per-layer`: `callback` with ProximalStep(coupled=False)",
+        "`callback-coupled`: `callback` with ProximalStep(coupled=True)",
     )
     parser.add_argument("--gs-prox-every", type=int, default=5)
     parser.add_argument(
