@@ -161,6 +161,7 @@ class BudgetPlanner:
             "params": self.base["params"] - sum(t[1] for t in self._terms),
         }
         self._analysis = analysis
+        self._index_terms()
         # The ranking: importance, weighted by the share of MACs in each
         # group's estimated time (`rank_weights`) to the power `exponent`,
         # chosen by `search` (0: importance alone); lowest leaves first.
@@ -243,12 +244,9 @@ class BudgetPlanner:
         """Estimated `{"macs", "params"[, "latency"]}` without these groups."""
         keep = self._keep(positions)
         cost = dict(self._fixed_cost)
-        for macs, params, tensor_in, tensor_out, _ in self._terms:
-            frac = _fraction(self._analysis, tensor_in, keep) * _fraction(
-                self._analysis, tensor_out, keep
-            )
-            cost["macs"] += macs * frac
-            cost["params"] += params * frac
+        frac = self._fractions(keep)
+        cost["macs"] += float(np.dot(self._term_costs[0], frac))
+        cost["params"] += float(np.dot(self._term_costs[1], frac))
         if self.latency_fn is not None:
             cost["latency"] = float(self.latency_fn(self.widths(positions)))
         return cost
@@ -424,6 +422,39 @@ class BudgetPlanner:
         return (macs, elements, total) if totals else (macs, elements)
 
     # ------------------------------------------------------------- internals
+    def _index_terms(self):
+        """Group ids of every term's input and output channels, flat, for
+        `_fractions`."""
+        comp = self._analysis.component
+        index, sizes = [], []
+        for _, _, tensor_in, tensor_out, _ in self._terms:
+            for tensor in (tensor_in, tensor_out):
+                ids = []
+                if tensor is not None and tensor.channels:
+                    ids = self._analysis.values(comp, tensor)
+                index.append(np.asarray(ids, np.int64))
+                sizes.append(len(ids))
+        sizes = np.asarray(sizes, np.int64)
+        self._term_index = (
+            np.concatenate(index) if index else np.zeros(0, np.int64),
+            np.repeat(np.arange(len(sizes)), sizes),
+            sizes,
+        )
+        self._term_costs = (
+            np.asarray([t[0] for t in self._terms], np.float64),
+            np.asarray([t[1] for t in self._terms], np.float64),
+        )
+
+    def _fractions(self, keep):
+        """Per term, the kept fraction of its input channels times that of
+        its output channels (one vectorized pass: the budget search
+        estimates hundreds of selections; a tensor without channels keeps
+        1)."""
+        index, owner, sizes = self._term_index
+        kept = np.bincount(owner, weights=keep[index], minlength=len(sizes))
+        frac = np.where(sizes > 0, kept / np.maximum(sizes, 1), 1.0)
+        return frac[0::2] * frac[1::2]
+
     def _keep(self, positions):
         keep = np.ones(self._analysis.num_groups, dtype=bool)
         keep[self.view.ids[np.asarray(positions, dtype=np.int64)]] = False
@@ -525,12 +556,6 @@ def rank_weights(macs, elements, activation_cost, exponent=1.0):
     total = macs + activation_cost * elements
     share = np.where(total > 0, macs / np.maximum(total, 1e-300), 1.0)
     return share**exponent
-
-
-def _fraction(analysis, tensor, keep):
-    if tensor is None or not tensor.channels:
-        return 1.0
-    return float(np.mean(keep[analysis.values(analysis.component, tensor)]))
 
 
 def _kept(analysis, tensor, keep):
