@@ -248,3 +248,28 @@ def test_size_target_reaches_a_macs_target_with_batchnorm(digits):
     ratio = kprune.report.summary(small)["macs"] / kprune.report.summary(sparse)["macs"]
     assert ratio <= 0.5
     np.testing.assert_allclose(to_np(small(x[:8])), to_np(sparse(x[:8])), atol=1e-5)
+
+
+def test_a_channel_whose_gamma_and_beta_are_zero_is_dead_whatever_its_kernel():
+    # BatchNorm outputs `beta` where `gamma` is 0: with beta 0 too the
+    # channel is exactly 0 (removable), with beta != 0 a constant that a
+    # padded conv behind a ReLU cannot fold (kept).
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((8, 8, 3))
+    h = keras.layers.Conv2D(6, 3, padding="same", name="c1")(inputs)
+    h = keras.layers.BatchNormalization(name="bn")(h)
+    h = keras.layers.ReLU()(h)
+    h = keras.layers.Conv2D(4, 3, padding="same", name="c2")(h)
+    model = keras.Model(inputs, keras.layers.GlobalAveragePooling2D()(h))
+    bn = model.get_layer("bn")
+    gamma, beta, mean, var = bn.get_weights()
+    gamma[[2, 4]] = 0.0
+    beta[2], beta[4] = 0.0, 0.5
+    bn.set_weights([gamma, beta, mean + 0.3, var + 1.0])
+    assert {k: v.tolist() for k, v in kprune.surgery.dead_units(model).items()} == {
+        "c1": [2]
+    }
+    small = kprune.surgery.slim(model)
+    x = np.random.default_rng(0).random((2, 8, 8, 3)).astype("float32")
+    assert small.get_layer("c1").filters == 5
+    np.testing.assert_allclose(small(x), model(x), atol=1e-6)

@@ -180,6 +180,20 @@ class AxisChannelwiseHandler(ChannelwiseHandler):
         return None
 
 
+class BatchNormHandler(AxisChannelwiseHandler):
+    """BatchNormalization: channel-wise; a channel whose `gamma` is exactly 0
+    outputs its `beta` whatever its input (in inference), so it is constant
+    (a zero group of kprune's group sparsity with BatchNorm partners: the
+    conv before it need not be zero for the channel to be dead)."""
+
+    def constant_mask(self, node, in_valid, weights):
+        masks = super().constant_mask(node, in_valid, weights)
+        gamma = weights.get("gamma")
+        if gamma is not None and np.shape(gamma) == masks[0].shape:
+            masks[0] = masks[0] | (np.asarray(gamma) == 0)
+        return masks
+
+
 class LayerNormHandler(MixingHandler):
     """LayerNormalization over the last axis: per-channel gamma/beta."""
 
@@ -331,7 +345,7 @@ def _register():
         if hasattr(layers, name):
             register_handler(getattr(layers, name), channelwise)
     register_handler(layers.Activation, ActivationHandler())
-    register_handler(layers.BatchNormalization, AxisChannelwiseHandler())
+    register_handler(layers.BatchNormalization, BatchNormHandler())
     register_handler(layers.LayerNormalization, LayerNormHandler())
     register_handler(layers.GroupNormalization, GroupNormHandler())
     register_handler(layers.UnitNormalization, MixingHandler())
