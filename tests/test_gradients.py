@@ -200,3 +200,19 @@ def test_the_compiled_step_is_reused_and_reads_the_current_weights():
     del model, layer, step
     gc.collect()
     assert ref() is None
+
+
+def test_a_users_loss_subclass_is_never_confused_with_another_instance():
+    from kprune.criteria._autodiff import loss_key
+
+    class Scaled(keras.losses.Loss):  # its state is not in its config
+        def __init__(self, scale):
+            super().__init__()
+            self.scale = scale
+
+        def call(self, y_true, y_pred):
+            return self.scale * keras.ops.mean(keras.ops.square(y_true - y_pred))
+
+    assert loss_key(Scaled(1.0)) != loss_key(Scaled(2.0))
+    mse = keras.losses.MeanSquaredError
+    assert loss_key(mse()) == loss_key(mse()) != loss_key(mse(reduction="sum"))

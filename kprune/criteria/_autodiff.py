@@ -108,16 +108,19 @@ _STEPS = weakref.WeakKeyDictionary()
 
 
 def loss_key(loss):
-    """A hashable key for a loss spec: the config of Keras `Loss` objects
-    and names (a fresh `SparseCategoricalCrossentropy()` each call is the
-    same loss), the object itself for anything else (a function)."""
+    """A hashable key for a loss spec: the config of Keras' own `Loss`
+    objects and names (a fresh `SparseCategoricalCrossentropy()` each call
+    is the same loss), the object itself for anything else (a function, a
+    user's `Loss` subclass, whose config may not hold all its state)."""
     if isinstance(loss, dict):
         return ("dict", tuple((k, loss_key(v)) for k, v in sorted(loss.items())))
     if isinstance(loss, (list, tuple)):
         return ("list", tuple(loss_key(v) for v in loss))
     if isinstance(loss, str):
         return ("name", loss)
-    if isinstance(loss, keras.losses.Loss):
+    if isinstance(loss, keras.losses.Loss) and type(loss).__module__.startswith(
+        "keras."
+    ):  # Keras' own losses are their config; a user's subclass may hold more
         try:
             config = json.dumps(loss.get_config(), sort_keys=True)
         except (TypeError, ValueError, NotImplementedError):
