@@ -157,6 +157,28 @@ def test_a_depthwise_conv_is_coupled_to_the_conv_before_it():
     np.testing.assert_array_equal(expand, dw)
 
 
+def test_a_kernel_that_does_not_make_the_output_units_is_not_coupled():
+    # A SeparableConv's depthwise kernel has as many units as its output
+    # here, but they are its input channels: never matched to the output.
+    from kprune.regularizers.targets import GroupTarget
+
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((8, 8, 6))
+    h = L.Conv2D(6, 1, name="before")(inputs)
+    h = L.SeparableConv2D(6, 3, padding="same", name="sep")(h)
+    h = L.Add()([h, L.Conv2D(6, 1, name="side")(inputs)])
+    model = keras.Model(inputs, L.GlobalAveragePooling2D()(h))
+    sep = model.get_layer("sep")
+    targets = [
+        default_target(sep),
+        default_target(model.get_layer("side")),
+        GroupTarget(sep, "depthwise_kernel", (-2, -1), False),
+    ]
+    pointwise, side, depthwise = coupled_units(model, targets).components
+    np.testing.assert_array_equal(pointwise, side)
+    assert not set(depthwise) & (set(pointwise) | set(side))
+
+
 # -- ProximalStep and SizeTarget -------------------------------------------
 
 

@@ -16,6 +16,7 @@ import warnings
 
 import numpy as np
 
+from kprune.regularizers.targets import default_slot
 from kprune.surgery.errors import SurgeryError
 from kprune.surgery.groups import DependencyGroups
 
@@ -65,9 +66,11 @@ def coupled_units(model, targets):
 
     Args:
         model: a Functional or Sequential `keras.Model`.
-        targets: objects with `layer` (a layer of `model`) and `units` (its
-            number of output units, as group sparsity counts them), such as
-            `kprune.regularizers.targets.GroupTarget`.
+        targets: objects with `layer` (a layer of `model`), `kernel` (the
+            variable grouped) and `units` (its number of output units, as
+            group sparsity counts them), such as
+            `kprune.regularizers.targets.GroupTarget`. A target whose kernel
+            does not make the layer's output units keeps per-layer groups.
 
     Returns:
         A `Coupling`, or `None` when kprune cannot read the model's graph
@@ -101,7 +104,14 @@ def coupled_units(model, targets):
             stacklevel=3,
         )
         return None
-    index_of = {id(t.layer): i for i, t in enumerate(targets)}
+    # A target takes part when its kernel is the one that makes the layer's
+    # output units (a SeparableConv's depthwise kernel, say, does not).
+    index_of = {}
+    for i, target in enumerate(targets):
+        slot = default_slot(target.layer)
+        made_by = getattr(target.layer, slot[0], None) if slot else None
+        if made_by is not None and made_by is target.kernel:
+            index_of[id(target.layer)] = i
     raw = [None] * len(targets)
     outside = {}  # analysis group -> names of non-target producer layers
     for member in view.members:
