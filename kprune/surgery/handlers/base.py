@@ -28,6 +28,7 @@ kprune.surgery.register_handler(MyScale, MyScaleHandler())
 
 import contextlib
 import contextvars
+import copy
 
 import keras
 import numpy as np
@@ -75,7 +76,9 @@ def config_value(layer, key, default=None):
     config = entry[1]
     if config is None:
         return getattr(layer, key, default)
-    return config.get(key, default)
+    value = config.get(key, default)
+    # the cached config is shared: a caller gets its own list / dict
+    return copy.deepcopy(value) if isinstance(value, (list, dict)) else value
 
 
 def _qualified(cls):
