@@ -216,3 +216,16 @@ def test_a_users_loss_subclass_is_never_confused_with_another_instance():
     assert loss_key(Scaled(1.0)) != loss_key(Scaled(2.0))
     mse = keras.losses.MeanSquaredError
     assert loss_key(mse()) == loss_key(mse()) != loss_key(mse(reduction="sum"))
+
+
+def test_a_change_of_trainability_replaces_the_cached_step():
+    from kprune.criteria import _autodiff
+
+    model = _bn_net()
+    x, y = _data()
+    gradient_means(model, x, y)
+    model.get_layer("fc1").trainable = False
+    grads = gradient_means(model, x, y)
+    assert len(_autodiff._STEPS[model]) == 1  # replaced, not added
+    assert id(model.get_layer("fc1")) not in grads
+    assert "kernel" in grads[id(model.get_layer("out"))]

@@ -72,7 +72,7 @@ class UnitGroups:
             if exclude is not None:
                 banned[comp[np.asarray(exclude[i], bool)]] = True
         ids = np.flatnonzero(np.isfinite(best) & ~banned)
-        return sorted(ids.tolist(), key=lambda g: (best[g], first[g]))
+        return ids[np.lexsort((first[ids], best[ids]))].tolist()
 
     def members(self, ids):
         """Per layer: True on the units of the groups `ids`."""

@@ -134,9 +134,10 @@ def gradient_step(model, loss, training):
 
     TensorFlow and JAX compile the step on its first call (the trace costs
     about as much as a few batches: 0.4 s on a small ResNet, seconds on
-    ResNet50), so the step is kept for the model's lifetime, per loss,
-    mode and set of trainable variables: pruning the same model to several
-    budgets traces once. The cache holds the model weakly.
+    ResNet50), so the step is kept for the model's lifetime, per loss and
+    mode: pruning the same model to several budgets traces once. A new step
+    replaces it when the model's variables or their trainability change.
+    The cache holds the model weakly.
     """
     backend = keras.backend.backend()
     makers = {"tensorflow": _tensorflow_step, "jax": _jax_step, "torch": _torch_step}
@@ -146,10 +147,8 @@ def gradient_step(model, loss, training):
             "differentiates: TensorFlow, JAX or PyTorch. "
             f"Received: keras.backend.backend()={backend!r}"
         )
-    key = (
-        backend,
-        bool(training),
-        loss_key(loss),
+    key = (backend, bool(training), loss_key(loss))
+    variables = (
         tuple(id(v) for v in model.trainable_variables),
         tuple(id(v) for v in model.non_trainable_variables),
     )
@@ -157,10 +156,14 @@ def gradient_step(model, loss, training):
         steps = _STEPS.setdefault(model, {})
     except TypeError:  # not weakly referenceable: no cache
         steps = {}
-    if key not in steps:
+    cached = steps.get(key)
+    if cached is None or cached[0] != variables:  # new, or trainability changed
         loss_fn = structured_loss(loss, model)
-        steps[key] = makers[backend](weakref.ref(model), loss_fn, training)
-    return steps[key]
+        cached = steps[key] = (
+            variables,
+            makers[backend](weakref.ref(model), loss_fn, training),
+        )
+    return cached[1]
 
 
 def summed_gradients(model, x, y, loss, batch_size, training):

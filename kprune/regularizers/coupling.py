@@ -55,11 +55,6 @@ class Coupling:
             )
         return bool((self._sizes[comp] > 1).any() or self.held[comp].any())
 
-    @property
-    def coupled(self):
-        """Whether any group spans several units or is held."""
-        return any(self.shared(i) for i in range(len(self.components)))
-
 
 def coupled_units(model, targets):
     """Group ids of the output units of `targets`, from the model's graph.
@@ -131,24 +126,20 @@ def coupled_units(model, targets):
     # found no group for.
     known = np.unique(np.concatenate([r for r in raw if r is not None] or [[]]))
     known = known.astype(np.int64)
-    new_id = {int(g): k for k, g in enumerate(known)}
     count = len(known)
-    components, held, held_by = [], [], {}
+    components, held_by = [], {}
     for i, groups in enumerate(raw):
-        units = int(targets[i].units)
         if groups is None:
+            units = int(targets[i].units)
             components.append(np.arange(count, count + units, dtype=np.int64))
-            held += [False] * units
             count += units
             continue
-        components.append(np.array([new_id[int(g)] for g in groups], np.int64))
+        components.append(np.searchsorted(known, groups).astype(np.int64))
         names = set()
         for g in np.unique(groups):
             names |= outside.get(int(g), set())
         if names:
             held_by[i] = sorted(names)
-    flags = np.zeros(count, bool)
-    for g, k in new_id.items():
-        flags[k] = (not removable[g]) or g in outside
-    flags[len(known) :] = np.asarray(held, bool)
+    flags = np.zeros(count, bool)  # fresh ids are never held
+    flags[: len(known)] = ~removable[known] | np.isin(known, list(outside))
     return Coupling(components, flags, held_by)
