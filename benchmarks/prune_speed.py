@@ -117,23 +117,33 @@ def speed(args, result, folder):
             weights=None, input_shape=(224, 224, 3)
         )
         base = kprune.report.summary(dense)["macs"]
+        # Random images: with random weights only the blocks' shapes matter.
+        calibration = np.random.default_rng(0).random((16, 224, 224, 3))
+        calibration = calibration.astype("float32")
         variants = [("dense", dense, 1.0, None)]
         extra = {}
         for budget in args.budgets:
             for round_to in args.round_to:
                 round_to = None if round_to == 0 else round_to
-                for cost in args.activation_costs:
+                for cost, depth in [
+                    (c, d) for c in args.activation_costs for d in args.depths
+                ]:
                     start = time.perf_counter()
                     small, plan = kprune.prune(
                         dense,
+                        calibration if depth is not None else None,
                         macs=1 / budget,
                         round_to=round_to,
                         activation_cost=cost,
+                        depth=depth,
+                        op_cost=args.op_cost,
                     )
                     seconds = time.perf_counter() - start
                     label = f"{budget}x round_to={round_to}"
                     if cost != DEFAULT_ACTIVATION_COST:
                         label += f" activation_cost={cost:g}"
+                    if depth is not None:
+                        label += f" depth={depth}"
                     print(
                         f"{name} {label}: {plan.report['macs_ratio']:.4f} "
                         f"(rank exponent {plan.report['rank_exponent']:.3f}) "
@@ -141,6 +151,7 @@ def speed(args, result, folder):
                         flush=True,
                     )
                     extra[label] = {
+                        "blocks_removed": plan.blocks,
                         "activation_cost": cost,
                         "rank_exponent": plan.report["rank_exponent"],
                         "widths": kprune.report.summary(small)["widths"],
@@ -517,6 +528,19 @@ def render(result):
     return "\n".join(lines) + "\n"
 
 
+def _depth(text):
+    if text == "none":
+        return None
+    return text if text == "auto" else int(text)
+
+
+def _number_or_name(text):
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -534,6 +558,21 @@ def main(argv=None):
         type=float,
         default=[DEFAULT_ACTIVATION_COST],
         help="kprune.prune(activation_cost=...) variants (0: importance alone)",
+    )
+    parser.add_argument(
+        "--depths",
+        nargs="+",
+        type=_depth,
+        default=[None],
+        help="kprune.prune(depth=...) values: none, auto or a number of "
+        "residual blocks (default: none)",
+    )
+    parser.add_argument(
+        "--op-cost",
+        type=_number_or_name,
+        default=None,
+        help="kprune.prune(op_cost=...) for depth=auto: a number or a "
+        "format name (default: the format --activation-costs names)",
     )
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--rounds", type=int, default=3)

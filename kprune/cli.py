@@ -6,8 +6,8 @@
                 [--json REPORT.json] [--force]
     kprune prune IN.keras OUT.keras (--macs 0.5 | --params 0.5) [--data X.npz]
                  [--importance l2] [--round-to 8] [--scope global|layer]
-                 [--deploy float32|int8] [--steps N] [--ignore LAYER]
-                 [--plan PLAN.json] [--force]
+                 [--deploy float32|int8] [--depth N|auto] [--steps N]
+                 [--ignore LAYER] [--plan PLAN.json] [--force]
     kprune export IN.keras OUT.tflite [--quantize dynamic|float16|int8]
                   [--sparse] [--select-tf-ops] [--no-verify] [--tolerance T]
                   [--sample-inputs X.npy|X.npz] [--measure] [--force]
@@ -420,6 +420,15 @@ def _add_prune(commands):
         "runtime's cost of moving activations in the ranking "
         "(kprune.prune(activation_cost=...))",
     )
+    pruner.add_argument(
+        "--depth",
+        type=_depth,
+        default=None,
+        metavar="N|auto",
+        help="also remove N residual blocks whole, or 'auto': as many as "
+        "the speed estimate for --deploy asks for (needs --data; "
+        "kprune.prune(depth=...))",
+    )
     pruner.add_argument("--steps", type=int, default=1, help="pruning rounds")
     pruner.add_argument(
         "--ignore", action="append", metavar="LAYER", help="keep this layer's units"
@@ -428,6 +437,17 @@ def _add_prune(commands):
     _add_force(pruner)
     _add_loading_options(pruner)
     pruner.set_defaults(run=_run_prune)
+
+
+def _depth(text):
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"--depth is a number of blocks or 'auto'. Received: {text!r}"
+        ) from None
 
 
 def _prune_data(path):
@@ -472,6 +492,7 @@ def _run_prune(args):
         round_to=args.round_to,
         scope=args.scope,
         activation_cost=args.deploy,
+        depth=args.depth,
         steps=args.steps,
         ignore=args.ignore or (),
     )
@@ -487,6 +508,8 @@ def _run_prune(args):
         f"{key}: kept {plan.report[key + '_ratio']:.4f} of the original "
         f"(target {plan.report['target']:g}), importance={args.importance}"
     )
+    if plan.blocks:
+        print(f"blocks removed whole: {', '.join(plan.blocks)}")
     print(f"saved {args.output}" + (f" and {args.plan}" if args.plan else ""))
     return 0
 

@@ -146,6 +146,7 @@ def block_redundancy(
     normalize=True,
     rank_by="redundancy",
     ridge=0.0,
+    fit=True,
     **find_kwargs,
 ):
     """Score every candidate block by how little it changes its input.
@@ -172,6 +173,9 @@ def block_redundancy(
             `False` gives the paper's raw squared change.
         rank_by: `"redundancy"` (default), `"r2"` or `"cosine"`.
         ridge: ridge penalty of the fit used for R².
+        fit: compute the affine fit (`r2`, `mse`; NaN when False). Its
+            statistics cost `channels²` per row: skip it when only the
+            redundancy or cosine ranks (`kprune.prune(depth=...)`).
         **find_kwargs: passed to `find_blocks` (`min_layers`, `span`, `key`).
 
     Returns:
@@ -199,6 +203,11 @@ def block_redundancy(
         raise ValueError(
             f"`rank_by` must be one of {RANK_BY}. Received: rank_by={rank_by!r}"
         )
+    if rank_by == "r2" and not fit:
+        raise ValueError(
+            "rank_by='r2' ranks by the affine fit, which fit=False skips. "
+            f"Received: rank_by={rank_by!r}, fit={fit!r}"
+        )
     graph = Graph(model)
     if blocks is None:
         blocks = find_blocks(graph, **find_kwargs)
@@ -219,7 +228,9 @@ def block_redundancy(
     tap = tap_model(graph, outputs=tensors, name="kprune_redundancy_tap")
     same = [tuple(b.start.shape) == tuple(b.end.shape) for b in blocks]
     moments = [
-        moments_init(b.start.channels, b.end.channels) if b.replaceable else None
+        moments_init(b.start.channels, b.end.channels)
+        if fit and b.replaceable
+        else None
         for b in blocks
     ]
     sums = np.zeros((len(blocks), 3))  # change/norm, change, cosine

@@ -251,7 +251,7 @@ class BudgetPlanner:
             cost["latency"] = float(self.latency_fn(self.widths(positions)))
         return cost
 
-    def search(self, metric, target, max_exponent=1.0, steps=7):
+    def search(self, metric, target, max_exponent=1.0, steps=7, fill=True):
         """Positions to remove: the fewest that bring `metric` to `target`.
 
         With `activation_cost > 0` and a MACs or parameter budget, the
@@ -268,6 +268,9 @@ class BudgetPlanner:
                 original model's) or "latency" (`target` in the latency
                 function's unit).
             target: the budget.
+            fill: give back the best removed groups that still fit after
+                the bisection (`_fill`; False: a quicker, coarser
+                selection, for estimates).
 
         Returns:
             Sorted positions into `groups.ids` (as few groups as the
@@ -277,8 +280,12 @@ class BudgetPlanner:
             raise ValueError(f"`metric` must be one of {METRICS}. Received: {metric!r}")
         if metric == "latency" and self.latency_fn is None:
             raise ValueError("metric='latency' needs a latency_fn.")
+
+        def search():
+            return self._search(metric, target, fill)
+
         if self._costs is None or metric == "latency" or not self.base["macs"]:
-            return self._search(metric, target)
+            return search()
 
         def fast_enough(removed):
             cost = self.estimate(removed)
@@ -287,17 +294,17 @@ class BudgetPlanner:
             return macs_ratio >= self.speed_share * time_ratio * (1 - 1e-9)
 
         self.rank(0.0)
-        removed = self._search(metric, target)
+        removed = search()
         if fast_enough(removed):
             return removed
         lo, hi = 0.0, float(max_exponent)
         self.rank(hi)
-        best = self._search(metric, target)
+        best = search()
         if fast_enough(best):
             for _ in range(int(steps)):
                 mid = (lo + hi) / 2
                 self.rank(mid)
-                removed = self._search(metric, target)
+                removed = search()
                 if fast_enough(removed):
                     hi, best = mid, removed
                 else:
@@ -305,7 +312,7 @@ class BudgetPlanner:
         self.rank(hi)
         return best
 
-    def _search(self, metric, target):
+    def _search(self, metric, target, fill=True):
         goal = target if metric == "latency" else target * self.base[metric]
 
         def meets(k):
@@ -323,7 +330,7 @@ class BudgetPlanner:
             else:
                 lo = mid
         removed = self.select(hi)
-        if metric != "latency":
+        if metric != "latency" and fill:
             removed = self._fill(removed, metric, goal)
         return removed
 

@@ -3,6 +3,7 @@
 - `dead_units(model)`: units whose removal cannot change the outputs.
 - `remove_units(model, plan)`: a new, smaller model (coupled channels follow).
 - `prunable_units(model)`: the unit sets a plan can name (heads, FFN units).
+- `drop_blocks(model, blocks)`: remove whole residual blocks (depth).
 - `slim(model)`: `remove_units(model, dead_units(model))`, exact.
 - `drop_input_features(model)`: stop reading input features no Dense uses.
 - `PruningPlan`: a plan `{layer: indices}` plus coupled groups, as JSON.
@@ -13,6 +14,7 @@ from kprune.surgery.analysis import ChannelAnalysis
 from kprune.surgery.blocks import Block, cut_points, find_blocks
 from kprune.surgery.composite import CompositeRebuildError
 from kprune.surgery.dead import dead_units
+from kprune.surgery.depth import drop_blocks, residual_blocks
 from kprune.surgery.errors import (
     CouplingError,
     SurgeryError,
@@ -57,6 +59,7 @@ __all__ = [
     "UnitSet",
     "cut_points",
     "dead_units",
+    "drop_blocks",
     "drop_input_features",
     "find_blocks",
     "get_handler",
@@ -65,6 +68,7 @@ __all__ = [
     "register_handler",
     "remove_units",
     "replace_blocks",
+    "residual_blocks",
     "slim",
     "unregister_handler",
 ]

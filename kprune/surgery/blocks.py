@@ -396,7 +396,9 @@ def tap_model(graph, outputs=None, replacements=(), name=None):
         graph: a traced `Graph`.
         outputs: `TensorInfo`s of `graph` to output (default: the model's
             outputs, with the model's output structure).
-        replacements: `(Block, layer)` pairs; blocks must not overlap.
+        replacements: `(Block, layer)` pairs; blocks must not overlap. A
+            `None` layer makes the block the identity (its output is its
+            input; the shapes must agree).
         name: the new model's name.
 
     Returns:
@@ -419,9 +421,10 @@ def tap_model(graph, outputs=None, replacements=(), name=None):
     values = {}
     new_inputs = []
     for tensor, original in zip(graph.inputs, model.inputs):
-        new = keras.Input(
-            batch_shape=tensor.shape, dtype=tensor.dtype, name=original.name
-        )
+        # The input layer's name (a tensor's own name may be generated).
+        history = getattr(original, "_keras_history", None)
+        name = getattr(getattr(history, "operation", None), "name", original.name)
+        new = keras.Input(batch_shape=tensor.shape, dtype=tensor.dtype, name=name)
         values[id(tensor)] = new
         new_inputs.append(new)
 
@@ -430,6 +433,10 @@ def tap_model(graph, outputs=None, replacements=(), name=None):
 
     def splice(tensor):
         for block, layer in by_start.pop(id(tensor), []):
+            if layer is None:  # the identity
+                values[id(block.end)] = values[id(tensor)]
+                splice(block.end)
+                continue
             if getattr(layer, "name", None) in used:
                 raise ValueError(f"Duplicate layer name '{layer.name}'.")
             used.add(layer.name)

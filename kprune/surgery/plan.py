@@ -24,11 +24,17 @@ class PruningPlan:
     say) and leave together. Plans serialize to JSON and replay on a fresh
     copy of the model with `kprune.surgery.remove_units(model, plan)`.
 
+    A plan made by `kprune.prune(depth=...)` also names residual blocks
+    that leave whole (`blocks`, see `kprune.surgery.drop_blocks`): they go
+    first, and `units` name layers of the model without them.
+
     Args:
         units: dict layer path -> sorted list of unit indices to remove.
         groups: list of dicts layer path -> unit indices, one per set of
             coupled layers.
         model_name: name of the model the plan was made for (informative).
+        blocks: names of residual blocks removed whole
+            (`"first_layer..last_layer"`), before the units.
 
     Example:
 
@@ -40,6 +46,7 @@ class PruningPlan:
     units: dict
     groups: list = dataclasses.field(default_factory=list)
     model_name: str = None
+    blocks: list = dataclasses.field(default_factory=list)
 
     def __post_init__(self):
         if not isinstance(self.units, dict):
@@ -50,6 +57,14 @@ class PruningPlan:
         self.units = {
             str(k): unit_indices(v, k).tolist() for k, v in self.units.items()
         }
+        if isinstance(self.blocks, str) or not all(
+            isinstance(name, str) for name in self.blocks
+        ):
+            raise TypeError(
+                "`blocks` must be a list of block names "
+                f"('first_layer..last_layer'). Received: blocks={self.blocks!r}"
+            )
+        self.blocks = list(self.blocks)
 
     @property
     def num_units(self):
@@ -63,6 +78,7 @@ class PruningPlan:
             "model": self.model_name,
             "units": self.units,
             "groups": self.groups,
+            "blocks": self.blocks,
         }
 
     def to_json(self, indent=None):
@@ -84,6 +100,7 @@ class PruningPlan:
             units=data["units"],
             groups=data.get("groups", []),
             model_name=data.get("model"),
+            blocks=data.get("blocks", []),
         )
 
     @classmethod

@@ -14,6 +14,7 @@ from kprune.surgery.composite import (
 )
 from kprune.surgery.copying import carry_keep_mask, copy_layer
 from kprune.surgery.dead import dead_plan
+from kprune.surgery.depth import drop_blocks
 from kprune.surgery.errors import SurgeryError
 from kprune.surgery.graph import CompositeCall
 from kprune.surgery.handlers import LayerChange, get_handler
@@ -74,7 +75,8 @@ def remove_units(model, plan, allow_empty=False, analysis=None):
     Args:
         model: a Functional or Sequential `keras.Model`.
         plan: dict layer path -> unit indices (`"outer/inner"` for layers of
-            nested models), or a `PruningPlan`.
+            nested models), or a `PruningPlan` (whose `blocks`, if any,
+            leave first: `kprune.surgery.drop_blocks`).
         allow_empty: allow a plan that removes every unit of a layer.
         analysis: a `kprune.surgery.ChannelAnalysis` of `model` made before
             (read, not changed), to save tracing the model again; None: one
@@ -94,6 +96,14 @@ def remove_units(model, plan, allow_empty=False, analysis=None):
     >>> small.get_layer("fc1").units
     12
     """
+    if getattr(plan, "blocks", None):  # whole residual blocks leave first
+        if analysis is not None:
+            raise ValueError(
+                "A plan that removes blocks rebuilds the model without them "
+                "first, so an `analysis` of the original cannot be reused. "
+                f"Received: plan.blocks={plan.blocks!r} and an analysis"
+            )
+        model = drop_blocks(model, plan.blocks)
     if analysis is None:
         analysis = ChannelAnalysis(model)
     elif analysis.graph.model is not model:

@@ -1,0 +1,187 @@
+"""How many residual blocks leave a model pruned to a budget
+(`kprune.prune(depth="auto")`).
+
+Narrower layers cut MACs and activation traffic but not the fixed cost of
+each operation a runtime runs (dispatch, quantization parameters, cache
+misses at a layer's start). At 4x fewer MACs that fixed cost is a floor
+widths cannot lower: MobileNetV2 in int8 LiteRT kept about 0.4 ms of
+3.2 ms at every width (benchmarks/results/prune_speed_int8.md). Removing a
+residual block removes its operations. This module estimates a model's
+time as
+
+    T = MACs + k * elements + c * ops
+
+(`k`: `activation_cost`, `c`: `op_cost`, both in MAC-equivalents; `ops`:
+the calls a converter keeps as operations), and finds how many of the
+most redundant blocks must leave, the rest of the budget going to widths,
+for the estimated speed-up to reach a share of the MACs reduction.
+"""
+
+import numpy as np
+
+from kprune.criteria.budget import _MATMUL, _memory_bound
+from kprune.ops.macs import layer_macs
+
+# MAC-equivalent fixed cost of one operation, by deployed format: least
+# squares fits of `T = a * (MACs + k * elements + c * ops)` to side-by-side
+# LiteRT (XNNPACK, x86) timings of MobileNetV2 dense and with 0, 3, 5 and 7
+# of its residual blocks removed, widths pruned to 4x fewer MACs in all
+# (benchmarks/results/prune_depth.md): int8 (k = 64) c = 7.1e5 with 1
+# thread, 1.5e6 with 2; float32 (k = 16) c = -5e4 (none) with 1 thread,
+# 3.1e5 with 2. Rounded: widths alone already give float32 0.86-0.97 of
+# the MACs reduction there, so float32 removes no block by default.
+OP_COSTS = {"float32": 0.0, "int8": 1.0e6}
+
+
+def call_costs(graph):
+    """Per layer call of a traced graph: `(macs, elements, ops)`.
+
+    `macs`: the call's MACs per sample (`kprune.ops.macs.layer_macs`, 0
+    when unknown); `elements`: the elements of its outputs when moving them
+    is its cost (`kprune.criteria.budget.BudgetPlanner.group_costs`'s rule:
+    separate activations, elementwise ops, pooling, depthwise convolutions);
+    `ops`: 1 for a call a converter keeps as an operation (those, plus
+    Dense and convolutions), 0 for calls folded or free at inference
+    (BatchNormalization, a ReLU fused into the op before it, dropout,
+    reshapes).
+
+    Args:
+        graph: a `kprune.surgery.graph.Graph`.
+
+    Returns:
+        `{id(node): (macs, elements, ops)}`.
+    """
+    makers = {}
+    for node in graph.nodes:
+        for tensor in node.outputs:
+            makers[id(tensor)] = node
+    costs = {}
+    for node in graph.nodes:
+        macs = 0.0
+        if node.inputs and node.outputs:
+            try:
+                count = layer_macs(
+                    node.layer, node.inputs[0].shape, node.outputs[0].shape
+                )
+            except (TypeError, ValueError, AttributeError):
+                count = None
+            macs = float(count or 0)
+        elements, ops = 0.0, 0.0
+        if _memory_bound(node, makers):
+            ops = 1.0
+            for tensor in node.outputs:
+                dims = tensor.shape[1:]
+                if dims and all(d is not None for d in dims):
+                    elements += float(np.prod(dims))
+        elif node.layer.__class__.__name__ in _MATMUL:
+            ops = 1.0
+        costs[id(node)] = (macs, elements, ops)
+    return costs
+
+
+def block_costs(blocks, costs):
+    """`(macs, elements, ops)` arrays: what each block's calls cost."""
+    out = np.zeros((len(blocks), 3))
+    for i, block in enumerate(blocks):
+        for node in block.nodes:
+            out[i] += costs.get(id(node), (0.0, 0.0, 0.0))
+    return out
+
+
+def depth_for_speed(
+    planner,
+    metric,
+    target,
+    totals,
+    blocks,
+    activation_cost,
+    op_cost,
+    share,
+    limit=None,
+    changes=None,
+):
+    """Which blocks to remove (a prefix of the worthwhile ones) for the
+    estimated speed share.
+
+    For a set `S` of removed blocks, widths take the rest of the budget:
+    their MACs must fall to `target * MACs_0` from `M_S = MACs_0 - MACs(S)`,
+    a fraction `r_S`. The widths' estimated time ratio at `r_S`,
+    `rho(r_S)`, is the planner's (`time_estimate` of its selection for
+    `r_S` on the whole model), and
+
+        T_S = rho(r_S) * (M_S + k E_S) + c * ops_S,
+        share_S = (T_0 / T_S) * MACs_after / MACs_0.
+
+    A block is worth removing only when the time it costs per MAC,
+    `(M_b + k E_b + c ops_b) / M_b`, exceeds what narrowing layers removes
+    per MAC at this budget, `(T_0 - T_widths) / (MACs_0 - MACs_widths)`:
+    otherwise its MACs would buy more time as widths (removing a
+    low-resolution, MAC-heavy block leaves the high-resolution layers wider
+    and the model slower). Those blocks are ordered by the change they
+    make per unit of time they save beyond that, `change_b / (T_b -
+    per_mac * M_b)` (a knapsack's greedy ratio; given order without
+    `changes`), and the shortest prefix whose `share_S` reaches `share` is
+    chosen, else the prefix with the best estimate (none when none beats
+    widths alone).
+
+    Args:
+        planner: a `BudgetPlanner` of the whole model (MACs budget).
+        metric: "macs" (other budgets: no estimate, no blocks).
+        target: the kept fraction of MACs.
+        totals: `(macs, elements, ops)` of the whole model.
+        blocks: `(n_blocks, 3)` costs (`block_costs`), in order of
+            preference (most redundant first).
+        activation_cost: `k`.
+        op_cost: `c`.
+        share: the speed-up sought, as a share of the MACs reduction.
+        limit: the most blocks to remove (None: no limit).
+        changes: per block, how much removing it changes the model (the
+            relative change of its input, `-redundancy`; None: keep the
+            given order).
+
+    Returns:
+        `(indices, estimates)`: the rows of `blocks` to remove, and per
+        prefix tried a dict (`blocks`: its indices, `width_fraction`,
+        `share`).
+    """
+    estimates = []
+    if metric != "macs" or not totals[0] or not len(blocks):
+        return [], estimates
+    m0, e0, n0 = (float(v) for v in totals)
+    k, c = float(activation_cost), float(op_cost)
+    full = m0 + k * e0 + c * n0
+    blocks = np.asarray(blocks, np.float64)
+
+    def estimate(chosen):
+        mb, eb, ob = blocks[chosen].sum(axis=0) if chosen else (0.0, 0.0, 0.0)
+        m_s, e_s = m0 - mb, e0 - eb
+        fraction = min(1.0, target * m0 / m_s) if m_s > 0 else 1.0
+        positions = planner.search("macs", fraction, fill=False) if fraction < 1 else []
+        rho = planner.time_estimate(positions) if len(positions) else 1.0
+        time = rho * (m_s + k * e_s) + c * (n0 - ob)
+        value = (full / time) * min(m_s, target * m0) / m0 if time > 0 else 0.0
+        estimates.append(
+            {"blocks": list(chosen), "width_fraction": fraction, "share": value}
+        )
+        return value, time
+
+    base, widths_time = estimate([])
+    if base >= share:
+        return [], estimates
+    per_mac = (full - widths_time) / max(m0 * (1 - target), 1e-300)
+    cost = blocks[:, 0] + k * blocks[:, 1] + c * blocks[:, 2]
+    excess = cost - per_mac * blocks[:, 0]
+    worth = [i for i in range(len(blocks)) if blocks[i, 0] > 0 and excess[i] > 0]
+    if changes is not None:  # least change per unit of time gained first
+        changes = np.maximum(np.asarray(changes, np.float64), 0.0)
+        worth.sort(key=lambda i: changes[i] / excess[i])
+    if limit is not None:
+        worth = worth[: int(limit)]
+    best = (base, [])
+    for n in range(1, len(worth) + 1):
+        value, _ = estimate(worth[:n])
+        if value >= share:
+            return worth[:n], estimates
+        if value > best[0] + 1e-9:
+            best = (value, worth[:n])
+    return best[1], estimates

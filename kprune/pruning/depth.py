@@ -1,0 +1,139 @@
+"""Depth for `kprune.prune(depth=...)`: which residual blocks leave whole."""
+
+import warnings
+
+import numpy as np
+
+from kprune.criteria.block_redundancy import block_redundancy
+from kprune.criteria.budget import BudgetPlanner
+from kprune.criteria.depth_budget import (
+    OP_COSTS,
+    block_costs,
+    call_costs,
+    depth_for_speed,
+)
+from kprune.criteria.group_importance import group_importance, split_data
+from kprune.surgery.depth import drop_blocks, residual_blocks
+from kprune.surgery.graph import Graph
+from kprune.surgery.groups import DependencyGroups
+
+# `depth="auto"` removes at most this share of the residual blocks.
+AUTO_MAX_SHARE = 0.5
+
+
+def check_depth(depth):
+    """`depth` as None, an int >= 0 or "auto" (clear error otherwise)."""
+    if depth is None or depth == "auto":
+        return depth
+    valid = isinstance(depth, (int, np.integer)) and not isinstance(depth, bool)
+    if not valid or depth < 0:
+        raise ValueError(
+            "`depth` is the number of residual blocks to remove whole (an "
+            "integer >= 0), 'auto' (as many as the speed estimate asks for), "
+            f"or None (widths only). Received: depth={depth!r}"
+        )
+    return int(depth) or None
+
+
+def op_cost_for(op_cost, activation_cost):
+    """The MAC-equivalent cost of one operation (see `OP_COSTS`): a number,
+    a format name, or None (the format `activation_cost` names, else
+    float32)."""
+    if op_cost is None:
+        op_cost = activation_cost if isinstance(activation_cost, str) else "float32"
+    if isinstance(op_cost, str):
+        if op_cost not in OP_COSTS:
+            raise ValueError(
+                "`op_cost` is a number >= 0 or the deployed format, one of "
+                f"{sorted(OP_COSTS)}. Received: op_cost={op_cost!r}"
+            )
+        return OP_COSTS[op_cost]
+    try:
+        value = float(op_cost)
+    except (TypeError, ValueError):
+        value = float("nan")
+    if not value >= 0:
+        raise ValueError(
+            "`op_cost` is the MACs-equivalent fixed cost of one operation, a "
+            f"number >= 0. Received: op_cost={op_cost!r}"
+        )
+    return value
+
+
+def remove_depth(
+    model,
+    data,
+    depth,
+    target,
+    ignore,
+    batch_size,
+    activation_cost,
+    op_cost,
+    speed_share,
+):
+    """`(model without the chosen blocks, their names, report)`.
+
+    Blocks are `kprune.surgery.residual_blocks` without an ignored layer,
+    ranked by Block Redundancy on `data` (the smallest relative change of
+    their input first). `depth=n` removes the first `n`; `"auto"`, among
+    the blocks whose removal buys more time per MAC than narrower layers
+    do, ranked by change per unit of time gained, the fewest whose
+    estimated speed-up reaches `speed_share` of the MACs reduction (`kprune.criteria.depth_budget.depth_for_speed`, on a
+    `l2` width plan of the whole model), at most `AUTO_MAX_SHARE` of all
+    residual blocks.
+    """
+    graph = Graph(model)
+    ignored = set(ignore)
+    blocks = [
+        block
+        for block in residual_blocks(graph)
+        if not any(
+            node.path in ignored or node.layer.name in ignored for node in block.nodes
+        )
+    ]
+    report = {"depth": depth, "residual_blocks": len(blocks)}
+    if not blocks:
+        if depth != "auto":
+            warnings.warn(
+                f"kprune.prune(depth={depth!r}): model '{model.name}' has no "
+                "residual block that can leave whole (an `Add` of a block's "
+                "input and its branch); only widths are pruned.",
+                stacklevel=3,
+            )
+        report["blocks"] = []
+        return model, [], report
+    x = split_data(data)[0]
+    ranked = block_redundancy(model, x, blocks=blocks, batch_size=batch_size, fit=False)
+    report["block_redundancy"] = {c.name: c.redundancy for c in ranked}
+    if depth == "auto":
+        limit = int(len(ranked) * AUTO_MAX_SHARE)
+        costs = call_costs(ranked[0].block.graph)
+        totals = np.sum(list(costs.values()), axis=0)
+        view = DependencyGroups(model)
+        planner = BudgetPlanner(
+            model,
+            view,
+            group_importance(model, "l2", groups=view),
+            ignore=view.groups_of_layers(ignore),
+            activation_cost=activation_cost,
+        )
+        indices, estimates = depth_for_speed(
+            planner,
+            "macs",
+            target,
+            totals,
+            block_costs([c.block for c in ranked], costs),
+            activation_cost,
+            op_cost,
+            speed_share,
+            limit=limit,
+            changes=[-c.redundancy for c in ranked],
+        )
+        report["estimates"] = estimates
+        chosen = [ranked[i].name for i in indices]
+    else:
+        chosen = [c.name for c in ranked[: min(depth, len(ranked))]]
+    report["blocks"] = chosen
+    if not chosen:
+        return model, [], report
+    return drop_blocks(model, chosen), chosen, report
