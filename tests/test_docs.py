@@ -152,6 +152,12 @@ def _check_prune(ns):
     assert ns["target"].reached  # SizeTarget: slim meets macs=0.25
     assert summary(ns["small"])["macs"] <= 0.25 * dense["macs"]
     assert ns["fast"].count_params() < ns["model"].count_params()
+    blocks = ns["shallow_plan"].blocks  # depth="auto", int8: whole blocks go
+    assert blocks and all("_add" in name for name in blocks)
+    images = ns["images"]
+    np.testing.assert_allclose(
+        ns["replayed"](images), ns["shallow"](images), rtol=1e-4, atol=1e-5
+    )
 
 
 def _check_zoo(ns):

@@ -78,9 +78,9 @@ def remove_depth(
     their input first). `depth=n` removes the first `n`; `"auto"`, among
     the blocks whose removal buys more time per MAC than narrower layers
     do, ranked by change per unit of time gained, the fewest whose
-    estimated speed-up reaches `speed_share` of the MACs reduction (`kprune.criteria.depth_budget.depth_for_speed`, on a
-    `l2` width plan of the whole model), at most `AUTO_MAX_SHARE` of all
-    residual blocks.
+    estimated speed-up reaches `speed_share` of the MACs reduction
+    (`kprune.criteria.depth_budget.depth_for_speed`, on a `l2` width plan
+    of the whole model), at most `AUTO_MAX_SHARE` of all residual blocks.
     """
     graph = Graph(model)
     ignored = set(ignore)
