@@ -147,6 +147,8 @@ def test_depth_argument_errors(images):
     for bad in (-1.0, "fp16"):
         with pytest.raises(ValueError, match="Received: op_cost="):
             kprune.prune(model, images, macs=0.5, depth="auto", op_cost=bad)
+    with pytest.raises(ValueError, match="Received: speed_share="):
+        kprune.prune(model, images, macs=0.5, speed_share=0)
 
 
 def test_depth_on_a_model_without_residual_blocks_warns(images):
@@ -220,3 +222,29 @@ def test_cli_prune_depth(tmp_path, capsys, images):
     assert main(args + ["--depth", "many", "--force"]) == 2  # argparse
     assert main(["prune", path, out, "--macs", "0.6", "--depth", "1", "--force"]) == 1
     assert "pass `data`" in capsys.readouterr().err
+
+
+def test_depth_with_a_latency_target(tmp_path, images):
+    from kprune.criteria.latency_table import LatencyTable
+    from tests.test_prune_budget import _fake_timing
+
+    model = _resnet()
+    base_macs = kprune.report.summary(model)["macs"]
+
+    def fake_model_latency(m, **kwargs):
+        return {"latency_ms_median": 1e-4 * kprune.report.summary(m)["macs"]}
+
+    def fake_relative(m, reference, **kwargs):
+        return {"ratio": kprune.report.summary(m)["macs"] / base_macs}
+
+    with _fake_timing(fake_model_latency, fake_relative):
+        table = LatencyTable(grid=(0.5, 1.0), cache_dir=tmp_path)
+        base = table.measure_model(model)
+        small, plan = kprune.prune(
+            model, images, latency=0.5 * base, latency_table=table, depth=1
+        )
+    assert len(plan.blocks) == 1
+    assert abs(plan.report["latency_after_ms"] - 0.5 * base) <= 0.05 * base
+    np.testing.assert_allclose(
+        remove_units(model, plan)(images), small(images), rtol=1e-5, atol=1e-5
+    )

@@ -413,7 +413,7 @@ class BudgetPlanner:
             for tensor in node.outputs:
                 makers[id(tensor)] = node
         for node in graph.nodes:
-            if not _memory_bound(node, makers):
+            if not memory_bound(node, makers):
                 continue
             for tensor in node.outputs:
                 if not tensor.channels or not tensor.last:
@@ -468,7 +468,7 @@ class BudgetPlanner:
         return keep
 
 
-_MATMUL = (
+MATMUL_LAYERS = (
     "Dense",
     "EinsumDense",
     "Conv1D",
@@ -496,7 +496,7 @@ _FREE = (
 )
 _FUSED = ("relu", "relu6")
 # Ops the converter fuses a following ReLU / ReLU6 into.
-_FUSES_RELU = _MATMUL + (
+_FUSES_RELU = MATMUL_LAYERS + (
     "DepthwiseConv1D",
     "DepthwiseConv2D",
     "Add",
@@ -505,14 +505,14 @@ _FUSES_RELU = _MATMUL + (
 )
 
 
-def _memory_bound(node, makers):
+def memory_bound(node, makers):
     """True for a call whose cost is moving its elements (see
     `BudgetPlanner.group_costs`)."""
     import keras
 
     layer = node.layer
     name = layer.__class__.__name__
-    if name in _MATMUL or name in _FREE or isinstance(layer, keras.Model):
+    if name in MATMUL_LAYERS or name in _FREE or isinstance(layer, keras.Model):
         return False
     activation = None
     if name == "ReLU":

@@ -19,7 +19,7 @@ for the estimated speed-up to reach a share of the MACs reduction.
 
 import numpy as np
 
-from kprune.criteria.budget import _MATMUL, _memory_bound
+from kprune.criteria.budget import MATMUL_LAYERS, memory_bound
 from kprune.ops.macs import layer_macs
 
 # MAC-equivalent fixed cost of one operation, by deployed format: least
@@ -67,13 +67,13 @@ def call_costs(graph):
                 count = None
             macs = float(count or 0)
         elements, ops = 0.0, 0.0
-        if _memory_bound(node, makers):
+        if memory_bound(node, makers):
             ops = 1.0
             for tensor in node.outputs:
                 dims = tensor.shape[1:]
                 if dims and all(d is not None for d in dims):
                     elements += float(np.prod(dims))
-        elif node.layer.__class__.__name__ in _MATMUL:
+        elif node.layer.__class__.__name__ in MATMUL_LAYERS:
             ops = 1.0
         costs[id(node)] = (macs, elements, ops)
     return costs
@@ -161,7 +161,11 @@ def depth_for_speed(
         time = rho * (m_s + k * e_s) + c * (n0 - ob)
         value = (full / time) * min(m_s, target * m0) / m0 if time > 0 else 0.0
         estimates.append(
-            {"blocks": list(chosen), "width_fraction": fraction, "share": value}
+            {
+                "blocks": [int(i) for i in chosen],
+                "width_fraction": float(fraction),
+                "share": float(value),
+            }
         )
         return value, time
 

@@ -160,11 +160,14 @@ def prune(
     more than about 0.75 of a 4x MACs reduction there). Blocks are ranked by
     Block Redundancy on `data` (the least relative change of their input
     first; `kprune.criteria.block_redundancy`); widths then take the rest
-    of the budget. `"auto"` removes the fewest blocks whose estimated
-    speed-up (`MACs + k * elements + c * ops`, `c = op_cost`; see
-    `kprune.criteria.depth_budget`) reaches `speed_share` of the MACs
-    reduction, at most half of them; with `op_cost` 0 (float32, whose
-    operations measured no fixed cost here) it removes none.
+    of the budget. `"auto"` estimates time as `MACs + k * elements + c *
+    ops` (`c = op_cost`; `kprune.criteria.depth_budget`), keeps only the
+    blocks that save more time per MAC than narrower layers do, orders
+    them by change per unit of time saved and removes the fewest whose
+    estimated speed-up reaches `speed_share` of the MACs reduction (else
+    the best prefix), at most half of all residual blocks; with `op_cost`
+    0 (float32, whose operations measured no fixed cost here) it removes
+    none.
     `plan.blocks` names them, and `plan.report["depth"]` holds the scores
     and estimates.
 
@@ -295,6 +298,16 @@ def prune(
         raise ValueError(f"`steps` must be >= 1. Received: steps={steps!r}")
     depth = check_depth(depth)
     op_cost = op_cost_for(op_cost, activation_name)
+    try:
+        speed_share = float(speed_share)
+    except (TypeError, ValueError):
+        speed_share = float("nan")
+    if not speed_share > 0:
+        raise ValueError(
+            "`speed_share` is the estimated speed-up sought as a share of the "
+            "MACs reduction, a number > 0 (default 0.9). "
+            f"Received: speed_share={speed_share!r}"
+        )
     if depth is not None and data is None:
         raise ValueError(
             "`depth` ranks residual blocks by how much they change their input "

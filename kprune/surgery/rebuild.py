@@ -76,7 +76,8 @@ def remove_units(model, plan, allow_empty=False, analysis=None):
         model: a Functional or Sequential `keras.Model`.
         plan: dict layer path -> unit indices (`"outer/inner"` for layers of
             nested models), or a `PruningPlan` (whose `blocks`, if any,
-            leave first: `kprune.surgery.drop_blocks`).
+            leave first: `kprune.surgery.drop_blocks`; the result is then
+            a Functional model).
         allow_empty: allow a plan that removes every unit of a layer.
         analysis: a `kprune.surgery.ChannelAnalysis` of `model` made before
             (read, not changed), to save tracing the model again; None: one

@@ -1,0 +1,174 @@
+"""What removing whole residual blocks costs in accuracy (issue 21, depth).
+
+A MobileNetV2 (`keras.applications`, `alpha=0.35`, 32x32 inputs: MNIST
+zero-padded to 32x32) is trained on MNIST, then pruned with
+`kprune.prune(importance="l2", round_to=8)` to 4x fewer MACs: widths
+alone, `depth=2` and `depth=4` (the most redundant residual blocks removed
+whole, the widths taking the rest of the budget), and `depth="auto"` with
+the int8 estimate. Every pruned model is fine-tuned with the same recipe
+(Adam, cosine learning rate; BatchNorm statistics recomputed on 2048
+training images after each training) and its test error reported with its MACs and
+its number of TFLite-relevant layers.
+
+The training split is the first 55k images, validation the last 5k (used
+for nothing but the report: nothing is tuned here), test the 10k test
+images, read once at the end of each row.
+
+    python benchmarks/prune_depth_accuracy.py --dense-epochs 2 --finetune-epochs 1
+
+Writes benchmarks/results/prune_depth_accuracy.json / .md.
+"""
+
+import argparse
+import time
+
+import keras
+import numpy as np
+from common import (
+    command_line,
+    load_mnist,
+    machine,
+    md_table,
+    now,
+    test_error,
+    write_results,
+)
+from prune_budget import recalibrate_bn
+
+import kprune
+
+L = keras.layers
+
+
+def mobilenet(seed):
+    keras.utils.set_random_seed(seed)
+    return keras.applications.MobileNetV2(
+        weights=None, input_shape=(32, 32, 1), alpha=0.35, classes=10
+    )
+
+
+def compile_(model, lr, steps):
+    model.compile(
+        optimizer=keras.optimizers.Adam(
+            keras.optimizers.schedules.CosineDecay(lr, steps)
+        ),
+        loss=keras.losses.SparseCategoricalCrossentropy(),
+        metrics=["accuracy"],
+        jit_compile=False,
+    )
+    return model
+
+
+def train(model, x, y, epochs, args, seed):
+    steps = max(1, epochs * -(-len(x) // args.batch))
+    compile_(model, args.lr, steps)
+    keras.utils.set_random_seed(seed)
+    model.fit(x, y, batch_size=args.batch, epochs=epochs, verbose=0)
+    # MobileNetV2's BatchNormalization (momentum 0.999) lags by ~1000 steps:
+    # recompute the moving statistics on training images (no weight update).
+    return recalibrate_bn(model, x, args.bn_images)
+
+
+def pad(images):
+    return np.pad(images, ((0, 0), (2, 2), (2, 2), (0, 0)))
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--dense-epochs", type=int, default=2)
+    parser.add_argument("--finetune-epochs", type=int, default=1)
+    parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--train-samples", type=int, default=55000)
+    parser.add_argument("--calibration", type=int, default=256)
+    parser.add_argument("--budget", type=int, default=4)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--bn-images",
+        type=int,
+        default=2048,
+        help="training images BatchNorm statistics are recomputed on",
+    )
+    parser.add_argument(
+        "--depths", nargs="+", default=["none", "2", "4", "auto"], help="none, N, auto"
+    )
+    args = parser.parse_args(argv)
+    x, y, xt, yt = load_mnist(flat=False)
+    x, y, xt = pad(x), y, pad(xt)
+    x, y = x[: args.train_samples], y[: args.train_samples]
+    result = {
+        "command": command_line(__file__, argv),
+        "machine": machine(),
+        "date": now(),
+        "args": vars(args),
+        "rows": [],
+    }
+    start = time.perf_counter()
+    dense = train(mobilenet(args.seed), x, y, args.dense_epochs, args, args.seed)
+    base = kprune.report.summary(dense)
+    result["dense"] = {
+        "test_error": test_error(dense, xt, yt),
+        "macs": base["macs"],
+        "params": base["params"],
+        "layers": len(dense.layers),
+        "seconds": time.perf_counter() - start,
+    }
+    print("dense", result["dense"], flush=True)
+    cal = x[: args.calibration]
+    for depth in args.depths:
+        value = None if depth == "none" else depth if depth == "auto" else int(depth)
+        start = time.perf_counter()
+        small, plan = kprune.prune(
+            dense,
+            cal,
+            macs=1.0 / args.budget,
+            round_to=8,
+            activation_cost="int8",
+            depth=value,
+        )
+        one_shot = test_error(small, xt, yt)
+        train(small, x, y, args.finetune_epochs, args, args.seed)
+        row = {
+            "depth": depth,
+            "blocks": plan.blocks,
+            "macs_ratio": plan.report["macs_ratio"],
+            "layers": len(small.layers),
+            "one_shot_test_error": one_shot,
+            "test_error": test_error(small, xt, yt),
+            "seconds": time.perf_counter() - start,
+        }
+        result["rows"].append(row)
+        print(row, flush=True)
+    lines = [
+        "# Depth pruning: accuracy at 4x fewer MACs (issue 21)",
+        "",
+        f"Run: `{result['command']}` on {result['machine']['platform']}, "
+        f"{result['machine']['cpu_count']} CPUs, {result['date']}.",
+        "",
+        "MobileNetV2 (alpha 0.35, 32x32 MNIST), `kprune.prune(importance='l2', "
+        "round_to=8, activation_cost='int8', depth=...)`, then "
+        f"{args.finetune_epochs} fine-tuning epoch(s); dense trained "
+        f"{args.dense_epochs} epoch(s); test error on the 10k test images. "
+        f"Dense: {100 * result['dense']['test_error']:.2f} %.",
+        "",
+    ]
+    rows = [
+        [
+            r["depth"],
+            len(r["blocks"]),
+            f"{r['macs_ratio']:.3f}",
+            r["layers"],
+            f"{100 * r['one_shot_test_error']:.2f} %",
+            f"{100 * r['test_error']:.2f} %",
+        ]
+        for r in result["rows"]
+    ]
+    lines += md_table(
+        ["depth", "blocks removed", "MACs ratio", "layers", "one-shot", "fine-tuned"],
+        rows,
+    )
+    write_results("prune_depth_accuracy", result, "\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()
