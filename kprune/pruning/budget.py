@@ -8,6 +8,7 @@ import numpy as np
 from kprune.criteria._autodiff import first_array
 from kprune.criteria.budget import BudgetPlanner
 from kprune.criteria.group_importance import group_importance, split_data
+from kprune.pruning._checks import as_number
 from kprune.pruning.depth import check_depth, op_cost_for, remove_depth
 from kprune.report.summary import summary as model_summary
 from kprune.surgery.groups import DependencyGroups
@@ -28,10 +29,7 @@ ACTIVATION_COSTS = {"float32": 16.0, "int8": 64.0}
 def _check_fraction(value, name):
     if value is None:
         return None
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        value = float("nan")
+    value = as_number(value)
     if not 0.0 < value <= 1.0:
         raise ValueError(
             f"`{name}` is the fraction of the original model's {name} to keep, "
@@ -257,10 +255,7 @@ def prune(
     params = _check_fraction(params, "params")
     targets = [(n, v) for n, v in (("macs", macs), ("params", params)) if v is not None]
     if latency is not None:
-        try:
-            latency = float(latency)
-        except (TypeError, ValueError):
-            latency = float("nan")
+        latency = as_number(latency)
         if not latency > 0:
             raise ValueError(
                 "`latency` is a target in milliseconds, > 0. "
@@ -284,10 +279,7 @@ def prune(
                 f"Received: activation_cost={activation_cost!r}"
             )
         activation_cost = ACTIVATION_COSTS[activation_cost]
-    try:
-        activation_cost = float(activation_cost or 0.0)
-    except (TypeError, ValueError):
-        activation_cost = float("nan")
+    activation_cost = as_number(activation_cost or 0.0)
     if not activation_cost >= 0:
         raise ValueError(
             "`activation_cost` is the MACs-equivalent cost of one activation "
@@ -298,10 +290,7 @@ def prune(
         raise ValueError(f"`steps` must be >= 1. Received: steps={steps!r}")
     depth = check_depth(depth)
     op_cost = op_cost_for(op_cost, activation_name)
-    try:
-        speed_share = float(speed_share)
-    except (TypeError, ValueError):
-        speed_share = float("nan")
+    speed_share = as_number(speed_share)
     if not speed_share > 0:
         raise ValueError(
             "`speed_share` is the estimated speed-up sought as a share of the "

@@ -13,6 +13,7 @@ from kprune.criteria.depth_budget import (
     depth_for_speed,
 )
 from kprune.criteria.group_importance import group_importance, split_data
+from kprune.pruning._checks import as_number
 from kprune.surgery.depth import drop_blocks, residual_blocks
 from kprune.surgery.graph import Graph
 from kprune.surgery.groups import DependencyGroups
@@ -48,10 +49,7 @@ def op_cost_for(op_cost, activation_cost):
                 f"{sorted(OP_COSTS)}. Received: op_cost={op_cost!r}"
             )
         return OP_COSTS[op_cost]
-    try:
-        value = float(op_cost)
-    except (TypeError, ValueError):
-        value = float("nan")
+    value = as_number(op_cost)
     if not value >= 0:
         raise ValueError(
             "`op_cost` is the MACs-equivalent fixed cost of one operation, a "
