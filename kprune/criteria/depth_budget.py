@@ -120,9 +120,10 @@ def depth_for_speed(
     and the model slower). Those blocks are ordered by the change they
     make per unit of time they save beyond that, `change_b / (T_b -
     per_mac * M_b)` (a knapsack's greedy ratio; given order without
-    `changes`), and the shortest prefix whose `share_S` reaches `share` is
-    chosen, else the prefix with the best estimate (none when none beats
-    widths alone).
+    `changes`) and taken greedily in that order: a block joins when it
+    raises the estimate (else it is skipped), until `share_S` reaches
+    `share`, the blocks run out or `limit` blocks are chosen (none when
+    none beats widths alone).
 
     Args:
         planner: a `BudgetPlanner` of the whole model (MACs budget).
@@ -141,7 +142,7 @@ def depth_for_speed(
 
     Returns:
         `(indices, estimates)`: the rows of `blocks` to remove, and per
-        prefix tried a dict (`blocks`: its indices, `width_fraction`,
+        set tried a dict (`blocks`: its indices, `width_fraction`,
         `share`).
     """
     estimates = []
@@ -179,13 +180,13 @@ def depth_for_speed(
     if changes is not None:  # least change per unit of time gained first
         changes = np.maximum(np.asarray(changes, np.float64), 0.0)
         worth.sort(key=lambda i: changes[i] / excess[i])
-    if limit is not None:
-        worth = worth[: int(limit)]
-    best = (base, [])
-    for n in range(1, len(worth) + 1):
-        value, _ = estimate(worth[:n])
-        if value >= share:
-            return worth[:n], estimates
-        if value > best[0] + 1e-9:
-            best = (value, worth[:n])
-    return best[1], estimates
+    best, chosen = base, []
+    for index in worth:
+        if limit is not None and len(chosen) >= int(limit):
+            break
+        value, _ = estimate(chosen + [index])
+        if value > best + 1e-9:  # a block that does not help is skipped
+            best, chosen = value, chosen + [index]
+            if value >= share:
+                break
+    return chosen, estimates

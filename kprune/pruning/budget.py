@@ -163,9 +163,10 @@ def prune(
     blocks that save more time per MAC than narrower layers do, orders
     them by change per unit of time saved and removes the fewest whose
     estimated speed-up reaches `speed_share` of the MACs reduction (else
-    the best prefix), at most half of all residual blocks; with `op_cost`
+    the best prefix), at most 80 % of the residual blocks. With `op_cost`
     0 (float32, whose operations measured no fixed cost here) it removes
-    none.
+    blocks only where narrower layers fall short of the estimate (none on
+    MobileNetV2, ResNet50 and EfficientNetB0 at 2x and 4x).
     `plan.blocks` names them, and `plan.report["depth"]` holds the scores
     and estimates.
 
