@@ -60,6 +60,12 @@ def test_relu_after_add_needs_a_relu_before_the_block():
     assert residual_blocks(model) == []
     with pytest.raises(ValueError, match="no residual block"):
         drop_blocks(model, ["branch..after"])
+    # The same block after a conv with a fused ReLU is the identity.
+    h = L.Conv2D(8, 3, padding="same", activation="relu", name="stem")(inp)
+    b = L.Conv2D(8, 3, padding="same", name="branch")(h)
+    h = L.ReLU(name="after")(L.Add(name="add")([h, b]))
+    model = keras.Model(inp, L.Dense(2, name="head")(L.Flatten()(h)))
+    assert [b.name for b in residual_blocks(model)] == ["branch..after"]
 
 
 def test_dropping_a_block_equals_zeroing_its_branch(images):

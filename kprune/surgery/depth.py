@@ -20,7 +20,8 @@ _IDEMPOTENT = {"relu": ("relu", "relu6"), "relu6": ("relu6",)}
 
 
 def _activation_name(node):
-    """`"relu"` / `"relu6"` for a plain ReLU-family call, else None."""
+    """`"relu"` / `"relu6"` for a call whose output is a plain ReLU's, else
+    None."""
     layer = node.layer
     name = layer.__class__.__name__
     if name == "ReLU":
@@ -30,10 +31,9 @@ def _activation_name(node):
         if not plain or ceiling not in (None, 6):
             return None
         return "relu" if ceiling is None else "relu6"
-    if name == "Activation":
-        found = getattr(layer.activation, "__name__", None)
-        return found if found in ("relu", "relu6") else None
-    return None
+    # An Activation layer, or a Dense / Conv with `activation="relu"`.
+    found = getattr(getattr(layer, "activation", None), "__name__", None)
+    return found if found in ("relu", "relu6") else None
 
 
 def _producer(graph, tensor):
