@@ -12,9 +12,9 @@ time as
     T = MACs + k * elements + c * ops
 
 (`k`: `activation_cost`, `c`: `op_cost`, both in MAC-equivalents; `ops`:
-the calls a converter keeps as operations), and finds how many of the
-most redundant blocks must leave, the rest of the budget going to widths,
-for the estimated speed-up to reach a share of the MACs reduction.
+the calls a converter keeps as operations), and chooses the blocks that
+leave, the rest of the budget going to widths, for the estimated speed-up
+to reach a share of the MACs reduction.
 """
 
 import numpy as np
@@ -28,8 +28,8 @@ from kprune.ops.macs import layer_macs
 # of its residual blocks removed, widths pruned to 4x fewer MACs in all
 # (benchmarks/results/prune_depth.md): int8 (k = 64) c = 7.1e5 with 1
 # thread, 1.5e6 with 2; float32 (k = 16) c = -5e4 (none) with 1 thread,
-# 3.1e5 with 2. Rounded: widths alone already give float32 0.86-0.97 of
-# the MACs reduction there, so float32 removes no block by default.
+# 3.1e5 with 2. Rounded; float32 counts no fixed cost (widths alone gave it
+# 0.86-0.97 of the MACs reduction there).
 OP_COSTS = {"float32": 0.0, "int8": 1.0e6}
 
 
@@ -100,8 +100,7 @@ def depth_for_speed(
     limit=None,
     changes=None,
 ):
-    """Which blocks to remove (a prefix of the worthwhile ones) for the
-    estimated speed share.
+    """Which blocks to remove for the estimated speed share.
 
     For a set `S` of removed blocks, widths take the rest of the budget:
     their MACs must fall to `target * MACs_0` from `M_S = MACs_0 - MACs(S)`,

@@ -147,7 +147,8 @@ def drop_blocks(model, blocks):
             names (`"first_layer..last_layer"`). They must not overlap.
 
     Returns:
-        A new `keras.Model`.
+        A new Functional `keras.Model` (a Sequential model, or a subclass
+        of Functional, comes back as a plain Functional model).
 
     Raises:
         ValueError: a block that is not residual (its removal would change
