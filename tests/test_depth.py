@@ -9,9 +9,10 @@ import pytest
 
 import kprune
 from kprune.criteria.block_redundancy import block_redundancy
-from kprune.criteria.depth_budget import block_costs, call_costs
+from kprune.criteria.depth_budget import block_costs, block_groups, call_costs
 from kprune.surgery import PruningPlan, drop_blocks, remove_units, residual_blocks
 from kprune.surgery.graph import Graph
+from kprune.surgery.groups import DependencyGroups
 
 L = keras.layers
 
@@ -174,12 +175,19 @@ def test_block_costs_count_the_blocks_calls():
     graph = Graph(model)
     costs = call_costs(graph)
     blocks = residual_blocks(graph)
-    macs, elements, ops = block_costs(blocks, costs)[0]
+    macs, elements, ops, add = block_costs(blocks, costs)[0]
     assert macs == 8 * 8 * (3 * 3 * 8 * 16 + 3 * 3 * 16 * 8)
     # b1_a (relu fused), b1_b, the Add: three operations; BatchNorm folds;
     # the ReLU after the Add fuses into it.
     assert ops == 3
-    assert elements == 8 * 8 * 8  # the Add's output
+    assert elements == add == 8 * 8 * 8  # the Add's output
+    # The groups made inside block 1: b1_a's filters (b1_b makes the
+    # residual channels, with the stem and block 2).
+    view = DependencyGroups(model)
+    (inner,) = block_groups(view, blocks[:1])
+    assert sorted(view.units(view.ids[p])[0] for p in inner) == [
+        ("b1_a", i) for i in range(16)
+    ]
 
 
 def test_block_redundancy_without_the_fit(images):
@@ -254,3 +262,21 @@ def test_depth_with_a_latency_target(tmp_path, images):
     np.testing.assert_allclose(
         remove_units(model, plan)(images), small(images), rtol=1e-5, atol=1e-5
     )
+
+
+def test_planner_counts_forced_groups_as_removed():
+    from kprune.criteria import BudgetPlanner
+
+    model = _resnet()
+    view = DependencyGroups(model)
+    (inner,) = block_groups(view, residual_blocks(model)[:1])
+    planner = BudgetPlanner(model, view, np.arange(len(view.ids), dtype=float))
+    free = planner.search("macs", 0.6)
+    planner.force(inner)
+    forced = planner.search("macs", 0.6)  # with the fill: nothing given back
+    assert set(inner) <= set(forced)
+    assert planner.estimate(forced)["macs"] <= 0.6 * planner.base["macs"]
+    # The block's MACs count toward the budget: fewer other groups leave.
+    assert len(set(forced) - set(inner)) < len(set(free))
+    planner.force([])
+    assert np.array_equal(planner.search("macs", 0.6), free)

@@ -168,10 +168,20 @@ class BudgetPlanner:
         self.activation_cost = float(activation_cost or 0.0)
         self.speed_share = float(speed_share)
         self._candidates = np.flatnonzero(~protected)
+        self.forced = np.zeros(0, dtype=np.int64)
         self._costs = None
         if self.activation_cost > 0:
             self._costs = self.group_costs(totals=True)
         self.rank(0.0)
+
+    def force(self, positions):
+        """Count these groups as removed in every selection (`select`,
+        `search`): the groups of a block that leaves whole, say. They leave
+        the ranking; `force([])` undoes it."""
+        self.forced = np.unique(np.asarray(positions, dtype=np.int64))
+        keep = ~np.isin(np.flatnonzero(~self.protected), self.forced)
+        self._candidates = np.flatnonzero(~self.protected)[keep]
+        self.rank(self.exponent)
 
     def rank(self, exponent):
         """Order the groups by importance times `rank_weights(...) ** exponent`
@@ -198,13 +208,19 @@ class BudgetPlanner:
         cost = cost or self.estimate(positions)
         if self._costs is None:
             return cost["macs"] / self.base["macs"] if self.base["macs"] else 1.0
-        _, elements, total_elements = self._costs
-        kept = total_elements - float(
-            np.sum(elements[np.asarray(positions, dtype=np.int64)])
-        )
+        total_elements = self._costs[2]
+        kept = self.kept_elements(positions)
         k = self.activation_cost
         full = self.base["macs"] + k * total_elements
         return (cost["macs"] + k * kept) / full if full else 1.0
+
+    def kept_elements(self, positions):
+        """Activation elements (`group_costs`) of the model without these
+        groups, all channels counted; None without an `activation_cost`."""
+        if self._costs is None:
+            return None
+        _, elements, total = self._costs
+        return total - float(np.sum(elements[np.asarray(positions, dtype=np.int64)]))
 
     # ------------------------------------------------------------------ API
     def select(self, k):
@@ -223,8 +239,8 @@ class BudgetPlanner:
             if count > 0:
                 removed.append(self.per_structure[s][:count])
         if not removed:
-            return np.zeros(0, dtype=np.int64)
-        return np.sort(np.concatenate(removed))
+            return self.forced.copy()
+        return np.union1d(np.concatenate(removed), self.forced)
 
     def removed_ids(self, positions):
         """Group ids of the given positions."""
@@ -345,14 +361,16 @@ class BudgetPlanner:
         step = self.round_to or 1
         structure = self.view.structure
         gone = {}
+        forced = set(self.forced.tolist())  # never given back
         for position in removed:
-            gone.setdefault(int(structure[position]), []).append(int(position))
+            if int(position) not in forced:
+                gone.setdefault(int(structure[position]), []).append(int(position))
         for s in gone:
             gone[s].sort(key=lambda p: -self.rank_scores[p])  # best first
 
         def flat():
             items = [p for positions in gone.values() for p in positions]
-            return np.array(sorted(items), dtype=np.int64)
+            return np.union1d(np.array(items, dtype=np.int64), self.forced)
 
         changed = True
         while changed and tries > 0:

@@ -80,20 +80,37 @@ def call_costs(graph):
 
 
 def block_costs(blocks, costs):
-    """`(macs, elements, ops)` arrays: what each block's calls cost."""
-    out = np.zeros((len(blocks), 3))
+    """`(macs, elements, ops, add_elements)` per block: what its calls
+    cost, and the elements of its `Add` calls alone."""
+    out = np.zeros((len(blocks), 4))
     for i, block in enumerate(blocks):
         for node in block.nodes:
-            out[i] += costs.get(id(node), (0.0, 0.0, 0.0))
+            macs, elements, ops = costs.get(id(node), (0.0, 0.0, 0.0))
+            add = elements if node.layer.__class__.__name__ == "Add" else 0.0
+            out[i] += (macs, elements, ops, add)
     return out
+
+
+def block_groups(view, blocks):
+    """Per block, the positions (into `view.ids`) of the groups made only
+    inside it: the channels that leave with the block (a bottleneck's
+    expanded channels), not the residual channels it reads and writes."""
+    found = []
+    for block in blocks:
+        paths = {node.path for node in block.nodes}
+        inside = [
+            s for s, producers in enumerate(view.structures) if set(producers) <= paths
+        ]
+        found.append(np.flatnonzero(np.isin(view.structure, inside)))
+    return found
 
 
 def depth_for_speed(
     planner,
-    metric,
     target,
     totals,
     blocks,
+    groups,
     activation_cost,
     op_cost,
     share,
@@ -102,14 +119,14 @@ def depth_for_speed(
 ):
     """Which blocks to remove for the estimated speed share.
 
-    For a set `S` of removed blocks, widths take the rest of the budget:
-    their MACs must fall to `target * MACs_0` from `M_S = MACs_0 - MACs(S)`,
-    a fraction `r_S`. The widths' estimated time ratio at `r_S`,
-    `rho(r_S)`, is the planner's (`time_estimate` of its selection for
-    `r_S` on the whole model), and
+    For a set `S` of removed blocks, the planner counts the groups made
+    inside them as removed (`BudgetPlanner.force`) and narrows the other
+    layers until the MACs meet `target` (`search`); its estimate of that
+    selection's MACs and activation elements, less the elements of the
+    blocks' `Add`s (which leave too), gives
 
-        T_S = rho(r_S) * (M_S + k E_S) + c * ops_S,
-        share_S = (T_0 / T_S) * MACs_after / MACs_0.
+        T_S = M_S + k E_S + c * ops_S,
+        share_S = (T_0 / T_S) * MACs_S / MACs_0.
 
     A block is worth removing only when the time it costs per MAC,
     `(M_b + k E_b + c ops_b) / M_b`, exceeds what narrowing layers removes
@@ -125,12 +142,16 @@ def depth_for_speed(
     none beats widths alone).
 
     Args:
-        planner: a `BudgetPlanner` of the whole model (MACs budget).
-        metric: "macs" (other budgets: no estimate, no blocks).
+        planner: a `BudgetPlanner` of the whole model (its `forced` groups
+            are reset on return).
         target: the kept fraction of MACs.
-        totals: `(macs, elements, ops)` of the whole model.
-        blocks: `(n_blocks, 3)` costs (`block_costs`), in order of
-            preference (most redundant first).
+        totals: `(macs, elements, ops)` of the whole model (`call_costs`;
+            MACs and elements are the planner's own counts when it has
+            them).
+        blocks: `(n_blocks, 4)` costs: `block_costs` and, last, the
+            elements of each block's `Add`.
+        groups: per block, the planner positions of its inner groups
+            (`block_groups`).
         activation_cost: `k`.
         op_cost: `c`.
         share: the speed-up sought, as a share of the MACs reduction.
@@ -141,51 +162,58 @@ def depth_for_speed(
 
     Returns:
         `(indices, estimates)`: the rows of `blocks` to remove, and per
-        set tried a dict (`blocks`: its indices, `width_fraction`,
-        `share`).
+        set tried a dict (`blocks`: its indices, `macs`, `share`).
     """
     estimates = []
-    if metric != "macs" or not totals[0] or not len(blocks):
+    m0 = float(planner.base["macs"])
+    if not m0 or not len(blocks):
         return [], estimates
-    m0, e0, n0 = (float(v) for v in totals)
+    n0 = float(totals[2])
+    e0 = planner.kept_elements([])
+    e0 = float(totals[1]) if e0 is None else e0
     k, c = float(activation_cost), float(op_cost)
     full = m0 + k * e0 + c * n0
     blocks = np.asarray(blocks, np.float64)
 
     def estimate(chosen):
-        mb, eb, ob = blocks[chosen].sum(axis=0) if chosen else (0.0, 0.0, 0.0)
-        m_s, e_s = m0 - mb, e0 - eb
-        fraction = min(1.0, target * m0 / m_s) if m_s > 0 else 1.0
-        positions = planner.search("macs", fraction, fill=False) if fraction < 1 else []
-        rho = planner.time_estimate(positions) if len(positions) else 1.0
-        time = rho * (m_s + k * e_s) + c * (n0 - ob)
-        value = (full / time) * min(m_s, target * m0) / m0 if time > 0 else 0.0
+        planner.force(np.concatenate([groups[i] for i in chosen]) if chosen else [])
+        positions = planner.search("macs", target, fill=False)
+        macs = planner.estimate(positions)["macs"]
+        kept = planner.kept_elements(positions)
+        kept = e0 if kept is None else kept
+        adds = blocks[chosen, 3].sum() if chosen else 0.0
+        ops = n0 - (blocks[chosen, 2].sum() if chosen else 0.0)
+        time = macs + k * (kept - adds) + c * ops
+        value = (full / time) * macs / m0 if time > 0 else 0.0
         estimates.append(
             {
                 "blocks": [int(i) for i in chosen],
-                "width_fraction": float(fraction),
+                "macs": float(macs / m0),
                 "share": float(value),
             }
         )
-        return value, time
+        return value, time, macs
 
-    base, widths_time = estimate([])
-    if base >= share:
-        return [], estimates
-    per_mac = (full - widths_time) / max(m0 * (1 - target), 1e-300)
-    cost = blocks[:, 0] + k * blocks[:, 1] + c * blocks[:, 2]
-    excess = cost - per_mac * blocks[:, 0]
-    worth = [i for i in range(len(blocks)) if blocks[i, 0] > 0 and excess[i] > 0]
-    if changes is not None:  # least change per unit of time gained first
-        changes = np.maximum(np.asarray(changes, np.float64), 0.0)
-        worth.sort(key=lambda i: changes[i] / excess[i])
-    best, chosen = base, []
-    for index in worth:
-        if limit is not None and len(chosen) >= int(limit):
-            break
-        value, _ = estimate(chosen + [index])
-        if value > best + 1e-9:  # a block that does not help is skipped
-            best, chosen = value, chosen + [index]
-            if value >= share:
+    try:
+        base, widths_time, widths_macs = estimate([])
+        if base >= share:
+            return [], estimates
+        per_mac = (full - widths_time) / max(m0 - widths_macs, 1e-300)
+        cost = blocks[:, 0] + k * blocks[:, 1] + c * blocks[:, 2]
+        excess = cost - per_mac * blocks[:, 0]
+        worth = [i for i in range(len(blocks)) if blocks[i, 0] > 0 and excess[i] > 0]
+        if changes is not None:  # least change per unit of time gained first
+            changes = np.maximum(np.asarray(changes, np.float64), 0.0)
+            worth.sort(key=lambda i: changes[i] / excess[i])
+        best, chosen = base, []
+        for index in worth:
+            if limit is not None and len(chosen) >= int(limit):
                 break
-    return chosen, estimates
+            value, _, _ = estimate(chosen + [index])
+            if value > best + 1e-9:  # a block that does not help is skipped
+                best, chosen = value, chosen + [index]
+                if value >= share:
+                    break
+        return chosen, estimates
+    finally:
+        planner.force([])

@@ -9,6 +9,7 @@ from kprune.criteria.budget import BudgetPlanner
 from kprune.criteria.depth_budget import (
     OP_COSTS,
     block_costs,
+    block_groups,
     call_costs,
     depth_for_speed,
 )
@@ -119,10 +120,10 @@ def remove_depth(
         )
         indices, estimates = depth_for_speed(
             planner,
-            "macs",
             target,
             totals,
             block_costs([c.block for c in ranked], costs),
+            block_groups(view, [c.block for c in ranked]),
             activation_cost,
             op_cost,
             speed_share,
