@@ -161,9 +161,10 @@ def prune(
     of the budget. `"auto"` estimates time as `MACs + k * elements + c *
     ops` (`c = op_cost`; `kprune.criteria.depth_budget`), keeps only the
     blocks that save more time per MAC than narrower layers do, orders
-    them by change per unit of time saved and removes the fewest whose
-    estimated speed-up reaches `speed_share` of the MACs reduction (else
-    the best prefix), at most 80 % of the residual blocks. With `op_cost`
+    them by change per unit of time saved and removes them greedily
+    while the estimated speed-up is below `speed_share - 0.05` of the MACs
+    reduction (the margin: the estimate's error), at most 80 % of the
+    residual blocks. With `op_cost`
     0 (float32, whose operations measured no fixed cost here) it removes
     blocks only where narrower layers fall short of the estimate (none on
     MobileNetV2, ResNet50 and EfficientNetB0 at 2x and 4x).
