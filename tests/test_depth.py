@@ -280,3 +280,27 @@ def test_planner_counts_forced_groups_as_removed():
     assert len(set(forced) - set(inner)) < len(set(free))
     planner.force([])
     assert np.array_equal(planner.search("macs", 0.6), free)
+
+
+def test_ignore_inside_a_nested_model_survives_the_dropped_blocks():
+    keras.utils.set_random_seed(0)
+    inner_in = keras.Input((8, 8, 8))
+    h = L.ReLU(name="r0")(inner_in)
+    b = L.Conv2D(16, 3, padding="same", activation="relu", name="ia")(h)
+    b = L.Conv2D(8, 3, padding="same", name="ib")(b)
+    h = L.ReLU(name="r1")(L.Add(name="iadd")([h, b]))
+    b = L.Conv2D(16, 3, padding="same", activation="relu", name="ja")(h)
+    b = L.Conv2D(8, 3, padding="same", name="jb")(b)
+    h = L.ReLU(name="r2")(L.Add(name="jadd")([h, b]))
+    h = L.Conv2D(12, 3, padding="same", name="keep_me")(h)
+    inner = keras.Model(inner_in, h, name="inner")
+    inp = keras.Input((8, 8, 3))
+    x = inner(L.Conv2D(8, 3, padding="same", name="stem")(inp))
+    model = keras.Model(inp, L.Dense(2, name="head")(L.Flatten()(x)))
+    x = np.random.default_rng(0).random((8, 8, 8, 3)).astype("float32")
+    small, plan = kprune.prune(
+        model, x, macs=0.4, depth=1, ignore=["inner/keep_me"], round_to=None
+    )
+    assert len(plan.blocks) == 1
+    assert small.get_layer("keep_me").filters == 12  # protected after inlining
+    assert "keep_me" not in plan.units

@@ -366,6 +366,7 @@ def prune(
         )
         if dropped:
             current_summary = model_summary(current)
+            ignore = _inlined_paths(ignore, current)
             if metric == "latency":
                 current_latency = measure(current)
     for step in range(1, int(steps) + 1):
@@ -526,6 +527,22 @@ def _next_internal(history, goal, metric):
     if metric == "latency":
         factor = min(max(factor, 0.5), 2.0)
     return last["internal"] * factor
+
+
+def _inlined_paths(names, model):
+    """`names` of layers after `drop_blocks` inlined nested models: a path
+    `"outer/inner"` becomes the name its layer has in `model` (`"inner"`,
+    or `"outer_inner"` when that name was taken)."""
+    present = _all_paths(model)
+    found = []
+    for name in names:
+        if name not in present and "/" in name:
+            for candidate in (name.rsplit("/", 1)[1], name.replace("/", "_")):
+                if candidate in present:
+                    name = candidate
+                    break
+        found.append(name)
+    return found
 
 
 def _all_paths(model):
