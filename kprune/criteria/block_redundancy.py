@@ -39,17 +39,24 @@ def redundancy_terms(h_in, h_out):
     >>> [a.tolist() for a in redundancy_terms(x, 2 * x)]
     [[3.0, 3.0], [3.0, 3.0], [1.0, 1.0]]
     """
-    a = np.asarray(h_in, np.float64).reshape(len(h_in), -1)
-    b = np.asarray(h_out, np.float64).reshape(len(h_out), -1)
+    # Products in the activations' own precision, sums in float64: no
+    # float64 copy of every activation (`kprune.prune(depth=...)` scores
+    # feature maps of millions of entries per batch).
+    a = np.asarray(h_in).reshape(len(h_in), -1)
+    b = np.asarray(h_out).reshape(len(h_out), -1)
     if a.shape != b.shape:
         raise ValueError(
             "Block Redundancy compares a block's input and output, which "
             f"must have the same shape. Received: {a.shape} and {b.shape}"
         )
-    change = ((b - a) ** 2).sum(axis=1)
-    norm = (a * a).sum(axis=1)
-    denom = np.sqrt(norm * (b * b).sum(axis=1))
-    cosine = np.where(denom > 0, (a * b).sum(axis=1) / np.maximum(denom, 1e-300), 1.0)
+
+    def rowsum(x):
+        return x.sum(axis=1, dtype=np.float64)
+
+    change = rowsum(np.square(b - a))
+    norm = rowsum(a * a)
+    denom = np.sqrt(norm * rowsum(b * b))
+    cosine = np.where(denom > 0, rowsum(a * b) / np.maximum(denom, 1e-300), 1.0)
     return change, norm, cosine
 
 

@@ -426,10 +426,7 @@ class BudgetPlanner:
         elements = np.zeros(len(view.ids))
         total = 0.0
         graph = analysis.graph
-        makers = {}
-        for node in graph.nodes:
-            for tensor in node.outputs:
-                makers[id(tensor)] = node
+        makers = output_makers(graph)
         for node in graph.nodes:
             if not memory_bound(node, makers):
                 continue
@@ -521,6 +518,12 @@ _FUSES_RELU = MATMUL_LAYERS + (
     "Subtract",
     "Multiply",
 )
+
+
+def output_makers(graph):
+    """`{id(tensor): the call that made it}` over a traced graph (the
+    `makers` `memory_bound` reads)."""
+    return {id(t): node for node in graph.nodes for t in node.outputs}
 
 
 def memory_bound(node, makers):

@@ -19,7 +19,7 @@ to reach a share of the MACs reduction.
 
 import numpy as np
 
-from kprune.criteria.budget import MATMUL_LAYERS, memory_bound
+from kprune.criteria.budget import MATMUL_LAYERS, memory_bound, output_makers
 from kprune.ops.macs import layer_macs
 
 # MAC-equivalent fixed cost of one operation, by deployed format: least
@@ -51,10 +51,7 @@ def call_costs(graph):
     Returns:
         `{id(node): (macs, elements, ops)}`.
     """
-    makers = {}
-    for node in graph.nodes:
-        for tensor in node.outputs:
-            makers[id(tensor)] = node
+    makers = output_makers(graph)
     costs = {}
     for node in graph.nodes:
         macs = 0.0

@@ -10,7 +10,13 @@ blocks that change their input least (`kprune.criteria.block_redundancy`)
 and fine-tune afterwards, as after any pruning.
 """
 
-from kprune.surgery.blocks import Block, find_blocks, locate, tap_model
+from kprune.surgery.blocks import (
+    Block,
+    block_positions,
+    find_blocks,
+    locate,
+    tap_model,
+)
 from kprune.surgery.compiling import compile_like
 from kprune.surgery.graph import Graph
 
@@ -34,13 +40,6 @@ def _activation_name(node):
     # An Activation layer, or a Dense / Conv with `activation="relu"`.
     found = getattr(getattr(layer, "activation", None), "__name__", None)
     return found if found in ("relu", "relu6") else None
-
-
-def _producer(graph, tensor):
-    for node in graph.nodes:
-        if any(t is tensor for t in node.outputs):
-            return node
-    return None
 
 
 def is_residual(block):
@@ -72,8 +71,8 @@ def is_residual(block):
     if not tail[0].inputs or tail[0].inputs[0] is not add.outputs[0]:
         return False
     after = _activation_name(tail[0])
-    maker = _producer(block.graph, block.start)
-    before = _activation_name(maker) if maker is not None else None
+    position = block_positions(block.graph).get(id(block.start), -1)
+    before = _activation_name(block.graph.nodes[position]) if position >= 0 else None
     return after is not None and before in _IDEMPOTENT[after]
 
 
