@@ -17,7 +17,9 @@ after fine-tuning (and once for the one-shot error before it).
     python benchmarks/prune_depth_accuracy.py --train-samples 55000 \
         --dense-epochs 3 --finetune-epochs 1
 
-Writes benchmarks/results/prune_depth_accuracy.json / .md.
+`--seeds 0 1 2` repeats the whole run (dense training, pruning,
+fine-tuning) per seed and adds the mean and spread per depth. Writes
+benchmarks/results/prune_depth_accuracy{--tag}.json / .md.
 """
 
 import argparse
@@ -83,7 +85,8 @@ def parse(argv=None):
     parser.add_argument("--train-samples", type=int, default=55000)
     parser.add_argument("--calibration", type=int, default=256)
     parser.add_argument("--budget", type=int, default=4)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--tag", default="", help="suffix of the results' name")
     parser.add_argument(
         "--bn-images",
         type=int,
@@ -96,7 +99,7 @@ def parse(argv=None):
     return parser.parse_args(argv)
 
 
-def run(args, argv=None):
+def run(args, argv=None, name=None):
     x, y, xt, yt = load_mnist(flat=False)
     x, y, xt = pad(x), y, pad(xt)
     x, y = x[: args.train_samples], y[: args.train_samples]
@@ -105,19 +108,34 @@ def run(args, argv=None):
         "machine": machine(),
         "date": now(),
         "args": vars(args),
+        "denses": [],
         "rows": [],
     }
+    for seed in args.seeds:
+        run_seed(args, seed, (x, y, xt, yt), result)
+        result["dense"] = result["denses"][0]
+        if name:  # after each seed: a long run that is stopped keeps its seeds
+            write_results(name, result, "\n".join(render(result)) + "\n")
+    return result
+
+
+def run_seed(args, seed, data, result):
+    """One seed: the dense model, then each depth pruned and fine-tuned."""
+    x, y, xt, yt = data
     start = time.perf_counter()
-    dense = train(mobilenet(args.seed), x, y, args.dense_epochs, args, args.seed)
+    dense = train(mobilenet(seed), x, y, args.dense_epochs, args, seed)
     base = kprune.report.summary(dense)
-    result["dense"] = {
-        "test_error": test_error(dense, xt, yt),
-        "macs": base["macs"],
-        "params": base["params"],
-        "layers": len(dense.layers),
-        "seconds": time.perf_counter() - start,
-    }
-    print("dense", result["dense"], flush=True)
+    result["denses"].append(
+        {
+            "seed": seed,
+            "test_error": test_error(dense, xt, yt),
+            "macs": base["macs"],
+            "params": base["params"],
+            "layers": len(dense.layers),
+            "seconds": time.perf_counter() - start,
+        }
+    )
+    print("dense", result["denses"][-1], flush=True)
     cal = x[: args.calibration]
     for depth in args.depths:
         value = None if depth == "none" else depth if depth == "auto" else int(depth)
@@ -131,8 +149,9 @@ def run(args, argv=None):
             depth=value,
         )
         one_shot = test_error(small, xt, yt)
-        train(small, x, y, args.finetune_epochs, args, args.seed)
+        train(small, x, y, args.finetune_epochs, args, seed)
         row = {
+            "seed": seed,
             "depth": depth,
             "blocks": plan.blocks,
             "macs_ratio": plan.report["macs_ratio"],
@@ -143,7 +162,28 @@ def run(args, argv=None):
         }
         result["rows"].append(row)
         print(row, flush=True)
-    return result
+
+
+def _over_seeds(result):
+    """Rows of mean, spread and n per depth (in the order first run)."""
+    depths, errors, blocks = [], {}, {}
+    for row in result["rows"]:
+        if row["depth"] not in errors:
+            depths.append(row["depth"])
+        errors.setdefault(row["depth"], []).append(100 * row["test_error"])
+        blocks.setdefault(row["depth"], []).append(len(row["blocks"]))
+    dense = [100 * d["test_error"] for d in result.get("denses", [])]
+    lines = [["dense", "0", f"{np.mean(dense):.2f} %", _spread(dense), len(dense)]]
+    for depth in depths:
+        e = errors[depth]
+        low, high = min(blocks[depth]), max(blocks[depth])
+        removed = f"{low}-{high}" if low != high else str(low)
+        lines.append([depth, removed, f"{np.mean(e):.2f} %", _spread(e), len(e)])
+    return lines
+
+
+def _spread(values):
+    return f"{min(values):.2f}-{max(values):.2f}" if values else "-"
 
 
 def render(result):
@@ -159,11 +199,24 @@ def render(result):
         "round_to=8, activation_cost='int8', depth=...)`, then "
         f"{args.finetune_epochs} fine-tuning epoch(s); dense trained "
         f"{args.dense_epochs} epoch(s); test error on the 10k test images. "
-        f"Dense: {100 * result['dense']['test_error']:.2f} %.",
+        f"Dense (seed {result['dense'].get('seed', 0)}): "
+        f"{100 * result['dense']['test_error']:.2f} %.",
         "",
     ]
+    seeds = [d["seed"] for d in result.get("denses", [])]
+    if len(seeds) > 1:
+        lines += [
+            f"Mean over seeds {seeds} (each seed its own "
+            "dense model, pruning and fine-tuning; fine-tuned test error):",
+            "",
+        ]
+        lines += md_table(
+            ["depth", "blocks removed", "mean", "range", "n"], _over_seeds(result)
+        )
+        lines += ["", "Per seed:", ""]
     rows = [
         [
+            r.get("seed", result["args"].get("seed", 0)),
             r["depth"],
             len(r["blocks"]),
             f"{r['macs_ratio']:.3f}",
@@ -174,7 +227,15 @@ def render(result):
         for r in result["rows"]
     ]
     lines += md_table(
-        ["depth", "blocks removed", "MACs ratio", "layers", "one-shot", "fine-tuned"],
+        [
+            "seed",
+            "depth",
+            "blocks removed",
+            "MACs ratio",
+            "layers",
+            "one-shot",
+            "fine-tuned",
+        ],
         rows,
     )
     if result.get("notes"):
@@ -184,8 +245,7 @@ def render(result):
 
 def main(argv=None):
     args = parse(argv)
-    result = run(args, argv)
-    write_results("prune_depth_accuracy", result, "\n".join(render(result)) + "\n")
+    run(args, argv, name="prune_depth_accuracy" + args.tag)
 
 
 if __name__ == "__main__":
