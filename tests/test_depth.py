@@ -282,7 +282,10 @@ def test_planner_counts_forced_groups_as_removed():
     assert np.array_equal(planner.search("macs", 0.6), free)
 
 
-def test_ignore_inside_a_nested_model_survives_the_dropped_blocks():
+@pytest.mark.parametrize("name_taken", [False, True])
+def test_ignore_inside_a_nested_model_survives_the_dropped_blocks(name_taken):
+    # name_taken: the outer model's stem is also 'keep_me', so the inlined
+    # 'inner/keep_me' is renamed; the ignore must follow the nested one.
     keras.utils.set_random_seed(0)
     inner_in = keras.Input((8, 8, 8))
     h = L.ReLU(name="r0")(inner_in)
@@ -295,12 +298,20 @@ def test_ignore_inside_a_nested_model_survives_the_dropped_blocks():
     h = L.Conv2D(12, 3, padding="same", name="keep_me")(h)
     inner = keras.Model(inner_in, h, name="inner")
     inp = keras.Input((8, 8, 3))
-    x = inner(L.Conv2D(8, 3, padding="same", name="stem")(inp))
+    stem = L.Conv2D(8, 1, name="keep_me" if name_taken else "stem")
+    x = inner(stem(inp))
     model = keras.Model(inp, L.Dense(2, name="head")(L.Flatten()(x)))
     x = np.random.default_rng(0).random((8, 8, 8, 3)).astype("float32")
     small, plan = kprune.prune(
         model, x, macs=0.4, depth=1, ignore=["inner/keep_me"], round_to=None
     )
     assert len(plan.blocks) == 1
-    assert small.get_layer("keep_me").filters == 12  # protected after inlining
-    assert "keep_me" not in plan.units
+    # after inlining, one of the two is renamed: tell them by kernel size
+    by_kernel = {
+        layer.kernel_size: layer
+        for layer in small.layers
+        if "keep_me" in layer.name
+    }
+    protected = by_kernel[(3, 3)]  # the nested one, not the outer stem
+    assert protected.filters == 12
+    assert protected.name not in plan.units

@@ -24,12 +24,13 @@ from kprune.ops.macs import layer_macs
 
 # MAC-equivalent fixed cost of one operation, by deployed format: least
 # squares fits of `T = a * (MACs + k * elements + c * ops)` to side-by-side
-# LiteRT (XNNPACK, x86) timings of MobileNetV2 dense and with 0, 3, 5 and 7
-# of its residual blocks removed, widths pruned to 4x fewer MACs in all
-# (benchmarks/results/prune_depth.md): int8 (k = 64) c = 7.1e5 with 1
-# thread, 1.5e6 with 2; float32 (k = 16) c = -5e4 (none) with 1 thread,
-# 3.1e5 with 2. Rounded; float32 counts no fixed cost (widths alone gave it
-# 0.86-0.97 of the MACs reduction there).
+# LiteRT (XNNPACK, x86) timings of a model dense and with its first 0, 3, 5
+# and 7 residual blocks removed, widths pruned to 4x fewer MACs in all
+# (benchmarks/prune_depth_fit.py, results/prune_depth_fit.md). int8
+# (k = 64): c = 4.7e5 / 1.6e6 on MobileNetV2 with 1 / 2 threads, 1.9e5 /
+# 2.2e5 on EfficientNetB0 (an earlier fit: 7.1e5 / 1.5e6); 1e6 lies in that
+# range, and its selections were measured end to end (prune_depth.md).
+# float32 (k = 16): c between -1.1e5 and 3.1e5, counted as none.
 OP_COSTS = {"float32": 0.0, "int8": 1.0e6}
 
 

@@ -351,9 +351,9 @@ def prune(
     report = {"metric": metric, "target": target, "rounds": []}
     if data is not None:
         report["calibration_samples"] = _count(split_data(data)[0])
-    dropped = []
+    dropped, view = [], None
     if depth is not None:
-        current, dropped, report["depth"] = remove_depth(
+        removed = remove_depth(
             model,
             data,
             depth,
@@ -364,9 +364,11 @@ def prune(
             op_cost,
             speed_share,
         )
+        current, dropped, report["depth"] = removed[:3]
+        view = removed.groups  # the analysis `auto` made, when it kept all
         if dropped:
             current_summary = model_summary(current)
-            ignore = _inlined_paths(ignore, current)
+            ignore = [removed.names.get(name, name) for name in ignore]
             if metric == "latency":
                 current_latency = measure(current)
     for step in range(1, int(steps) + 1):
@@ -374,7 +376,8 @@ def prune(
             goal = base_latency * (target / base_latency) ** (step / steps)
         else:
             goal = target ** (step / steps)
-        view = DependencyGroups(current)
+        if view is None or step > 1:
+            view = DependencyGroups(current)
         for path, member in ((m.path, m) for m in view.members if m.role == "producer"):
             kept.setdefault(path, np.arange(member.tensor.channels))
         scores = group_importance(
@@ -527,22 +530,6 @@ def _next_internal(history, goal, metric):
     if metric == "latency":
         factor = min(max(factor, 0.5), 2.0)
     return last["internal"] * factor
-
-
-def _inlined_paths(names, model):
-    """`names` of layers after `drop_blocks` inlined nested models: a path
-    `"outer/inner"` becomes the name its layer has in `model` (`"inner"`,
-    or `"outer_inner"` when that name was taken)."""
-    present = _all_paths(model)
-    found = []
-    for name in names:
-        if name not in present and "/" in name:
-            for candidate in (name.rsplit("/", 1)[1], name.replace("/", "_")):
-                if candidate in present:
-                    name = candidate
-                    break
-        found.append(name)
-    return found
 
 
 def _all_paths(model):

@@ -1,5 +1,6 @@
 """Depth for `kprune.prune(depth=...)`: which residual blocks leave whole."""
 
+import collections
 import warnings
 
 import numpy as np
@@ -30,6 +31,12 @@ AUTO_MAX_SHARE = 0.8
 # the one block the estimate chose without the margin measured slower with
 # 2 threads (0.73-0.78 vs 0.78-0.85 with widths alone: prune_depth.md).
 DEPTH_MARGIN = 0.05
+
+# What `remove_depth` gives `prune`: the model without the chosen blocks,
+# their names, the report, `{old path or name: new name}` of the kept layers
+# (empty when none left) and the `DependencyGroups` of the returned model
+# when one was built for it (`"auto"` removing nothing), else None.
+Depth = collections.namedtuple("Depth", "model blocks report names groups")
 
 
 def check_depth(depth):
@@ -79,7 +86,7 @@ def remove_depth(
     op_cost,
     speed_share,
 ):
-    """`(model without the chosen blocks, their names, report)`.
+    """The model without the chosen blocks, as a `Depth`.
 
     Blocks are `kprune.surgery.residual_blocks` without an ignored layer,
     ranked by Block Redundancy on `data` (the smallest relative change of
@@ -110,10 +117,11 @@ def remove_depth(
                 stacklevel=3,
             )
         report["blocks"] = []
-        return model, [], report
+        return Depth(model, [], report, {}, None)
     x = split_data(data)[0]
     ranked = block_redundancy(model, x, blocks=blocks, batch_size=batch_size, fit=False)
     report["block_redundancy"] = {c.name: c.redundancy for c in ranked}
+    view = None
     if depth == "auto":
         limit = int(len(ranked) * AUTO_MAX_SHARE)
         costs = call_costs(ranked[0].block.graph)
@@ -144,5 +152,6 @@ def remove_depth(
         chosen = [c.name for c in ranked[: min(depth, len(ranked))]]
     report["blocks"] = chosen
     if not chosen:
-        return model, [], report
-    return drop_blocks(model, chosen), chosen, report
+        return Depth(model, [], report, {}, view)
+    new, names = drop_blocks(model, chosen, return_names=True)
+    return Depth(new, chosen, report, names, None)

@@ -383,7 +383,7 @@ def _copy_renamed(layer, name):
     )
 
 
-def tap_model(graph, outputs=None, replacements=(), name=None):
+def tap_model(graph, outputs=None, replacements=(), name=None, return_names=False):
     """A new Functional model re-running `graph` with some blocks swapped.
 
     Every layer call outside the replaced blocks is re-made on new
@@ -400,9 +400,14 @@ def tap_model(graph, outputs=None, replacements=(), name=None):
             `None` layer makes the block the identity (its output is its
             input; the shapes must agree).
         name: the new model's name.
+        return_names: also return `{path: name}`, the name in the new model
+            of each kept layer by its path in `graph` (`"outer/inner"` for
+            a layer of a nested model, which is inlined and renamed
+            `"outer_inner"` where its own name is taken) and, where no path
+            is the same, by its own name.
 
     Returns:
-        A `keras.Model`.
+        A `keras.Model`, or `(model, names)` with `return_names=True`.
     """
     replacements = list(replacements)
     skipped = set()
@@ -430,6 +435,7 @@ def tap_model(graph, outputs=None, replacements=(), name=None):
 
     used = set()
     copies = {}
+    names = {}
 
     def splice(tensor):
         for block, layer in by_start.pop(id(tensor), []):
@@ -461,6 +467,7 @@ def tap_model(graph, outputs=None, replacements=(), name=None):
                 layer = copy_layer(node.layer)
             used.add(layer_name)
             copies[id(node.layer)] = layer
+        names[node.path] = layer.name
         inputs = [values[id(t)] for t in node.inputs]
         out = dataclasses.replace(node, layer=layer).call(inputs)
         if fresh and isinstance(layer, keras.layers.Layer):
@@ -489,7 +496,13 @@ def tap_model(graph, outputs=None, replacements=(), name=None):
             inputs = keras.tree.pack_sequence_as(model.input, new_inputs)
         except (AttributeError, ValueError, TypeError):
             inputs = new_inputs
-    return keras.Model(inputs, structure, name=name or model.name)
+    new_model = keras.Model(inputs, structure, name=name or model.name)
+    if not return_names:
+        return new_model
+    for node in graph.nodes:  # a nested layer's own name, where no path is
+        if id(node) not in skipped and hasattr(node.layer, "name"):
+            names.setdefault(node.layer.name, names[node.path])
+    return new_model, names
 
 
 def _is_array(x):

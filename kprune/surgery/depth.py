@@ -128,7 +128,7 @@ def _resolve(blocks, graph):
     return found
 
 
-def drop_blocks(model, blocks):
+def drop_blocks(model, blocks, return_names=False):
     """A new model without the given residual blocks (each is the identity).
 
     For each block `y = x + f(x)` (`is_residual`), the calls of `f` and the
@@ -144,10 +144,14 @@ def drop_blocks(model, blocks):
         blocks: the blocks to remove: `Block`s (`residual_blocks`),
             candidates from `kprune.criteria.block_redundancy`, or block
             names (`"first_layer..last_layer"`). They must not overlap.
+        return_names: also return `{path: name}`: what each kept layer of
+            `model` (by its path, `"outer/inner"` inside a nested model, or
+            its own name) is called in the new model.
 
     Returns:
         A new Functional `keras.Model` (a Sequential model, or a subclass
-        of Functional, comes back as a plain Functional model).
+        of Functional, comes back as a plain Functional model); with
+        `return_names=True`, `(model, names)`.
 
     Raises:
         ValueError: a block that is not residual (its removal would change
@@ -189,6 +193,12 @@ def drop_blocks(model, blocks):
                 "kprune.surgery.residual_blocks(model). "
                 f"Received: blocks=[..., {block.name!r}, ...]"
             )
-    new = tap_model(graph, None, [(block, None) for block in chosen], name=model.name)
+    new, names = tap_model(
+        graph,
+        None,
+        [(block, None) for block in chosen],
+        name=model.name,
+        return_names=True,
+    )
     compile_like(new, model)
-    return new
+    return (new, names) if return_names else new
