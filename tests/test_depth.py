@@ -308,9 +308,7 @@ def test_ignore_inside_a_nested_model_survives_the_dropped_blocks(name_taken):
     assert len(plan.blocks) == 1
     # after inlining, one of the two is renamed: tell them by kernel size
     by_kernel = {
-        layer.kernel_size: layer
-        for layer in small.layers
-        if "keep_me" in layer.name
+        layer.kernel_size: layer for layer in small.layers if "keep_me" in layer.name
     }
     protected = by_kernel[(3, 3)]  # the nested one, not the outer stem
     assert protected.filters == 12
