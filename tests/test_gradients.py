@@ -202,6 +202,35 @@ def test_the_compiled_step_is_reused_and_reads_the_current_weights():
     assert ref() is None
 
 
+def test_a_loss_closure_over_the_model_does_not_keep_it_alive():
+    import gc
+    import weakref
+
+    from kprune.criteria import _autodiff
+
+    model = _bn_net()
+    x, y = _data()
+    base = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+    def loss(y_true, y_pred):  # refers to its model, as a penalty would
+        return base(y_true, y_pred) + 0.0 * model.layers[-1].kernel[0, 0]
+
+    first = gradient_means(model, x, y, loss=loss)
+    again = gradient_means(model, x, y, loss=loss)
+    assert len(_autodiff._STEPS[model]) == 1  # cached while the loss lives
+    layer = id(model.get_layer("fc1"))
+    np.testing.assert_allclose(again[layer]["kernel"], first[layer]["kernel"])
+    gradient_means(model, x, y, loss=lambda t, p: base(t, p))  # a new one
+    assert len(_autodiff._STEPS[model]) == 2
+    gc.collect()
+    gradient_means(model, x, y, loss=loss)  # the lambda is gone: its step too
+    assert len(_autodiff._STEPS[model]) == 1
+    ref = weakref.ref(model)
+    del model, loss
+    gc.collect()
+    assert ref() is None
+
+
 def test_a_users_loss_subclass_is_never_confused_with_another_instance():
     from kprune.criteria._autodiff import loss_key
 

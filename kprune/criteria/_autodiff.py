@@ -107,26 +107,64 @@ def structured_loss(loss, model):
 _STEPS = weakref.WeakKeyDictionary()
 
 
+def _keras_own(loss):
+    return isinstance(loss, keras.losses.Loss) and type(loss).__module__.startswith(
+        "keras."
+    )
+
+
+def _weakly(obj):
+    """A weak reference to `obj`, or `obj` itself when it takes none."""
+    try:
+        return weakref.ref(obj)
+    except TypeError:
+        return obj
+
+
 def loss_key(loss):
     """A hashable key for a loss spec: the config of Keras' own `Loss`
     objects and names (a fresh `SparseCategoricalCrossentropy()` each call
     is the same loss), the object itself for anything else (a function, a
-    user's `Loss` subclass, whose config may not hold all its state)."""
+    user's `Loss` subclass, whose config may not hold all its state), held
+    by a weak reference where it takes one: a cached step must not keep
+    alive a loss closure that refers to its model."""
     if isinstance(loss, dict):
         return ("dict", tuple((k, loss_key(v)) for k, v in sorted(loss.items())))
     if isinstance(loss, (list, tuple)):
         return ("list", tuple(loss_key(v) for v in loss))
     if isinstance(loss, str):
         return ("name", loss)
-    if isinstance(loss, keras.losses.Loss) and type(loss).__module__.startswith(
-        "keras."
-    ):  # Keras' own losses are their config; a user's subclass may hold more
+    if _keras_own(loss):  # Keras' own losses are their config
         try:
             config = json.dumps(loss.get_config(), sort_keys=True)
         except (TypeError, ValueError, NotImplementedError):
-            return ("object", loss)
+            return ("object", _weakly(loss))
         return ("loss", type(loss), config)
-    return ("object", loss)
+    return ("object", _weakly(loss))
+
+
+def _alive(key):
+    """False when a loss object that `key` refers to weakly is gone."""
+    if isinstance(key, weakref.ref):
+        return key() is not None
+    if isinstance(key, tuple):
+        return all(_alive(part) for part in key)
+    return True
+
+
+def _held(loss):
+    """`loss` with each of a user's objects held weakly, and the function
+    that gives the spec back (called while the caller holds `loss`)."""
+    if isinstance(loss, dict):
+        parts = {k: _held(v) for k, v in loss.items()}
+        return lambda: {k: get() for k, get in parts.items()}
+    if isinstance(loss, (list, tuple)):
+        parts = [_held(v) for v in loss]
+        return lambda: [get() for get in parts]
+    if isinstance(loss, str) or _keras_own(loss):
+        return lambda: loss  # holds no model
+    ref = _weakly(loss)
+    return ref if isinstance(ref, weakref.ref) else (lambda: loss)
 
 
 def gradient_step(model, loss, training):
@@ -137,7 +175,7 @@ def gradient_step(model, loss, training):
     ResNet50), so the step is kept for the model's lifetime, per loss and
     mode: pruning the same model to several budgets traces once. A new step
     replaces it when the model's variables or their trainability change.
-    The cache holds the model weakly.
+    The cache holds the model, and a user's loss objects, weakly.
     """
     backend = keras.backend.backend()
     makers = {"tensorflow": _tensorflow_step, "jax": _jax_step, "torch": _torch_step}
@@ -156,13 +194,18 @@ def gradient_step(model, loss, training):
         steps = _STEPS.setdefault(model, {})
     except TypeError:  # not weakly referenceable: no cache
         steps = {}
+    for stale in [k for k in steps if not _alive(k)]:  # its loss is gone
+        del steps[stale]
     cached = steps.get(key)
     if cached is None or cached[0] != variables:  # new, or trainability changed
-        loss_fn = structured_loss(loss, model)
-        cached = steps[key] = (
-            variables,
-            makers[backend](weakref.ref(model), loss_fn, training),
-        )
+        ref, spec = weakref.ref(model), _held(loss)
+
+        def loss_fn(y_true, y_pred):
+            # read at trace time (or per call, eagerly), while the caller,
+            # whose key matched, holds the loss: the step holds it weakly
+            return structured_loss(spec(), ref())(y_true, y_pred)
+
+        cached = steps[key] = (variables, makers[backend](ref, loss_fn, training))
     return cached[1]
 
 
