@@ -274,3 +274,35 @@ class MirroredStrategyTest(kprune.testing.TestCase):
             self.assertEqual(history["reg_strength"], [0.8, 0.9, 1.0])
             self.assertEqual(history["live_units/h1"][-1], 24 - run["dead_h1"])
             self.assertGreater(history["prox_zero_groups"][-1], 0)
+
+
+def test_sparsity_logger_counts_a_residual_channel_dead_only_with_its_group():
+    L = keras.layers
+    inputs = keras.Input((6, 6, 3))
+    x = L.Conv2D(4, 3, padding="same", name="stem")(inputs)
+    branch = L.Conv2D(4, 3, padding="same", name="branch")(x)
+    x = L.Add()([x, branch])
+    model = keras.Model(inputs, L.Dense(2, name="head")(L.Flatten()(x)))
+
+    def zero_unit(name, unit):
+        kernel = model.get_layer(name).kernel
+        value = keras.ops.convert_to_numpy(kernel).copy()
+        value[..., unit] = 0.0
+        kernel.assign(value)
+
+    def live(**kwargs):
+        logger = SparsityLogger(**kwargs)
+        logger.set_model(model)
+        stats = logger.compute()
+        return stats["live_units/stem"], stats["live_units/branch"]
+
+    zero_unit("branch", 0)  # the skip still carries channel 0
+    assert live() == (4, 4)
+    assert live(coupled=False) == (4, 3)
+    zero_unit("stem", 0)  # now no layer makes channel 0: it can leave
+    assert live() == (3, 3)
+    only = SparsityLogger(layers=["branch"])  # stem untracked: still coupled
+    only.set_model(model)
+    assert only.compute()["live_units/branch"] == 3
+    config = SparsityLogger(coupled=False).get_config()
+    assert SparsityLogger.from_config(config).coupled is False

@@ -1,12 +1,20 @@
 """`SparsityLogger`: per-layer zero groups and live units into Keras `logs`."""
 
+import collections
+import warnings
+
 import keras
 import numpy as np
 from keras import ops
 
 from kprune._backend import sync_weights
+from kprune.callbacks._unit_groups import UnitGroups
 from kprune.ops.group_sparsity import zero_group_mask
+from kprune.regularizers.coupling import coupled_units
 from kprune.regularizers.targets import default_target, find_layer, iter_layers
+
+# What `coupled_units` reads of a target: its layer, kernel and unit count.
+_Counted = collections.namedtuple("_Counted", "layer kernel units")
 
 
 @keras.saving.register_keras_serializable(package="kprune")
@@ -19,7 +27,11 @@ class SparsityLogger(keras.callbacks.Callback):
     Where the layer's kprune group regularizer / constraint joins a
     BatchNorm's `gamma` / `beta` to its groups (`partners`, as
     `kprune.sparsity.apply_group_sparsity` sets up for conv -> BN), those
-    entries must be zero too: the groups the pruning uses.
+    entries must be zero too: the groups the pruning uses. A unit coupled
+    to others (the convs whose outputs a residual `Add` joins make one
+    channel) is dead only when all of them are, and never when a layer
+    that is not tracked, or a model output, also makes its channel: what
+    `slim` can remove (`coupled=False` counts each layer on its own).
     At the end of each epoch this callback adds to `logs`:
 
     - `live_units/<layer>`: units with a non-zero group;
@@ -46,6 +58,9 @@ class SparsityLogger(keras.callbacks.Callback):
         per_layer: also log the per-layer keys (set `False` for very deep
             models to keep only the totals).
         atol: tolerance for "zero"; `0.0` counts exact zeros only.
+        coupled: count a coupled unit dead only with its whole group
+            (`kprune.regularizers.coupling.coupled_units`, over every layer
+            this callback could track); `False`: each layer on its own.
 
     Example:
 
@@ -60,7 +75,7 @@ class SparsityLogger(keras.callbacks.Callback):
     [0]
     """
 
-    def __init__(self, layers=None, per_layer=True, atol=0.0):
+    def __init__(self, layers=None, per_layer=True, atol=0.0, coupled=True):
         super().__init__()
         if layers is not None:
             if isinstance(layers, str) or not isinstance(layers, (list, tuple)):
@@ -75,15 +90,21 @@ class SparsityLogger(keras.callbacks.Callback):
         self.layers = layers
         self.per_layer = bool(per_layer)
         self.atol = atol
+        self.coupled = bool(coupled)
         self.async_safe = True  # nothing runs per batch
         self._targets = None
+        self._groups = None
+
+    def _defaults(self):
+        targets = [
+            default_target(layer, self.model) for layer in iter_layers(self.model)
+        ]
+        return [t for t in targets if t is not None]
 
     def _resolve(self):
+        """The tracked targets, then (when coupled) every other one."""
         if self.layers is None:
-            targets = [
-                default_target(layer, self.model) for layer in iter_layers(self.model)
-            ]
-            targets = [t for t in targets if t is not None]
+            targets = self._defaults()
         else:
             targets = []
             for name in self.layers:
@@ -96,7 +117,26 @@ class SparsityLogger(keras.callbacks.Callback):
                         f"Received: layers containing {name!r}"
                     )
                 targets.append(target)
+        self._tracked = len(targets)
+        if self.coupled:
+            known = {id(t.layer) for t in targets}
+            targets += [t for t in self._defaults() if id(t.layer) not in known]
         return targets
+
+    def _dead(self, masks):
+        """Per tracked target: the units that are dead with their group."""
+        if not self.coupled:
+            return masks[: self._tracked]
+        if self._groups is None:
+            counted = [
+                _Counted(t.layer, t.kernel, int(m.size))
+                for t, m in zip(self._targets, masks)
+            ]
+            with warnings.catch_warnings():  # unreadable graph: per layer
+                warnings.simplefilter("ignore")
+                coupling = coupled_units(self.model, counted)
+            self._groups = UnitGroups([c.units for c in counted], coupling)
+        return self._groups.complete(masks)[: self._tracked]
 
     def compute(self):
         """The figures this callback logs, as a dict (usable outside `fit`)."""
@@ -105,14 +145,16 @@ class SparsityLogger(keras.callbacks.Callback):
         sync_weights(self.model)  # no-op except mid-epoch on JAX
         stats = {}
         live_total = units_total = zero_weights = weights_total = 0
+        kernels, masks = [], []
         for target in self._targets:
             kernel = ops.convert_to_numpy(target.kernel)
             partners = [ops.convert_to_numpy(v) for v in target.partners]
-            mask = ops.convert_to_numpy(
-                zero_group_mask(
-                    kernel, axis=target.axis, atol=self.atol, partners=partners
-                )
+            mask = zero_group_mask(
+                kernel, axis=target.axis, atol=self.atol, partners=partners
             )
+            kernels.append(kernel)
+            masks.append(np.reshape(ops.convert_to_numpy(mask), -1))
+        for target, kernel, mask in zip(self._targets, kernels, self._dead(masks)):
             units = int(mask.size)
             live = units - int(np.sum(mask))
             live_total += live
@@ -136,11 +178,13 @@ class SparsityLogger(keras.callbacks.Callback):
     def set_model(self, model):
         super().set_model(model)
         self._targets = None
+        self._groups = None
         for name in self.layers or []:
             find_layer(model, name)  # unknown names fail before training
 
     def on_train_begin(self, logs=None):
         self._targets = self._resolve()
+        self._groups = None
 
     def on_epoch_end(self, epoch, logs=None):
         if logs is not None:
@@ -151,6 +195,7 @@ class SparsityLogger(keras.callbacks.Callback):
             "layers": None if self.layers is None else list(self.layers),
             "per_layer": self.per_layer,
             "atol": self.atol,
+            "coupled": self.coupled,
         }
 
     @classmethod
