@@ -364,7 +364,11 @@ def prune(
             op_cost,
             speed_share,
         )
-        current, dropped, report["depth"] = removed[:3]
+        current, dropped, report["depth"] = (
+            removed.model,
+            removed.blocks,
+            removed.report,
+        )
         view = removed.groups  # the analysis `auto` made, when it kept all
         if dropped:
             current_summary = model_summary(current)
