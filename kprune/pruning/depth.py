@@ -113,7 +113,10 @@ def remove_depth(
             warnings.warn(
                 f"kprune.prune(depth={depth!r}): model '{model.name}' has no "
                 "residual block that can leave whole (an `Add` of a block's "
-                "input and its branch); only widths are pruned.",
+                "input and its branch); only widths are pruned. The blocks "
+                "of a KerasHub transformer are layers of their own: "
+                "kprune.transformers.prune(backbone, data, layers=n) "
+                "removes them.",
                 stacklevel=3,
             )
         report["blocks"] = []
