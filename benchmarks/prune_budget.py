@@ -22,7 +22,9 @@ full MNIST, split 55k train / 5k validation / 10k test.
    recipe for `dense + finetune` epochs (the same images: the dense epochs
    on the training set, the fine-tuning epochs on its first
    `--finetune-samples`) ("Rethinking the value of network
-   pruning", Liu et al. 2019).
+   pruning", Liu et al. 2019). `--only-scratch` adds just these rows, at
+   the `--scratch-budgets` where a seed has none, from the widths recorded
+   for its best criterion (no dense model or pruning needed).
 Every seed trains its own dense model and runs every importance; the
 markdown adds the mean over seeds. Fine-tuning visits the training images
 in `np.random.default_rng(seed)`'s permutations (one per epoch), as the
@@ -310,6 +312,73 @@ def scratch_run(pruned, data, budget, source, args, seed):
     }
 
 
+def with_widths(model, widths):
+    """`model` narrowed to `widths` (`{layer: units}`), the last units of
+    each layer removed: the architecture alone (its weights are not used)."""
+    current = kprune.report.summary(model)["widths"]
+    units = {
+        name: list(range(int(width), current[name]))
+        for name, width in widths.items()
+        if name in current and int(width) < current[name]
+    }
+    return kprune.surgery.remove_units(model, units) if units else model
+
+
+def _scratch_only(result, args, argv, info, data):
+    """From-scratch rows only, merged into an existing result: at each
+    `--scratch-budgets` budget where a seed has no scratch row, the
+    architecture of the criterion (not `random`) with the lowest
+    validation error there, from its recorded widths."""
+    record = {"command": command_line(__file__, argv), "machine": info}
+    result.setdefault("scratch_runs", []).append(record)
+    for kind in args.models:
+        entry = result["models"][kind]
+        ours = recipe(args, len(data[0]))
+        other = {
+            k: (v, ours[k])
+            for k, v in entry["recipe"].items()
+            if k in ours and v != ours[k] and k != "finetune_schedule"
+        }
+        if other:
+            raise SystemExit(
+                f"--only-scratch: {kind}'s rows were made with another recipe "
+                f"(recorded, this run): {other}"
+            )
+        for seed in args.seeds:
+            seed_entry = entry["seeds"][str(seed)]
+            runs = seed_entry["runs"]
+            args._dense_macs = seed_entry["dense_macs"]
+            for budget in args.scratch_budgets:
+                at = [r for r in runs if r["budget"] == budget]
+                if any(r["importance"].startswith("scratch") for r in at):
+                    continue
+                criteria = [
+                    r
+                    for r in at
+                    if r["importance"] in IMPORTANCES
+                    and r["importance"] != "random"
+                    and r.get("widths")
+                ]
+                if not criteria:
+                    print(f"{kind} seed {seed} {budget}x: no criterion row")
+                    continue
+                best = min(criteria, key=lambda r: r["val_error"])
+                model = with_widths(MODELS[kind](), best["widths"])
+                run = scratch_run(model, data, budget, best["importance"], args, seed)
+                if abs(run["macs_ratio"] - best["macs_ratio"]) > 1e-6:
+                    raise SystemExit(
+                        f"{kind} {budget}x: the recorded widths of "
+                        f"{best['importance']} give MACs ratio "
+                        f"{run['macs_ratio']:.4f}, not {best['macs_ratio']:.4f}"
+                    )
+                run["architecture"] = "recorded widths (--only-scratch)"
+                runs.append(run)
+                print(json.dumps(run), flush=True)
+                record["load_after"] = os.getloadavg()
+                write_results(f"prune_budget{args.tag}", result, render(result))
+    return result
+
+
 def budget_best(best, run):
     """Whether `run` (not `random`) has the lowest validation error at its
     budget so far."""
@@ -503,6 +572,12 @@ def main(argv=None):
         help="budgets at which the pruned architecture is also trained from scratch",
     )
     parser.add_argument(
+        "--only-scratch",
+        action="store_true",
+        help="run only the from-scratch rows missing at --scratch-budgets, "
+        "from the recorded widths of each seed's best criterion",
+    )
+    parser.add_argument(
         "--kprune-rows-from",
         default=None,
         metavar="TAG",
@@ -533,6 +608,8 @@ def main(argv=None):
     result = read_json(path + ".json", {})
     if args.only_group_sparsity:
         return _group_sparsity_only(result, args, argv, info, data)
+    if args.only_scratch:
+        return _scratch_only(result, args, argv, info, data)
     result.setdefault("models", {})
     imported = _kprune_rows(args.kprune_rows_from)
     for kind in args.models:
@@ -660,6 +737,8 @@ def render(result):
         lines.append(_run_text("Run", result["command"], result["machine"]))
     for extra in result.get("group_sparsity_runs", []):
         lines.append(_run_text("Target-mode rows", extra["command"], extra["machine"]))
+    for extra in result.get("scratch_runs", []):
+        lines.append(_run_text("From-scratch rows", extra["command"], extra["machine"]))
     lines.append("")
     lines.append(
         "Test error (%) after fine-tuning, by MACs reduction; in "
@@ -699,7 +778,7 @@ def render(result):
             )
             lines.append("")
             budgets = sorted({r["budget"] for r in runs})
-            names = list(dict.fromkeys(r["importance"] for r in runs))
+            names = list(dict.fromkeys(_method(r) for r in runs))
             header = (
                 ["method"]
                 + [f"{b}x" for b in budgets]
@@ -710,9 +789,7 @@ def render(result):
                 row = [name]
                 extra = []
                 for b in budgets:
-                    hit = [
-                        r for r in runs if r["importance"] == name and r["budget"] == b
-                    ]
+                    hit = [r for r in runs if _method(r) == name and r["budget"] == b]
                     if not hit:
                         row.append("-")
                         extra.append("-")
@@ -724,6 +801,8 @@ def render(result):
                         or r["macs_ratio"] > 1 / b
                     ):
                         cell += f" ({r['macs_ratio']:.3f})"
+                    if r["importance"] != name:  # whose architecture
+                        cell += " [" + r["importance"].split("(")[1].split()[0] + "]"
                     row.append(cell)
                     one = r.get("val_error_one_shot")
                     extra.append("-" if one is None else f"{100 * one:.1f}")
