@@ -62,7 +62,16 @@ def config_value(layer, key, default=None):
 
     Some layers' `get_config` raises (a KerasHub layer built with arguments
     Keras cannot serialize); their attributes usually hold the same values.
+    Keras' own layers keep each config entry as the attribute of that name
+    (an activation as its function: its name is the entry; no attribute: no
+    entry), which is read instead: their `get_config` serializes the dtype
+    policy, and Keras' serialization imports TensorFlow, even on JAX.
     """
+    if type(layer).__module__.startswith("keras."):
+        value = getattr(layer, key, default)
+        if key == "activation" and callable(value):
+            return getattr(value, "__name__", default)
+        return copy.deepcopy(value) if isinstance(value, (list, dict)) else value
     cache = _CONFIGS.get()
     entry = None if cache is None else cache.get(id(layer))
     if entry is None:
