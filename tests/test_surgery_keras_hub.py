@@ -165,3 +165,18 @@ def test_prunable_units_names_heads_and_ffn():
     ffn = [u for u in units.values() if "intermediate" in u.key]
     assert ffn and ffn[0].count == model.intermediate_dim
     assert all(u.layer in u.key for u in units.values())
+
+
+def test_slim_leaves_the_models_batchnorm_statistics_alone():
+    # DeepLabV3's pyramid pooling does not take `training`: run bare by the
+    # check of its trace, it updated its BatchNorm statistics in the user's
+    # model (and the slim model then matched the changed model, not the
+    # original).
+    model, x = zoo.keras_hub_backbones()["deeplab_v3"]()
+    zeroed, _ = zoo.zero_units(model, fraction=0.3, seed=0)
+    before = [keras.ops.convert_to_numpy(v) for v in zeroed.non_trainable_variables]
+    reference = _outputs(zeroed, x)
+    small = kprune.surgery.slim(zeroed)
+    after = [keras.ops.convert_to_numpy(v) for v in zeroed.non_trainable_variables]
+    assert all(np.array_equal(a, b) for a, b in zip(before, after))
+    _assert_close(reference, _outputs(small, x))

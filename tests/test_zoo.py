@@ -80,9 +80,11 @@ APPS = _params(list(zoo.applications()), DEFAULT_APPLICATIONS)
 
 
 def _numpy_outputs(model, x):
+    # inference: a bare `model(x)` updated DeepLabV3's and SegFormer's
+    # BatchNorm statistics (layers that do not take `training`)
     return [
         np.asarray(keras.ops.convert_to_numpy(y), dtype="float64")
-        for y in keras.tree.flatten(model(x))
+        for y in keras.tree.flatten(model(x, training=False))
     ]
 
 

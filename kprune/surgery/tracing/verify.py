@@ -32,7 +32,10 @@ def verify_trace(trace, inputs, arguments, rtol=1e-5):
     """Raise `TraceError` unless the trace reproduces the layer's outputs.
 
     Both are run on the same random inputs (in inference mode); outputs must
-    agree to `rtol` relative to their scale.
+    agree to `rtol` relative to their scale. The layer's non-trainable
+    variables are put back afterwards: a layer that does not take
+    `training` may still update state when run (DeepLabV3's pyramid pooling
+    updated its BatchNorm statistics), and a check never changes the model.
 
     Args:
         trace: a `Trace` of `trace.layer`.
@@ -48,6 +51,9 @@ def verify_trace(trace, inputs, arguments, rtol=1e-5):
     kwargs = call_kwargs(trace.layer, kwargs)
     if "training" in kwargs:
         kwargs["training"] = False
+    state = [
+        (v, keras.ops.convert_to_numpy(v)) for v in trace.layer.non_trainable_variables
+    ]
     try:
         expected = _flat_numpy(trace.layer(*args, **kwargs))
         got = _flat_numpy(trace.function([values[i] for i in trace.input_slots]))
@@ -56,6 +62,9 @@ def verify_trace(trace, inputs, arguments, rtol=1e-5):
             f"running its trace failed ({type(error).__name__}: "
             f"{' '.join(str(error).split())[:160]})"
         ) from None
+    finally:
+        for variable, value in state:
+            variable.assign(value)
     if len(expected) != trace.output_count or any(
         expected[i] is None for i in trace.output_positions
     ):
