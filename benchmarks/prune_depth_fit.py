@@ -50,20 +50,28 @@ def counts(model):
     return np.array(list(call_costs(Graph(model)).values())).sum(axis=0)
 
 
-def variants(name, drops, budget, fmt):
-    """`{label: (model, macs_ratio)}`: the dense model and, per number of
-    blocks dropped, the model pruned to `1 / budget` of the dense MACs."""
+def shallow(name, drops):
+    """The dense model and, per number of blocks dropped, `(model, its
+    MACs / the dense MACs)` with its first residual blocks removed."""
     keras.utils.set_random_seed(0)
     dense = getattr(keras.applications, name)(weights=None, input_shape=(224, 224, 3))
     base = kprune.report.summary(dense)["macs"]
     blocks = kprune.surgery.residual_blocks(dense)
-    found = {"dense": (dense, 1.0)}
+    found = {}
     for count in drops:
         if count > len(blocks):
             print(f"{name}: {count} blocks asked, {len(blocks)} found; skipped")
             continue
         model = kprune.surgery.drop_blocks(dense, blocks[:count]) if count else dense
-        share = kprune.report.summary(model)["macs"] / base
+        found[count] = (model, kprune.report.summary(model)["macs"] / base)
+    return dense, base, found
+
+
+def variants(dense, base, dropped, budget, fmt):
+    """`{label: (model, macs_ratio)}`: the dense model and each dropped
+    model with its widths pruned to `1 / budget` of the dense MACs."""
+    found = {"dense": (dense, 1.0)}
+    for count, (model, share) in dropped.items():
         small, _ = kprune.prune(
             model,
             macs=min(1.0, 1.0 / (budget * share)),
@@ -94,8 +102,9 @@ def run(args, argv):
     }
     with tempfile.TemporaryDirectory() as folder:
         for name in args.models:
+            dense, base, dropped = shallow(name, args.drops)
             for fmt in FORMATS:
-                found = variants(name, args.drops, args.budget, fmt)
+                found = variants(dense, base, dropped, args.budget, fmt)
                 paths, rows = [], {}
                 for label, (model, ratio) in found.items():
                     path = os.path.join(folder, f"{name}_{fmt}_{len(paths)}.tflite")

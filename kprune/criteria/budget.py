@@ -179,8 +179,8 @@ class BudgetPlanner:
         `search`): the groups of a block that leaves whole, say. They leave
         the ranking; `force([])` undoes it."""
         self.forced = np.unique(np.asarray(positions, dtype=np.int64))
-        keep = ~np.isin(np.flatnonzero(~self.protected), self.forced)
-        self._candidates = np.flatnonzero(~self.protected)[keep]
+        free = np.flatnonzero(~self.protected)
+        self._candidates = free[~np.isin(free, self.forced)]
         self.rank(self.exponent)
 
     def rank(self, exponent):

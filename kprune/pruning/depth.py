@@ -90,13 +90,14 @@ def remove_depth(
 
     Blocks are `kprune.surgery.residual_blocks` without an ignored layer,
     ranked by Block Redundancy on `data` (the smallest relative change of
-    their input first). `depth=n` removes the first `n`; `"auto"`, among
+    their input first). `depth=n` removes the first `n`. `"auto"` keeps
     the blocks whose removal buys more time per MAC than narrower layers
-    do, ranked by change per unit of time gained, the fewest whose
-    estimated speed-up reaches `speed_share - DEPTH_MARGIN` of the MACs
-    reduction
-    (`kprune.criteria.depth_budget.depth_for_speed`, on a `l2` width plan
-    of the whole model), at most `AUTO_MAX_SHARE` of all residual blocks.
+    do, orders them by change per unit of time gained, and adds them
+    greedily while the estimated speed-up (an `l2` width plan with the
+    chosen blocks' inner groups counted as removed) stays below
+    `speed_share - DEPTH_MARGIN` of the MACs reduction, at most
+    `AUTO_MAX_SHARE` of all residual blocks
+    (`kprune.criteria.depth_budget.depth_for_speed`).
     """
     graph = Graph(model)
     ignored = set(ignore)
